@@ -179,7 +179,7 @@ def _ridge_loo(x: np.ndarray, y: np.ndarray, sample_w: np.ndarray, penalty: np.n
 def fit(features: np.ndarray, latency_ms: np.ndarray, *, config: FeatureConfig = FeatureConfig(),
         priors: Sequence[Surrogate] = (), relative: bool = True,
         lambdas: Sequence[float] = DEFAULT_LAMBDAS, prior_penalty: float = 1e-3,
-        per_layer: bool = False) -> Surrogate:
+        shared_penalty: float = 1e-2, per_layer: bool = False) -> Surrogate:
     """Fits a surrogate on whole-network features (`network_features`) or per-layer rows.
 
     Args:
@@ -191,6 +191,10 @@ def fit(features: np.ndarray, latency_ms: np.ndarray, *, config: FeatureConfig =
         regressors with `prior_penalty` times the ridge penalty (transfer, see module docstring).
       relative: weight samples by 1/y^2, i.e. minimise relative squared error.
       lambdas: ridge strengths to choose from by leave-one-out error.
+      shared_penalty: relative penalty of the shared per-quantity coefficients. Each quantity
+        (count, MACs, activations, weights) gets one coefficient shared by all op groups, lightly
+        penalised, plus a per-group deviation with the full penalty: hierarchical shrinkage, so a
+        10-sample fit behaves like a 4-feature model and larger fits refine per op group.
 
     Returns:
       The fitted Surrogate.
@@ -206,7 +210,9 @@ def fit(features: np.ndarray, latency_ms: np.ndarray, *, config: FeatureConfig =
         raise ValueError("latencies must be finite and positive (milliseconds)")
     if any(p.config != config for p in priors):
         raise ValueError("prior surrogates must use the same FeatureConfig as the fit")
-    basis = [x]
+    n_group = len(_GROUPS) * len(_QUANTITIES)
+    shared = x[:, :n_group].reshape(len(x), len(_GROUPS), len(_QUANTITIES)).sum(1)
+    basis = [x, shared]
     if priors:
         # each prior's prediction, scaled to O(1), as one extra regressor
         cols = np.stack([x @ np.asarray(p.coef, np.float64) + float(p.intercept) * (not per_layer)
@@ -214,12 +220,16 @@ def fit(features: np.ndarray, latency_ms: np.ndarray, *, config: FeatureConfig =
         scale = np.maximum(np.abs(cols).mean(0), 1e-12)
         basis.append(cols / scale)
     xa = np.hstack(basis)
-    penalty = np.r_[np.ones(x.shape[1]), np.full(xa.shape[1] - x.shape[1], prior_penalty)]
+    penalty = np.r_[np.ones(x.shape[1]), np.full(shared.shape[1], shared_penalty),
+                    np.full(xa.shape[1] - x.shape[1] - shared.shape[1], prior_penalty)]
     sample_w = 1.0 / y ** 2 if relative else np.ones_like(y)
     coef, b, _ = _ridge_loo(xa, y, sample_w, penalty, lambdas, intercept=not per_layer)
     theta = coef[: x.shape[1]].copy()
+    k = x.shape[1]
+    theta[:n_group] += np.tile(coef[k:k + shared.shape[1]], len(_GROUPS))  # shared -> per group
+    k += shared.shape[1]
     for j, p in enumerate(priors):  # collapse the priors back into the feature space
-        a = coef[x.shape[1] + j] / scale[j]
+        a = coef[k + j] / scale[j]
         theta += a * np.asarray(p.coef, np.float64)
         b += a * float(p.intercept) * (not per_layer)
     return Surrogate(jnp.asarray(theta, jnp.float32), jnp.asarray(b, jnp.float32), config)

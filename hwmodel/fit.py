@@ -1,0 +1,167 @@
+"""Command line: fit the latency surrogate on N rows of a CSV and score it on the others.
+
+    python -m hwmodel.fit --space fbnet-cifar100 \
+        --data ../shared/data/latency/fbnet_cifar100/pixel3.csv --train-size 50 --seed 0 --json
+    python -m hwmodel.fit --space nb201 --data ../shared/data/nas-bench-201/nb201_cifar10.csv \
+        --column pixel3_latency_ms --train-size 50 --seed 0 --json
+
+Prints one JSON object: `spearman`, `kendall`, `mape` (%), `within_10pct` (%), `n_train`,
+`n_test`, `fit_seconds`. CSV format: an architecture column (`arch`, or `arch_str` for
+NAS-Bench-201; `--arch-column` to name another) and a latency column in milliseconds
+(`latency_ms` by default, `--column` to name another). `--prior-data` adds surrogates fitted on
+other devices' CSVs as a transfer prior (HELP-style; see `hwmodel.surrogate`). `--save` writes the
+fitted surrogate as JSON (`load_surrogate` reads it back).
+
+This module is the hwmodel package's only entry point that reads flags and files (the issue asks
+for `python -m hwmodel.fit`); the library functions it calls are pure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+from hwmodel.layers import prune_dead
+from hwmodel.surrogate import FeatureConfig, Surrogate, fit, network_features, predict
+
+
+class InputError(ValueError):
+    """Bad user input (missing file or column, malformed architecture, impossible size)."""
+
+
+def load_latency_csv(path: str, space, column: str | None = None,
+                     arch_column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Reads `(archs [N, D] int32, latency [N] float64)` from a CSV; clear errors on bad input."""
+    if not os.path.isfile(path):
+        raise InputError(f"latency file {path!r} not found; pass --data with a CSV of architectures "
+                         "and latencies (e.g. ../shared/data/latency/fbnet_cifar100/pixel3.csv)")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        arch_column = arch_column or next((c for c in ("arch", "arch_str") if c in header), None)
+        column = column or "latency_ms"
+        for want, flag in ((arch_column, "--arch-column"), (column, "--column")):
+            if want is None or want not in header:
+                raise InputError(f"{path}: no column {want!r} (set {flag}); columns: {header}")
+        rows = list(reader)
+    if not rows:
+        raise InputError(f"{path} has no data rows")
+    archs, lat = [], []
+    for i, r in enumerate(rows):
+        try:
+            archs.append(space.decode(r[arch_column]))
+            lat.append(float(r[column]))
+        except ValueError as e:
+            raise InputError(f"{path}, data row {i + 1}: {e}") from None
+    return np.stack(archs), np.asarray(lat)
+
+
+def features_of(space, archs: np.ndarray, config: FeatureConfig = FeatureConfig(),
+                chunk: int = 1024) -> np.ndarray:
+    """Network features of many architectures: one compiled, vmapped function, chunked.
+
+    Tables are pruned of dead ops first (`prune_dead`), as a compiler deploys them; this only
+    changes spaces with disconnectable graphs (NAS-Bench-201).
+    """
+    fn = jax.jit(jax.vmap(lambda a: network_features(prune_dead(space.layers(a)), config)))
+    out = []
+    for i in range(0, len(archs), chunk):
+        block = archs[i:i + chunk]
+        pad = chunk - len(block) if len(archs) > chunk else 0  # keep one shape: one compile
+        x = np.asarray(fn(jnp.asarray(np.concatenate([block, np.repeat(block[-1:], pad, 0)]))))
+        out.append(x[: len(block)])
+    return np.concatenate(out).astype(np.float64)
+
+
+def ranking_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Spearman, Kendall, MAPE (%) and share within 10% (%) of predictions."""
+    rel = np.abs(pred - true) / np.abs(true)
+    return {"spearman": float(stats.spearmanr(pred, true)[0]),
+            "kendall": float(stats.kendalltau(pred, true)[0]),
+            "mape": float(100 * rel.mean()), "within_10pct": float(100 * (rel <= 0.10).mean())}
+
+
+def split(n: int, train_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random train/test split of `n` rows."""
+    if not 2 <= train_size < n:
+        raise InputError(f"--train-size must be between 2 and {n - 1} (the file has {n} rows), "
+                         f"got {train_size}")
+    idx = np.random.default_rng(seed).permutation(n)
+    return idx[:train_size], idx[train_size:]
+
+
+def save_surrogate(s: Surrogate, path: str, **meta) -> None:
+    """Writes a surrogate as JSON (refuses to overwrite an existing file)."""
+    if os.path.exists(path):
+        raise InputError(f"{path} exists; remove it or choose another --save path")
+    with open(path, "w") as f:
+        json.dump(s.to_dict() | {"meta": meta}, f, indent=1)
+
+
+def load_surrogate(path: str) -> Surrogate:
+    """Reads a surrogate written by `save_surrogate`."""
+    if not os.path.isfile(path):
+        raise InputError(f"surrogate file {path!r} not found")
+    with open(path) as f:
+        return Surrogate.from_dict(json.load(f))
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    from supernet.spaces import make_space  # local: hwmodel does not depend on supernet at import
+
+    p = argparse.ArgumentParser(prog="python -m hwmodel.fit", description=__doc__.split("\n\n")[0])
+    p.add_argument("--space", required=True, help="search space name, e.g. fbnet-cifar100 or nb201")
+    p.add_argument("--data", required=True, help="CSV with an architecture column and a latency column")
+    p.add_argument("--column", default=None, help="latency column (default latency_ms)")
+    p.add_argument("--arch-column", default=None, help="architecture column (default arch or arch_str)")
+    p.add_argument("--train-size", type=int, required=True, help="rows used for fitting")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prior-data", nargs="*", default=(), help="CSVs of other devices (transfer prior)")
+    p.add_argument("--accelerators", default="", help="comma-separated analytic presets as features")
+    p.add_argument("--save", default=None, help="write the fitted surrogate here (JSON)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: readable)")
+    args = p.parse_args(argv)
+    try:
+        space = make_space(args.space)
+        config = FeatureConfig(tuple(a for a in args.accelerators.split(",") if a))
+        archs, y = load_latency_csv(args.data, space, args.column, args.arch_column)
+        tr, te = split(len(y), args.train_size, args.seed)
+        x = features_of(space, archs, config)
+        t0 = time.perf_counter()
+        priors = []
+        for path in args.prior_data:
+            pa, py = load_latency_csv(path, space, args.column, args.arch_column)
+            priors.append(fit(features_of(space, pa, config), py, config=config))
+        s = fit(x[tr], y[tr], config=config, priors=priors)
+        fit_seconds = time.perf_counter() - t0
+    except (InputError, KeyError, ValueError) as e:
+        p.exit(2, f"error: {e.args[0] if e.args else e}\n")
+    pred = x[te] @ np.asarray(s.coef, np.float64) + float(s.intercept)
+    result = ranking_metrics(pred, y[te]) | {"n_train": int(len(tr)), "n_test": int(len(te)),
+                                             "fit_seconds": fit_seconds}
+    if args.save:
+        try:
+            save_surrogate(s, args.save, space=args.space, data=args.data, column=args.column,
+                           train_size=args.train_size, seed=args.seed)
+        except InputError as e:
+            p.exit(2, f"error: {e}\n")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>14}: {v:.4g}" if isinstance(v, float) else f"{k:>14}: {v}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
