@@ -1,0 +1,18 @@
+"""Shared test fixtures: paths to ../shared/data (tests needing it skip with a reason when absent)."""
+
+import os
+
+# several fake CPU devices for the data-parallel tests (must be set before jax initialises)
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+
+import pytest  # noqa: E402
+
+DATA_DIR = os.environ.get("HWNAS_DATA_DIR",
+                          os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> str:
+    if not os.path.isdir(DATA_DIR):
+        pytest.skip(f"shared data not found at {DATA_DIR} (set HWNAS_DATA_DIR)")
+    return DATA_DIR

@@ -1,0 +1,132 @@
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hwmodel import fit as fit_cli
+from hwmodel.layers import prune_dead, total_flops
+from hwmodel.surrogate import (FeatureConfig, Surrogate, fit, layer_features, network_features,
+                               predict, predict_layers)
+from supernet.spaces import make_space
+
+
+@pytest.fixture(scope="module")
+def fbnet():
+    space = make_space("fbnet-cifar100")
+    archs = np.asarray(space.sample(jax.random.key(0), 64))
+    tables = jax.vmap(space.layers)(archs)
+    return space, archs, tables
+
+
+def _toy_device(tables, theta, b=0.7):
+    """A device whose per-layer latency is exactly linear in the features."""
+    return np.asarray(network_features(tables) @ theta + b, np.float64)
+
+
+def test_recovers_an_additive_device(fbnet):
+    space, archs, tables = fbnet
+    theta = np.zeros(len(FeatureConfig().names), np.float32)
+    theta[[0, 1, 9, 13]] = [0.01, 0.002, 0.03, 0.05]  # overheads and per-MMAC costs
+    y = _toy_device(tables, theta)
+    s = fit(np.asarray(network_features(tables)), y, lambdas=(1e-8,))
+    np.testing.assert_allclose(np.asarray(predict(s, tables)), y, rtol=1e-3)
+    # the network prediction is the sum of the per-layer predictions plus the constant
+    per_layer = np.asarray((predict_layers(s, tables) * tables.weight).sum(-1) + s.intercept)
+    np.testing.assert_allclose(per_layer, y, rtol=1e-4)
+
+
+def test_fit_from_per_layer_measurements(fbnet):
+    space, archs, tables = fbnet
+    feats = np.asarray(layer_features(tables)).reshape(-1, len(FeatureConfig().names))
+    present = np.asarray(tables.weight).reshape(-1) > 0
+    theta = np.abs(np.random.default_rng(0).normal(size=feats.shape[1])) * 1e-3
+    y_rows = feats[present] @ theta + 1e-4 * (feats[present][:, 0] > 0)
+    s = fit(feats[present], y_rows + 1e-6, per_layer=True, lambdas=(1e-10,))
+    assert float(s.intercept) == 0.0
+    np.testing.assert_allclose(feats[present] @ np.asarray(s.coef), y_rows, rtol=0.05, atol=2e-5)
+
+
+def test_prior_transfers_from_another_device(fbnet):
+    space, archs, tables = fbnet
+    x = np.asarray(network_features(tables))
+    theta = np.abs(np.random.default_rng(1).normal(size=x.shape[1])) * 1e-3
+    src = fit(x, x @ theta + 1.0)
+    y = 2.0 * (x @ theta) + 0.5  # the target device: same shape of costs, other scale
+    s = fit(x[:5], y[:5], priors=[src])
+    np.testing.assert_allclose(x[5:] @ np.asarray(s.coef) + float(s.intercept), y[5:], rtol=0.02)
+
+
+def test_grad_reaches_architecture_probabilities_and_vmaps(fbnet):
+    space, archs, tables = fbnet
+    x = np.asarray(network_features(tables))
+    s = fit(x, np.asarray(total_flops(tables)) / 1e7 + 1.0)
+    probs = space.uniform_probs()
+    g = jax.grad(lambda p: predict(s, space.expected_layers(p)))(probs)
+    assert np.all(np.isfinite(g)) and np.abs(g).sum() > 0
+    batched = jax.jit(jax.vmap(lambda a: predict(s, space.layers(a))))(jnp.asarray(archs[:8]))
+    np.testing.assert_allclose(batched, np.asarray(predict(s, tables[:8])), rtol=1e-5)
+
+
+def test_save_load_round_trip(fbnet, tmp_path):
+    space, archs, tables = fbnet
+    x = np.asarray(network_features(tables))
+    s = fit(x, x[:, 1] * 0.01 + 1.0)
+    path = str(tmp_path / "s.json")
+    fit_cli.save_surrogate(s, path)
+    with pytest.raises(fit_cli.InputError, match="exists"):
+        fit_cli.save_surrogate(s, path)  # never overwritten silently
+    s2 = fit_cli.load_surrogate(path)
+    np.testing.assert_allclose(predict(s2, tables), predict(s, tables), rtol=1e-6)
+
+
+def test_fit_rejects_bad_input(fbnet):
+    x = np.asarray(network_features(fbnet[2]))
+    with pytest.raises(ValueError, match="positive"):
+        fit(x[:4], np.array([1.0, -1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="features must be"):
+        fit(x[:4, :3], np.ones(4))
+    with pytest.raises(ValueError, match="at least 2"):
+        fit(x[:1], np.ones(1))
+
+
+def test_cli_on_real_data(data_dir, tmp_path, capsys):
+    src = os.path.join(data_dir, "latency", "fbnet_cifar100", "pixel3.csv")
+    small = tmp_path / "pixel3_small.csv"
+    small.write_text("".join(open(src).readlines()[:301]))
+    res = fit_cli.main(["--space", "fbnet-cifar100", "--data", str(small), "--train-size", "50",
+                        "--seed", "0", "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == {"spearman", "kendall", "mape", "within_10pct", "n_train", "n_test",
+                            "fit_seconds"}
+    assert printed["n_train"] == 50 and printed["n_test"] == 250
+    assert res["spearman"] > 0.95 and res["mape"] < 3.0
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--data", "missing.csv"], "not found"),
+    (["--column", "nope"], "no column 'nope'"),
+    (["--train-size", "100000"], "--train-size"),
+])
+def test_cli_errors(data_dir, capsys, args, msg):
+    base = {"--space": "fbnet-cifar100",
+            "--data": os.path.join(data_dir, "latency", "fbnet_cifar100", "pixel3.csv"),
+            "--train-size": "50"}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    with pytest.raises(SystemExit) as e:
+        fit_cli.main([x for kv in base.items() for x in kv])
+    assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_prune_dead_nb201():
+    space = make_space("nb201")
+    cut = space.decode("|avg_pool_3x3~0|+|avg_pool_3x3~0|nor_conv_3x3~1|+|none~0|none~1|none~2|")
+    assert float(total_flops(prune_dead(space.layers(cut)))) == 0.0  # output disconnected
+    fwd = prune_dead(space.layers(cut), backward=False)
+    assert 0 < float(total_flops(fwd)) < float(total_flops(space.layers(cut)))
+    full = space.decode("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|"
+                        "+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|")
+    assert float(total_flops(prune_dead(space.layers(full)))) == float(total_flops(space.layers(full)))
