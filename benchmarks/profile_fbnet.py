@@ -124,8 +124,8 @@ def main(argv: Sequence[str] | None = None, space: Any = None) -> dict[str, Any]
             f.flush()  # a killed run keeps every finished network
     summary = dict(out=args.out, mode="per_layer" if args.per_layer else "network",
                    backend=backend_description(), batch_size=args.batch_size, measured=len(todo),
-                   skipped=len(wanted) - len(todo), median_latency_ms=float(np.median(latencies)) if latencies else None,
-                   wall_s=round(time.perf_counter() - start, 2))
+                   skipped=len(wanted) - len(todo),
+                   median_latency_ms=float(np.median(latencies)) if latencies else None, wall_s=round(time.perf_counter() - start, 2))
     print(json.dumps(summary))
     return summary
 

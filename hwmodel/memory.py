@@ -131,13 +131,13 @@ def activation_bytes_by_row(table: LayerTable, bytes_per_element: float | Accele
 
 
 def peak_activation_bytes(table: LayerTable, bytes_per_element: float | AcceleratorSpec,
-                          temperature: float | None = None) -> Float[Array, "*b"]:
+                          temperature: float | jax.Array | None = None) -> Float[Array, "*b"]:
     """Peak activation memory in bytes under the arena semantics of the module docstring.
 
     Args:
       table: layer table `[..., L]` (row weights may be fractional: expected tensor sizes).
       bytes_per_element: bytes per element, or a spec whose `bytes_per_element` to use.
-      temperature: None for the exact max over rows; otherwise a smooth max
+      temperature: None for the exact max over rows; otherwise (a float or a traced scalar) a smooth max
         `m * tau * logsumexp(live / (m * tau))` with `m` the (constant) exact peak, so tau is
         relative: the result lies in `[peak, peak * (1 + tau * log L)]` and its gradient is a
         softmax over rows instead of a one-hot.
@@ -153,7 +153,7 @@ def peak_activation_bytes(table: LayerTable, bytes_per_element: float | Accelera
     if temperature is None:
         peak = jnp.max(live, axis=-1)
     else:
-        if not temperature > 0:
+        if isinstance(temperature, (int, float)) and not temperature > 0:  # a tracer passes unchecked
             raise ValueError(f"temperature must be > 0 or None, got {temperature!r}")
         scale = jax.lax.stop_gradient(jnp.maximum(jnp.max(live, axis=-1, keepdims=True), 1.0)) * temperature
         peak = jnp.squeeze(scale, -1) * jax.nn.logsumexp(live / scale, axis=-1)

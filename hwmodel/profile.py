@@ -163,11 +163,12 @@ def _plan(t: LayerTable) -> _Plan:
         r = _row(t, i)
         if t.weight[i] <= 0 or r.op == OpKind.NONE:
             continue
-        if r.op == OpKind.INPUT or not 0 <= r.src < i or r.res >= i:
-            raise ValueError(f"{r.describe()} must read earlier rows (src={r.src}, res={r.res}); only row 0 "
-                             "is an INPUT")
+        if r.op == OpKind.INPUT or not 0 <= r.src < i or r.res >= i or (r.op == OpKind.ADD and r.res < 0):
+            raise ValueError(f"{r.describe()} must read earlier rows (src={r.src}, res={r.res}; ADD reads "
+                             "both); only row 0 is an INPUT")
         # MIX reads whichever alternatives exist (exists if one does); ADD needs both; others `src`.
-        wanted = (r.src, r.res) if r.op in (OpKind.MIX, OpKind.ADD) else (r.src,)
+        wanted = (r.src, r.res) if r.op == OpKind.ADD else (r.src,)
+        wanted = tuple(dict.fromkeys((r.src, r.res))) if r.op == OpKind.MIX else wanted
         ins[i] = [j for j in wanted if j >= 0 and exists[j]]
         exists[i] = bool(ins[i]) if r.op == OpKind.MIX else len(ins[i]) == len(wanted)
         if exists[i]:

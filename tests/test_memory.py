@@ -11,8 +11,17 @@ from hwmodel import memory
 from hwmodel.accelerators import ACCELERATORS
 from hwmodel.layers import ALIAS_OPS, LayerTable, OpKind, out_elems, stack
 
-peak = jax.jit(memory.peak_activation_bytes, static_argnums=(1, 2))
+# Jitted entry points (eager dispatch is slow on CPU). bytes_per_element and temperature are static.
+_peak_exact = jax.jit(lambda t: memory.peak_activation_bytes(t, 1))
+_peak_smooth = jax.jit(lambda t, tau: memory.peak_activation_bytes(t, 1, tau))  # tau traced
 last_use = jax.jit(memory.tensor_last_use)
+live_elems = jax.jit(memory.live_elems)
+
+
+def peak(table, bytes_per_element, temperature=None):
+    # One compile per table shape: scale outside (the scale is exact for the integer sizes here).
+    value = _peak_exact(table) if temperature is None else _peak_smooth(table, temperature)
+    return value * bytes_per_element
 
 
 def _residual_rows():
@@ -78,19 +87,19 @@ def test_peak_on_residual_net_by_hand():
     # live(5) = 1024 + 1024 + 1024  ADD reads rows 4 and 1, writes row 5
     # live(6) = 1024 + 16, live(7) = 16 + 10
     expect = [192, 1216, 3072, 5120, 4096, 3072, 1040, 26]
-    np.testing.assert_array_equal(memory.live_elems(t), expect)
+    np.testing.assert_array_equal(live_elems(t), expect)
     np.testing.assert_array_equal(last_use(t), [1, 5, 3, 4, 5, 6, 7, 7])
     assert float(peak(t, 1)) == 5120
     assert float(peak(t, 4)) == 4 * 5120
     assert float(memory.peak_activation_bytes(t, ACCELERATORS["mobile-cpu"])) == 4 * 5120
-    np.testing.assert_array_equal(memory.activation_bytes_by_row(t, 2), 2 * np.asarray(expect))
-    np.testing.assert_array_equal(memory.live_elems(t), _reference_live(t))
+    np.testing.assert_array_equal(memory.activation_bytes_by_row(t, 2.0), 2 * np.asarray(expect))
+    np.testing.assert_array_equal(live_elems(t), _reference_live(t))
 
 
 def test_inactive_alternative_does_not_change_peak():
     t_ibn = _with_alternative(1.0)  # fused rows present in the table with weight 0
     assert float(peak(t_ibn, 1)) == 5120  # same as the plain residual net
-    np.testing.assert_array_equal(memory.live_elems(t_ibn), _reference_live(t_ibn))
+    np.testing.assert_array_equal(live_elems(t_ibn), _reference_live(t_ibn))
     # The other choice: the fused block alone (INPUT, conv, 3x3 16->32, 1x1 32->16, ADD, GAP, LINEAR)
     t_fused = _with_alternative(0.0)
     fused_alone = LayerTable.from_rows([
@@ -137,7 +146,7 @@ def test_identity_alias_extends_lifetime():
     t2 = LayerTable.from_rows(rows)
     assert int(last_use(t2)[1]) == 7
     assert float(peak(t2, 1)) == 6144
-    np.testing.assert_array_equal(memory.live_elems(t2), _reference_live(t2))
+    np.testing.assert_array_equal(live_elems(t2), _reference_live(t2))
 
 
 def test_param_bytes_by_hand():
@@ -170,11 +179,11 @@ def test_smooth_peak_gradient_is_finite_and_tends_to_exact():
     for tau in (0.1, 0.01, 1e-4):
         smooth = float(peak(t, 1, tau))
         assert exact <= smooth <= exact * (1 + tau * np.log(t.num_rows)) + 1e-3
-    g = jax.jit(jax.grad(lambda w: memory.peak_activation_bytes(t.replace(weight=w), 1, 0.1)))(t.weight)
+    g = jax.jit(jax.grad(lambda w: _peak_smooth(t.replace(weight=w), 0.1)))(t.weight)
     assert bool(jnp.all(jnp.isfinite(g)))
     assert float(jnp.max(jnp.abs(g))) > 0
     # Exact peak also differentiates (one-hot over the argmax row); absent rows get finite gradients.
-    g0 = jax.grad(lambda w: memory.peak_activation_bytes(_with_alternative(1.0).replace(weight=w), 1))(
+    g0 = jax.jit(jax.grad(lambda w: memory.peak_activation_bytes(_with_alternative(1.0).replace(weight=w), 1)))(
         _with_alternative(1.0).weight)
     assert bool(jnp.all(jnp.isfinite(g0)))
     with pytest.raises(ValueError, match="temperature must be > 0"):
@@ -184,7 +193,7 @@ def test_smooth_peak_gradient_is_finite_and_tends_to_exact():
 def test_liveness_matches_sequential_reference_on_random_graphs():
     rng = np.random.default_rng(0)
     n = 24
-    live = jax.jit(memory.live_elems)
+    live = live_elems
     kinds = [OpKind.CONV, OpKind.DWCONV, OpKind.ADD, OpKind.MIX, OpKind.IDENTITY, OpKind.NONE]
     for _ in range(5):
         rows = [dict(op=OpKind.INPUT, c_out=4, h=4, w=4)]
