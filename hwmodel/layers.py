@@ -241,7 +241,8 @@ def prune_dead(table: LayerTable, backward: bool = True) -> LayerTable:
     """Zeroes the weight of rows that a compiler would remove from a *discrete* network.
 
     Forward: a row whose input does not exist (an op fed only by `none` edges) is removed (MIX needs
-    one existing input, ADD its `src`). Backward (dead-code elimination): a row whose output never
+    one existing input, ADD both, as in the execution semantics above). Backward (dead-code
+    elimination): a row whose output never
     reaches the network output (the last non-padding row) is removed; when nothing reaches the output
     (a NAS-Bench-201 cell with a disconnected output node) the whole network folds to a constant.
     Deployed graphs are pruned like this: NAS-Bench-201's Pixel 3 latencies (HW-NAS-Bench) show it,
@@ -256,7 +257,8 @@ def prune_dead(table: LayerTable, backward: bool = True) -> LayerTable:
         def fwd(i, ex):
             src_ok = jnp.where(t.src[i] >= 0, ex[jnp.maximum(t.src[i], 0)], t.op[i] == OpKind.INPUT)
             res_ok = (t.res[i] >= 0) & ex[jnp.maximum(t.res[i], 0)]
-            ok = jnp.where(t.op[i] == OpKind.MIX, src_ok | res_ok, src_ok)
+            ok = jnp.where(t.op[i] == OpKind.MIX, src_ok | res_ok,
+                           jnp.where(t.op[i] == OpKind.ADD, src_ok & res_ok, src_ok))
             return ex.at[i].set(present[i] & ok)
 
         exists = jax.lax.fori_loop(0, n, fwd, jnp.zeros(n, bool))
