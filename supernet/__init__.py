@@ -1,4 +1,4 @@
-"""Search spaces and (later) the weight-sharing supernet and search algorithms.
+"""Search spaces, the weight-sharing supernets and the search algorithms.
 
 Example:
     >>> from supernet import make_space
@@ -6,7 +6,11 @@ Example:
     6
 """
 
+from supernet import nets  # noqa: F401  (registers the supernets)
+from supernet.heads import HEADS, ClassificationHead
+from supernet.model import SUPERNETS, ArchLogits, Subnet, Supernet, make_supernet
 from supernet.space import Architecture, ArchProbs, Decision, SearchSpace, SpaceMask
 from supernet.spaces import SPACES, make_space
 
-__all__ = ["SPACES", "ArchProbs", "Architecture", "Decision", "SearchSpace", "SpaceMask", "make_space"]
+__all__ = ["HEADS", "SPACES", "SUPERNETS", "ArchLogits", "ArchProbs", "Architecture", "ClassificationHead",
+           "Decision", "SearchSpace", "SpaceMask", "Subnet", "Supernet", "make_space", "make_supernet"]

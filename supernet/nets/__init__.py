@@ -1,0 +1,3 @@
+"""Supernets per search-space family; importing this package registers them in `SUPERNETS`."""
+
+from supernet.nets import nb201  # noqa: F401  (registers "nb201")
