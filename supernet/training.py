@@ -1,0 +1,245 @@
+"""Training machinery shared by single-shot search and (re)training of standalone networks.
+
+- `OptimConfig` + `weight_tx`: SGD with momentum (Nesterov), weight decay, gradient clipping and a
+  cosine schedule, the DARTS / NAS-Bench-201 recipe (lr 0.025 -> 0.001, momentum 0.9, wd 5e-4,
+  clip 5); any optax transform can be passed instead.
+- `DeviceData`: a dataset put on the devices once (uint8 images, replicated), batches gathered inside
+  the jitted step from an on-device permutation, so no host round trip per step (DESIGN.md).
+- `Mesh`-based data parallelism: `jax.make_mesh` over the local devices with `NamedSharding`; the
+  batch is sharded on the `data` axis, state replicated, and XLA inserts the all-reduces. BatchNorm
+  statistics are computed over the global batch, so 1 and N devices compute the same function.
+- `Trainer`: trains a standalone network (a derived `Subnet`) with a fixed schedule and evaluates it.
+
+Example:
+    >>> tx = weight_tx(OptimConfig(lr=0.1), total_steps=100)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+from jaxtyping import Array, Float, Int
+
+AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
+"""`(key, uint8 images [B, H, W, C]) -> float32 network input` (jittable)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Weight optimizer: SGD + momentum with a cosine schedule (DARTS/NB201 search defaults)."""
+
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    grad_clip: float | None = 5.0
+    warmup_steps: int = 0
+
+    def __post_init__(self):
+        if not self.lr > 0 or self.lr_min < 0 or self.weight_decay < 0:
+            raise ValueError(f"invalid optimizer settings: lr={self.lr}, lr_min={self.lr_min}, "
+                             f"weight_decay={self.weight_decay} (need lr > 0, lr_min >= 0, wd >= 0)")
+
+
+def weight_tx(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """clip -> decoupled-as-L2 weight decay -> SGD(momentum, cosine schedule), as torch.optim.SGD."""
+    sched = optax.warmup_cosine_decay_schedule(
+        0.0 if cfg.warmup_steps else cfg.lr, cfg.lr, max(cfg.warmup_steps, 0), max(total_steps, 1),
+        end_value=cfg.lr_min) if cfg.warmup_steps else optax.cosine_decay_schedule(
+        cfg.lr, max(total_steps, 1), alpha=cfg.lr_min / cfg.lr)
+    parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
+    parts += [optax.add_decayed_weights(cfg.weight_decay),
+              optax.sgd(sched, momentum=cfg.momentum, nesterov=cfg.nesterov)]
+    return optax.chain(*parts)
+
+
+def cross_entropy(logits: Float[Array, "b k"], labels: Int[Array, "b"]) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
+
+
+def accuracy(logits: Float[Array, "b k"], labels: Int[Array, "b"]) -> jax.Array:
+    return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+# ------------------------------------------------------------------ devices and data
+def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+    """A 1-D `data` mesh over the first `num_devices` local devices (all by default)."""
+    devs = jax.local_devices()
+    n = len(devs) if num_devices is None else num_devices
+    if not 1 <= n <= len(devs):
+        raise ValueError(f"asked for {n} devices, {len(devs)} available")
+    return jax.sharding.Mesh(np.asarray(devs[:n]), ("data",))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DeviceData:
+    """Images (uint8) and labels placed on every device of `mesh` once."""
+
+    x: jax.Array
+    y: jax.Array
+
+    @classmethod
+    def put(cls, x: np.ndarray, y: np.ndarray, mesh: jax.sharding.Mesh) -> "DeviceData":
+        if len(x) != len(y) or len(x) == 0:
+            raise ValueError(f"need as many labels as images (and at least one): {len(x)} vs {len(y)}")
+        rep = NamedSharding(mesh, P())
+        return cls(jax.device_put(np.asarray(x), rep), jax.device_put(np.asarray(y, np.int32), rep))
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def check_batch(batch_size: int, mesh: jax.sharding.Mesh, n: int, what: str = "training set") -> int:
+    """Steps per epoch; a clear error for batches that do not split over devices or exceed the data."""
+    d = mesh.devices.size
+    if batch_size <= 0 or batch_size % d:
+        raise ValueError(f"batch_size {batch_size} must be a positive multiple of the {d} devices")
+    if n < batch_size:
+        raise ValueError(f"the {what} has {n} examples, fewer than one batch of {batch_size}")
+    return n // batch_size
+
+
+def gather_batch(data: DeviceData, perm: jax.Array, step: jax.Array, batch_size: int,
+                 mesh: jax.sharding.Mesh) -> tuple[jax.Array, jax.Array]:
+    """Batch `step` of the permutation, sharded over the mesh's `data` axis (inside jit).
+
+    Pass `data` as an argument of the jitted function (a pytree), never as a closure: closed-over
+    arrays become compile-time constants.
+    """
+    idx = jax.lax.dynamic_slice(perm, (step * batch_size,), (batch_size,))
+    shard = NamedSharding(mesh, P("data"))
+    return (jax.lax.with_sharding_constraint(data.x[idx], shard),
+            jax.lax.with_sharding_constraint(data.y[idx], shard))
+
+
+def identity_input(key: jax.Array, x: jax.Array) -> jax.Array:
+    """No augmentation: uint8 -> float32 in [0, 1]."""
+    del key
+    return x.astype(jnp.float32) / 255.0
+
+
+# ------------------------------------------------------------------ standalone training
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A fixed training schedule for a standalone network."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optim: OptimConfig = OptimConfig(lr=0.1, lr_min=0.0, weight_decay=5e-4, grad_clip=None)
+    seed: int = 0
+    steps_per_epoch: int | None = None  # cap (smoke runs)
+    label_smoothing: float = 0.0
+
+
+class Trainer:
+    """Trains `model(x) -> logits` (e.g. a derived `Subnet`) on `DeviceData` with `TrainConfig`.
+
+    Example:
+        >>> # trainer = Trainer(subnet, cfg, augment); trainer.fit(train, test)
+    """
+
+    def __init__(self, model: nnx.Module, cfg: TrainConfig, augment: AugmentFn = identity_input,
+                 mesh: jax.sharding.Mesh | None = None, eval_input: AugmentFn | None = None):
+        self.model, self.cfg, self.augment = model, cfg, augment
+        self.eval_input = eval_input or (lambda k, x: augment_free(augment, x))
+        self.mesh = mesh or make_mesh()
+        self.epoch = 0
+        self._opt: nnx.Optimizer | None = None
+
+    def fit(self, train: DeviceData, test: DeviceData | None = None,
+            callback: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        steps = check_batch(cfg.batch_size, self.mesh, len(train))
+        steps = min(steps, cfg.steps_per_epoch or steps)
+        if self._opt is None:
+            self._opt = nnx.Optimizer(self.model, weight_tx(cfg.optim, cfg.epochs * steps), wrt=nnx.Param)
+        graphdef, state = nnx.split((self.model, self._opt))
+        rep = NamedSharding(self.mesh, P())
+        state = jax.device_put(state, rep)
+        key = jax.random.key(cfg.seed)
+        mesh, bs, aug, ls = self.mesh, cfg.batch_size, self.augment, cfg.label_smoothing
+
+        @jax.jit
+        def step(state, train, perm, i, k):
+            model, opt = nnx.merge(graphdef, state)
+            model.train()
+            xb, yb = gather_batch(train, perm, i, bs, mesh)
+            xb = aug(jax.random.fold_in(k, i), xb)
+
+            def loss_fn(m):
+                logits = m(xb)
+                y1 = optax.smooth_labels(jax.nn.one_hot(yb, logits.shape[-1]), ls) if ls else None
+                loss = (optax.softmax_cross_entropy(logits.astype(jnp.float32), y1).mean() if ls
+                        else cross_entropy(logits, yb))
+                return loss, accuracy(logits, yb)
+
+            (loss, acc), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+            opt.update(model, grads)
+            return nnx.state((model, opt)), jnp.stack([loss, acc])
+
+        history = []
+        while self.epoch < cfg.epochs:
+            ek = jax.random.fold_in(key, self.epoch)
+            perm = jax.random.permutation(jax.random.fold_in(ek, 1), len(train))
+            sums = jnp.zeros(2)
+            for i in range(steps):
+                state, m = step(state, train, perm, jnp.int32(i), ek)
+                sums = sums + m
+            nnx.update((self.model, self._opt), state)
+            sums = np.asarray(sums) / steps
+            rec = {"epoch": self.epoch, "train_loss": float(sums[0]), "train_acc": float(sums[1])}
+            if not np.isfinite(rec["train_loss"]):
+                raise FloatingPointError(f"training loss is {rec['train_loss']} at epoch {self.epoch}; "
+                                         "lower the learning rate or check the data")
+            if test is not None and (self.epoch == cfg.epochs - 1):
+                rec["test_acc"] = evaluate(self.model, test, self.eval_input, mesh=self.mesh)
+            history.append(rec)
+            self.epoch += 1
+            if callback:
+                callback(rec)
+        return history
+
+
+def augment_free(augment: AugmentFn, x: jax.Array) -> jax.Array:
+    """Evaluation input: the augmentation's normalisation without random crops/flips, if it has one."""
+    norm = getattr(augment, "normalize", None)
+    return norm(x) if norm is not None else identity_input(None, x)
+
+
+def evaluate(model: nnx.Module, data: DeviceData, prepare: AugmentFn, arch_weights: jax.Array | None = None,
+             batch_size: int = 500, mesh: jax.sharding.Mesh | None = None) -> float:
+    """Top-1 accuracy over `data` with `model` in eval mode (BatchNorm running statistics).
+
+    `model(x)` for a standalone network, `model(x, arch_weights)` for a supernet. The last partial
+    batch is included (indices clamped, the repeats not counted). The model is left in train mode.
+    """
+    mesh = mesh or make_mesh()
+    d = mesh.devices.size
+    bs = max(d, (min(batch_size, len(data)) // d) * d)
+    n = len(data)
+    model.eval()
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def correct(state, data, start, w):
+        m = nnx.merge(graphdef, state)
+        pos = start + jnp.arange(bs)
+        idx = jnp.minimum(pos, n - 1)
+        xb = jax.lax.with_sharding_constraint(data.x[idx], NamedSharding(mesh, P("data")))
+        xb = prepare(None, xb)
+        logits = m(xb) if w is None else m(xb, w)
+        return jnp.sum((jnp.argmax(logits, -1) == data.y[idx]) & (pos < n))
+
+
+    total = sum(int(correct(state, data, jnp.int32(s), arch_weights)) for s in range(0, n, bs))
+    model.train()
+    return total / n
