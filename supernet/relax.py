@@ -89,6 +89,11 @@ def dirichlet_kl(logits: Weights, allowed) -> jax.Array:
     return jnp.sum(kl)
 
 
+def beta_decay(logits: Weights, allowed) -> jax.Array:
+    """beta-DARTS regulariser: mean over decisions of logsumexp of the allowed logits."""
+    return jnp.mean(jax.nn.logsumexp(_masked(logits, allowed), axis=-1))
+
+
 def _straight_through(w: Weights) -> Weights:
     """Forward: one-hot of the argmax; backward: the gradient of `w` (Bengio et al. 2013)."""
     hard = jax.nn.one_hot(jnp.argmax(w, -1), w.shape[-1], dtype=w.dtype)

@@ -55,6 +55,10 @@ class SearchConfig:
       tau: (start, end) temperature of `gumbel`, linear over the search (GDAS: 10 -> 0.1).
       hard: straight-through one-hot sampling (GDAS's hard Gumbel).
       dirichlet_kl: weight of DrNAS's KL(Dir(beta) || Dir(1)) regulariser.
+      beta_decay: final weight of beta-DARTS's regulariser (Ye et al., CVPR 2022): the mean over
+        decisions of logsumexp(alpha), ramped linearly from 0 over the search. Its gradient
+        softmax(alpha) shrinks the logits of strong choices most, which keeps the architecture
+        weights from running away (the skip-connection collapse of DARTS).
       warmup_epochs: epochs of weight-only training before architecture updates.
       cost: the hardware cost in the architecture loss.
       seed: drives initialisation-independent streams (data order, augmentation, sampling).
@@ -71,6 +75,7 @@ class SearchConfig:
     tau: tuple[float, float] = (10.0, 0.1)
     hard: bool = False
     dirichlet_kl: float = 1e-3
+    beta_decay: float = 0.0
     warmup_epochs: int = 0
     cost: CostConfig = CostConfig()
     seed: int = 0
@@ -160,6 +165,9 @@ class SingleShot:
                     loss = combine(ce, cost.get("latency_ms"), cost.get("memory_bytes"), cfg.cost)
                     if cfg.relaxation == "dirichlet" and cfg.dirichlet_kl:
                         loss = loss + cfg.dirichlet_kl * R.dirichlet_kl(m.arch_logits.value, allowed)
+                    if cfg.beta_decay:
+                        ramp = jnp.asarray(gstep, jnp.float32) / max(total - 1, 1)
+                        loss = loss + cfg.beta_decay * ramp * R.beta_decay(m.arch_logits.value, allowed)
                     return loss, (ce, accuracy(logits, yv), cost)
 
                 grads, (ce_v, acc_v, cost) = nnx.grad(arch_loss, argnums=nnx.DiffState(0, ArchLogits),

@@ -1,0 +1,124 @@
+"""Experiment configs: `experiments/configs/<study>/<name>.py` defines `get_config(arg) -> ConfigDict`.
+
+As in big_vision, a config file is Python; `path.py:arg` passes `arg` (e.g. `smoke`) to
+`get_config`, and `--config.key=value` overrides any leaf (nested keys with dots). An override of a
+key the config does not have fails before any work, listing the valid keys, so a typo never runs a
+silently different experiment. Values are parsed as Python literals when they look like one
+(`1e-3`, `True`, `(1, 2)`, `None`) and must keep the type of the value they replace (int -> float is
+allowed).
+
+Example:
+    >>> cfg = load_config("experiments/configs/nb201/single_shot.py:smoke", ["--config.seed=3"])
+    >>> cfg.seed
+    3
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from typing import Any, Sequence
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config file, argument or override that cannot be used (the message says how to fix it)."""
+
+
+def _load_module(path: str):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} not found; configs live in experiments/configs/<study>/")
+    spec = importlib.util.spec_from_file_location(f"_hwnas_config_{abs(hash(path))}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not hasattr(mod, "get_config"):
+        raise ConfigError(f"{path} defines no get_config(arg)")
+    return mod
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """`{'a.b': leaf}` for every leaf of a (nested) ConfigDict or dict."""
+    out = {}
+    items = cfg.items() if hasattr(cfg, "items") else []
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, (ml_collections.ConfigDict, dict)) and len(v):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def parse_value(text: str, old: Any) -> Any:
+    """Parses an override string, keeping the type of the value it replaces."""
+    try:
+        new = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        new = text
+    if old is None or new is None:
+        return new
+    if isinstance(old, bool) != isinstance(new, bool):
+        raise ConfigError(f"expected a bool (True/False), got {text!r}")
+    if isinstance(old, float) and isinstance(new, int):
+        return float(new)
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        return type(old)(new)
+    if isinstance(old, str) and not isinstance(new, str):
+        return text
+    if type(new) is not type(old):
+        raise ConfigError(f"expected a {type(old).__name__}, got {text!r}")
+    return new
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    """Applies `--config.key=value` strings; unknown keys fail listing the valid ones."""
+    flat = flatten(cfg)
+    for item in overrides:
+        if not item.startswith("--config.") or "=" not in item:
+            raise ConfigError(f"overrides look like --config.key=value, got {item!r}")
+        key, _, text = item[len("--config."):].partition("=")
+        if key not in flat:
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(flat))}")
+        try:
+            value = parse_value(text, flat[key])
+        except ConfigError as e:
+            raise ConfigError(f"--config.{key}: {e}") from None
+        *parents, leaf = key.split(".")
+        node = cfg
+        for p in parents:
+            node = node[p]
+        with cfg.unlocked() if hasattr(cfg, "unlocked") else _null():
+            node[leaf] = value
+        flat[key] = value
+    return cfg
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Loads `path.py[:arg]` and applies overrides."""
+    path, _, arg = spec.partition(":")
+    mod = _load_module(path)
+    cfg = mod.get_config(arg or None)
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        cfg = ml_collections.ConfigDict(cfg)
+    return apply_overrides(cfg, overrides)
+
+
+def to_dict(cfg: Any) -> Any:
+    """A JSON-ready plain dict (tuples as lists)."""
+    if isinstance(cfg, ml_collections.ConfigDict):
+        cfg = cfg.to_dict()
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    return cfg

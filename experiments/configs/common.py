@@ -1,0 +1,76 @@
+"""Defaults shared by every config; a config file starts from `base()` and changes what it studies.
+
+Every key here can be overridden from the command line (`--config.single_shot.epochs=10`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.num_devices = 0  # 0: all local devices (data parallel)
+    c.matmul_precision = "default"
+    c.stages = ["single_shot"]
+    c.space = ml_collections.ConfigDict({"name": "nb201", "kwargs": {}})
+    c.data = ml_collections.ConfigDict({"name": "cifar10", "dir": "", "num_train": 0, "num_test": 0})
+
+    s = c.single_shot = ml_collections.ConfigDict()
+    s.epochs = 50
+    s.batch_size = 64
+    s.val_fraction = 0.5  # NAS-Bench-201 / DARTS: half of the training set for the architecture step
+    s.steps_per_epoch = 0  # 0: full epochs
+    s.optim = {"lr": 0.025, "lr_min": 0.001, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+               "grad_clip": 5.0, "warmup_steps": 0}
+    s.arch_lr = 3e-4
+    s.arch_weight_decay = 1e-3
+    s.relaxation = "softmax"
+    s.tau = (10.0, 0.1)
+    s.hard = False
+    s.dirichlet_kl = 1e-3
+    s.beta_decay = 0.0
+    s.warmup_epochs = 0
+    s.supernet = ml_collections.ConfigDict()  # extra kwargs of the supernet class
+
+    k = c.cost = ml_collections.ConfigDict()
+    k.form = "none"
+    k.target_ms = ml_collections.FieldReference(None, field_type=float)
+    k.weight = 0.0
+    k.exponent = 0.6
+    k.model = "analytic"
+    k.accelerator = "npu"
+    k.temperature = 0.05
+    k.memory = ml_collections.FieldReference(None, field_type=str)
+    k.memory_budget_bytes = ml_collections.FieldReference(None, field_type=float)
+    k.memory_weight = 1.0
+    k.surrogate = ml_collections.ConfigDict({"file": "", "csv": "", "column": "", "arch_column": "",
+                                             "train_size": 50})
+
+    r = c.retrain = ml_collections.ConfigDict()
+    r.epochs = 30
+    r.batch_size = 128
+    r.steps_per_epoch = 0
+    r.label_smoothing = 0.0
+    r.optim = {"lr": 0.1, "lr_min": 0.0, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+               "grad_clip": 0.0, "warmup_steps": 0}
+
+    c.table = ml_collections.ConfigDict({"csv": "", "arch_column": "arch_str", "column": "",
+                                         "latency_columns": ()})
+    c.report = ml_collections.ConfigDict({"accelerators": ("npu", "edgetpu", "mobile-cpu")})
+    return c
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Seconds on a CPU: synthetic data, tiny schedule."""
+    c.data.name = "synthetic"
+    c.data.num_train = 256
+    c.data.num_test = 128
+    c.single_shot.epochs = 2
+    c.single_shot.batch_size = 32
+    c.single_shot.steps_per_epoch = 2
+    c.retrain.epochs = 1
+    c.retrain.batch_size = 32
+    c.retrain.steps_per_epoch = 2
+    return c

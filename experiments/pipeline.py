@@ -1,0 +1,271 @@
+"""Pipeline stages composed by a config: `config.stages = ["single_shot", "retrain"]` etc.
+
+Each stage reads and extends a `Context` (space, data, mask, architecture, results) and writes its
+outputs to the workdir (`stages/<name>.json`), so a rerun skips finished stages and resumes an
+interrupted one from its orbax checkpoint. `check_stages` refuses unknown names (listing the valid
+ones) and orders that make no sense (e.g. `retrain` before anything chose an architecture).
+
+Stages here: `baseline` (the space's reference architecture, e.g. MobileNetV2), `single_shot`
+(bilevel supernet search, `supernet.single_shot`), `retrain` (train the architecture from scratch with
+a fixed schedule and report test accuracy). Every run ends with the architecture's costs from
+`hwmodel` and, when a lookup table is configured (NAS-Bench-201), its table accuracy and latencies.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from tqdm import tqdm
+
+from hwmodel import analytic, memory
+from hwmodel.accelerators import ACCELERATORS
+from hwmodel.registry import Registry
+from supernet.model import make_supernet
+from supernet.objectives import CostConfig, make_cost_fn
+from supernet.single_shot import SearchConfig, SingleShot
+from supernet.space import SearchSpace, SpaceMask
+from supernet.spaces import make_space
+from supernet.training import DeviceData, OptimConfig, TrainConfig, Trainer, evaluate, make_mesh
+from experiments import data as D
+from experiments.config import ConfigError
+from experiments.workdir import Workdir
+
+STAGES: Registry[Callable[["Context"], dict[str, Any]]] = Registry("stage")
+#: Stages that choose an architecture; `retrain` needs one of them before it.
+CHOOSERS = {"baseline", "single_shot", "evolve"}
+
+
+@dataclasses.dataclass
+class Context:
+    """What stages share: config, workdir, space, data (loaded lazily), mask and the architecture."""
+
+    cfg: Any
+    wd: Workdir
+    space: SearchSpace
+    mesh: jax.sharding.Mesh
+    mask: SpaceMask | None = None
+    arch: np.ndarray | None = None
+    results: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _data: Any = None
+
+    def data(self):
+        """CIFAR-10 (or the synthetic stand-in) as host arrays, optionally subsampled."""
+        if self._data is None:
+            dc = self.cfg.data
+            if dc.name == "synthetic":
+                d = D.synthetic_cifar10(dc.num_train or 2000, dc.num_test or 500, seed=0)
+            elif dc.name == "cifar10":
+                d = D.load_cifar10(dc.dir or None)
+            else:
+                raise ConfigError(f"unknown data.name {dc.name!r}; valid: cifar10, synthetic")
+            if dc.num_train and len(d.x_train) > dc.num_train:  # a class-balanced subset for quick runs
+                tr, _ = D.split_train(d, val_size=len(d.x_train) - dc.num_train, seed=0)
+                d = dataclasses.replace(d, x_train=tr.x, y_train=tr.y)
+            if dc.num_test and len(d.x_test) > dc.num_test:
+                d = dataclasses.replace(d, x_test=d.x_test[:: len(d.x_test) // dc.num_test][: dc.num_test],
+                                        y_test=d.y_test[:: len(d.y_test) // dc.num_test][: dc.num_test])
+            self._data = d
+        return self._data
+
+
+def check_stages(stages: list[str]) -> None:
+    """Unknown names and senseless orders fail before any work."""
+    if not stages:
+        raise ConfigError(f"config.stages is empty; choose from {', '.join(sorted(STAGES))}")
+    for s in stages:
+        if s not in STAGES:
+            raise ConfigError(f"unknown stage {s!r}; valid stages: {', '.join(sorted(STAGES))}")
+    if len(set(stages)) != len(stages):
+        raise ConfigError(f"a stage appears twice in {stages}")
+    for i, s in enumerate(stages):
+        if s == "retrain" and not CHOOSERS & set(stages[:i]):
+            raise ConfigError(f"'retrain' needs an earlier stage that chooses an architecture "
+                              f"({', '.join(sorted(CHOOSERS))}); got {stages}")
+        if s == "baseline" and CHOOSERS & set(stages[:i]):
+            raise ConfigError(f"'baseline' would replace the architecture chosen before it in {stages}")
+
+
+def _checkpointer(ctx: Context, stage: str) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(os.path.abspath(ctx.wd.file("checkpoints", stage)),
+                                 options=ocp.CheckpointManagerOptions(max_to_keep=2))
+
+
+def _restore(mngr: ocp.CheckpointManager, template: dict[str, Any]) -> dict[str, Any] | None:
+    step = mngr.latest_step()
+    if step is None:
+        return None
+    return mngr.restore(step, args=ocp.args.StandardRestore(template))
+
+
+def _pure(state: dict[str, Any]) -> dict[str, Any]:
+    return {"nnx": nnx.to_pure_dict(state["nnx"]), "epoch": np.int64(state["epoch"]),
+            "seconds": np.float64(state["seconds"])}
+
+
+def _unpure(template: dict[str, Any], pure: dict[str, Any]) -> dict[str, Any]:
+    nnx.replace_by_pure_dict(template["nnx"], pure["nnx"])
+    return {"nnx": template["nnx"], "epoch": int(pure["epoch"]), "seconds": float(pure["seconds"])}
+
+
+def _splits(ctx: Context) -> tuple[DeviceData, DeviceData]:
+    d = ctx.data()
+    tr, va = D.split_train(d, val_fraction=ctx.cfg.single_shot.val_fraction, seed=ctx.cfg.seed)
+    return DeviceData.put(tr.x, tr.y, ctx.mesh), DeviceData.put(va.x, va.y, ctx.mesh)
+
+
+def cost_config(cfg: Any) -> CostConfig:
+    c = cfg.cost
+    return CostConfig(form=c.form, target_ms=c.target_ms, weight=c.weight, exponent=c.exponent,
+                      model=c.model, accelerator=c.accelerator, temperature=c.temperature,
+                      memory=c.memory, memory_budget_bytes=c.memory_budget_bytes,
+                      memory_weight=c.memory_weight)
+
+
+def fitted_surrogate(ctx: Context):
+    """The latency surrogate the config asks for: a saved file, or fitted on N rows of a CSV."""
+    from hwmodel import fit as F
+    from hwmodel.surrogate import fit
+    s = ctx.cfg.cost.surrogate
+    if s.file:
+        return F.load_surrogate(s.file)
+    if not s.csv:
+        raise ConfigError("cost.model='surrogate' needs cost.surrogate.file or cost.surrogate.csv")
+    archs, lat = F.load_latency_csv(_data_path(s.csv), ctx.space, s.column or None, s.arch_column or None)
+    idx, _ = F.split(len(archs), s.train_size, ctx.cfg.seed)
+    return fit(F.features_of(ctx.space, archs[idx]), lat[idx])
+
+
+def _data_path(path: str) -> str:
+    """`{data}/...` in config paths means the shared data folder (`$HWNAS_DATA_DIR` or ../shared/data)."""
+    return path.replace("{data}", str(D.resolve_data_dir(None)))
+
+
+# ------------------------------------------------------------------ stages
+@STAGES.register("baseline")
+def stage_baseline(ctx: Context) -> dict[str, Any]:
+    if not hasattr(ctx.space, "baseline_arch"):
+        raise ConfigError(f"space {ctx.space.name!r} has no baseline architecture")
+    ctx.arch = ctx.space.baseline_arch()
+    return {"arch": ctx.space.encode(ctx.arch)}
+
+
+@STAGES.register("single_shot")
+def stage_single_shot(ctx: Context) -> dict[str, Any]:
+    cfg, sc = ctx.cfg, ctx.cfg.single_shot
+    cost = cost_config(cfg)
+    surrogate = fitted_surrogate(ctx) if cost.model == "surrogate" and cost.uses_latency else None
+    net = make_supernet(ctx.space, rngs=nnx.Rngs(cfg.seed), **dict(sc.supernet))
+    search_cfg = SearchConfig(
+        epochs=sc.epochs, batch_size=sc.batch_size, optim=OptimConfig(**dict(sc.optim)), arch_lr=sc.arch_lr,
+        arch_weight_decay=sc.arch_weight_decay, relaxation=sc.relaxation, tau=tuple(sc.tau), hard=sc.hard,
+        dirichlet_kl=sc.dirichlet_kl, beta_decay=sc.beta_decay, warmup_epochs=sc.warmup_epochs, cost=cost,
+        seed=cfg.seed, steps_per_epoch=sc.steps_per_epoch or None)
+    search = SingleShot(ctx.space, net, search_cfg, mask=ctx.mask,
+                        cost_fn=make_cost_fn(ctx.space, cost, surrogate) if cost.uses_latency else None,
+                        augment=D.augment, mesh=ctx.mesh)
+    train, val = _splits(ctx)
+    steps = min(len(train) // sc.batch_size, sc.steps_per_epoch or 10**9)
+    mngr = _checkpointer(ctx, "single_shot")
+    search._setup(steps)
+    restored = _restore(mngr, _pure(search.state()))
+    if restored is not None:
+        search.load_state(_unpure(search.state(), restored), steps)
+    bar = tqdm(range(search.epoch, sc.epochs), desc="single-shot", initial=search.epoch, total=sc.epochs)
+    for _ in bar:
+        rec = search.run_epoch(train, val)
+        ctx.wd.log({"stage": "single_shot", **rec})
+        bar.set_postfix(val_acc=f"{rec.get('val_acc', float('nan')):.3f}", lat=rec.get("latency_ms"))
+        mngr.save(search.epoch, args=ocp.args.StandardSave(_pure(search.state())))
+    mngr.wait_until_finished()
+    ctx.arch = search.derive_arch()
+    onehot = ctx.space.one_hot(ctx.arch)
+    acc = evaluate(net, val, lambda k, x: D.normalize(x), arch_weights=onehot, mesh=ctx.mesh)
+    return {"arch": ctx.space.encode(ctx.arch), "search_seconds": search.seconds,
+            "supernet_val_accuracy": acc, "probs": search.probs().tolist()}
+
+
+@STAGES.register("retrain")
+def stage_retrain(ctx: Context) -> dict[str, Any]:
+    cfg, rc = ctx.cfg, ctx.cfg.retrain
+    net = make_supernet(ctx.space, rngs=nnx.Rngs(cfg.seed + 1), **dict(cfg.single_shot.supernet))
+    sub = net.derive(ctx.arch)  # fresh weights: retraining from scratch
+    d = ctx.data()
+    train = DeviceData.put(d.x_train, d.y_train, ctx.mesh)
+    test = DeviceData.put(d.x_test, d.y_test, ctx.mesh)
+    tcfg = TrainConfig(epochs=rc.epochs, batch_size=rc.batch_size, optim=OptimConfig(**dict(rc.optim)),
+                       seed=cfg.seed, steps_per_epoch=rc.steps_per_epoch or None,
+                       label_smoothing=rc.label_smoothing)
+    trainer = Trainer(sub, tcfg, augment=D.augment, mesh=ctx.mesh, eval_input=lambda k, x: D.normalize(x))
+    t0 = time.perf_counter()
+    hist = trainer.fit(train, test, callback=lambda r: ctx.wd.log({"stage": "retrain", **r}))
+    return {"arch": ctx.space.encode(ctx.arch), "test_accuracy": hist[-1]["test_acc"],
+            "retrain_seconds": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------------------ costs and table lookups
+def hardware_costs(ctx: Context, arch: np.ndarray) -> dict[str, Any]:
+    """Latency of every configured accelerator (exact analytic), memory, and surrogate latency."""
+    table = ctx.space.layers(jnp.asarray(arch))
+    spec = ACCELERATORS[ctx.cfg.cost.accelerator]
+    lat = {f"analytic:{name}": float(analytic.latency_ms(ACCELERATORS[name], table))
+           for name in ctx.cfg.report.accelerators}
+    out = {"latency_ms": lat, "params_bytes": float(memory.param_bytes(spec, table)),
+           "peak_activation_bytes": float(memory.peak_activation_bytes(table, spec))}
+    if ctx.cfg.cost.model == "surrogate" and (ctx.cfg.cost.surrogate.file or ctx.cfg.cost.surrogate.csv):
+        from hwmodel.surrogate import predict
+        lat["surrogate"] = float(predict(fitted_surrogate(ctx), table))
+    return out
+
+
+def table_lookup(ctx: Context, arch: np.ndarray) -> dict[str, Any]:
+    """Accuracy and latencies of `arch` from the configured lookup table (NAS-Bench-201 CSV)."""
+    t = ctx.cfg.table
+    if not t.csv:
+        return {}
+    path = _data_path(t.csv)
+    if not os.path.isfile(path):
+        raise ConfigError(f"lookup table {path!r} not found (config table.csv)")
+    key = ctx.space.encode(arch)
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row[t.arch_column] == key:
+                out = {"table_accuracy": float(row[t.column])}
+                for c in t.latency_columns:
+                    out.setdefault("table_latency_ms", {})[c] = float(row[c])
+                return out
+    raise ConfigError(f"architecture {key} not in {path}")
+
+
+def run_pipeline(cfg: Any, wd: Workdir) -> dict[str, Any]:
+    """Runs `cfg.stages` in order (skipping finished ones) and writes `results.json`."""
+    check_stages(list(cfg.stages))
+    space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
+    ctx = Context(cfg=cfg, wd=wd, space=space, mesh=make_mesh(cfg.num_devices or None))
+    outputs: dict[str, Any] = {}
+    for stage in cfg.stages:
+        done = wd.stage_done(stage)
+        if done is None:
+            done = STAGES[stage](ctx)
+            wd.write_stage(stage, done)
+        elif "arch" in done:
+            ctx.arch = space.decode(done["arch"])
+        outputs[stage] = done
+    res: dict[str, Any] = {"architecture": space.encode(ctx.arch), "space": space.name}
+    res["search_seconds"] = sum(o.get("search_seconds", 0.0) for o in outputs.values())
+    res["accuracy"] = next((outputs[s][k] for s, k in (("retrain", "test_accuracy"),
+                                                       ("single_shot", "supernet_val_accuracy"))
+                            if s in outputs), None)
+    res.update(hardware_costs(ctx, ctx.arch))
+    res.update(table_lookup(ctx, ctx.arch))
+    res["stages"] = {s: {k: v for k, v in o.items() if k != "probs"} for s, o in outputs.items()}
+    wd.write_results(res)
+    return res

@@ -1,0 +1,48 @@
+"""The launcher: `python -m experiments.run --config FILE.py[:arg] --workdir DIR [--config.key=value ...]`.
+
+Runs the pipeline of stages named in the config (`experiments.pipeline`) into the workdir
+(`experiments.workdir`). Rerunning the same command resumes; a different config in an existing
+workdir is refused unless `--overwrite` (which moves the old run aside). Config errors (unknown keys,
+stages or names) stop before any work with one message. Prints `results.json` at the end.
+
+Example (seconds on a CPU):
+    python -m experiments.run --config experiments/configs/nb201/single_shot.py:smoke --workdir /tmp/nb201
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from experiments.config import ConfigError, load_config, to_dict
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="experiments/configs/<study>/<name>.py[:arg]")
+    p.add_argument("--workdir", required=True, help="folder for config.json, metrics, checkpoints, results")
+    p.add_argument("--overwrite", action="store_true", help="move an existing different run aside")
+    args, overrides = p.parse_known_args(argv)
+    try:
+        cfg = load_config(args.config, overrides)
+        from experiments.pipeline import check_stages, run_pipeline  # heavy imports after the config parses
+        from experiments.workdir import Workdir
+        check_stages(list(cfg.stages))
+        import jax
+        jax.config.update("jax_default_matmul_precision", cfg.get("matmul_precision", "default"))
+        wd = Workdir.open(args.workdir, to_dict(cfg), overwrite=args.overwrite)
+        results = run_pipeline(cfg, wd)
+    except (ConfigError, KeyError, FileNotFoundError) as e:
+        p.exit(2, f"error: {e.args[0] if e.args else e}\n")
+    except RuntimeError as e:
+        if type(e).__name__ == "WorkdirError":
+            p.exit(2, f"error: {e}\n")
+        raise
+    print(json.dumps(results, indent=1, sort_keys=True))
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
