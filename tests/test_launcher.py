@@ -1,0 +1,62 @@
+"""The launcher: configs, overrides, stage checks, the workdir contract and an end-to-end smoke run."""
+
+import json
+import os
+
+import pytest
+
+from experiments.config import ConfigError, load_config, to_dict
+from experiments.pipeline import check_stages
+from experiments.run import main
+from experiments.workdir import Workdir, WorkdirError
+
+CFG = "experiments/configs/nb201/single_shot.py"
+
+
+def test_overrides_are_typed_and_typos_list_the_valid_keys():
+    cfg = load_config(f"{CFG}:smoke", ["--config.seed=3", "--config.single_shot.arch_lr=1e-2",
+                                       "--config.single_shot.tau=(5, 1)"])
+    assert cfg.seed == 3 and cfg.single_shot.arch_lr == 0.01 and tuple(cfg.single_shot.tau) == (5, 1)
+    with pytest.raises(ConfigError, match="unknown config key 'single_shot.epoch'.*single_shot.epochs"):
+        load_config(CFG, ["--config.single_shot.epoch=3"])
+    with pytest.raises(ConfigError, match="expected a int"):
+        load_config(CFG, ["--config.seed=abc"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("experiments/configs/nope.py")
+
+
+def test_stage_names_and_orders_are_checked_before_any_work():
+    with pytest.raises(ConfigError, match="unknown stage 'single_shoot'; valid stages:"):
+        check_stages(["single_shoot"])
+    with pytest.raises(ConfigError, match="'retrain' needs an earlier stage"):
+        check_stages(["retrain", "single_shot"])
+    with pytest.raises(ConfigError, match="empty"):
+        check_stages([])
+    check_stages(["single_shot", "retrain"])
+
+
+def test_workdir_refuses_a_different_config(tmp_path):
+    Workdir.open(str(tmp_path), {"seed": 0})
+    Workdir.open(str(tmp_path), {"seed": 0})  # same config: resume
+    with pytest.raises(WorkdirError, match="different config.*seed"):
+        Workdir.open(str(tmp_path), {"seed": 1})
+    Workdir.open(str(tmp_path), {"seed": 1}, overwrite=True)
+    assert any(n.startswith("old-") for n in os.listdir(tmp_path))
+
+
+def test_smoke_run_end_to_end_and_rerun_resumes(tmp_path, data_dir):
+    wd = str(tmp_path / "run")
+    res = main(["--config", f"{CFG}:smoke", "--workdir", wd])
+    for key in ("architecture", "accuracy", "latency_ms", "params_bytes", "peak_activation_bytes",
+                "search_seconds", "table_accuracy"):
+        assert key in res, key
+    assert set(res["latency_ms"]) == {"analytic:npu", "analytic:edgetpu", "analytic:mobile-cpu"}
+    with open(os.path.join(wd, "config.json")) as f:
+        meta = json.load(f)
+    assert meta["config"] == to_dict(load_config(f"{CFG}:smoke")) and "git_commit" in meta
+    assert len([json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]) == 2
+    again = main(["--config", f"{CFG}:smoke", "--workdir", wd])  # finished stages are skipped
+    assert again["architecture"] == res["architecture"]
+    assert len(open(os.path.join(wd, "metrics.jsonl")).readlines()) == 2
+    with pytest.raises(SystemExit):
+        main(["--config", f"{CFG}:smoke", "--workdir", wd, "--config.seed=5"])

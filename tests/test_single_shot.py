@@ -1,0 +1,156 @@
+"""Single-shot search: gradients reach the logits, the latency term works, one compile, clear errors,
+and data parallelism over 4 fake CPU devices computes what one device computes."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from supernet import make_supernet
+from supernet import relax as R
+from supernet.model import ArchLogits
+from supernet.objectives import CostConfig, combine, make_cost_fn
+from supernet.single_shot import SearchConfig, SingleShot
+from supernet.spaces.nb201 import NB201Space
+from supernet.training import DeviceData, OptimConfig, cross_entropy, make_mesh
+
+SPACE = NB201Space(channels=2, cells_per_stage=1, input_size=8)
+
+
+def _data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n).astype(np.int32)
+    x = (rng.normal(size=(n, 8, 8, 3)) * 30 + 100 + 12 * y[:, None, None, None]).clip(0, 255).astype(np.uint8)
+    return x, y
+
+
+def test_gradients_reach_every_architecture_logit():
+    net = make_supernet(SPACE, rngs=nnx.Rngs(0))
+    x, y = _data(16)
+    xb = jnp.asarray(x, jnp.float32) / 255
+    allowed = SPACE.full_mask().allowed
+    cost = make_cost_fn(SPACE, CostConfig(form="proxyless", target_ms=0.01, weight=1.0))
+
+    def loss(m):
+        w, p = R.relax("softmax", m.arch_logits.value, jax.random.key(0), allowed=allowed)
+        return combine(cross_entropy(m(xb, w), jnp.asarray(y)), cost(p)["latency_ms"], None,
+                       CostConfig(form="proxyless", target_ms=0.01, weight=1.0))
+
+    g = nnx.grad(loss, argnums=nnx.DiffState(0, ArchLogits))(net)
+    ga = np.asarray(g["arch_logits"].value)
+    assert np.all(np.isfinite(ga))
+    assert np.all(np.abs(ga[:, :5]).sum(-1) > 0), "every edge's logits must get a gradient"
+
+
+@pytest.mark.parametrize("relaxation", ["softmax", "gumbel", "dirichlet"])
+def test_relaxations_respect_the_mask(relaxation):
+    allowed = np.ones((3, 4), bool)
+    allowed[0, 1:] = False
+    allowed[2, 3] = False
+    w, p = R.relax(relaxation, jnp.zeros((3, 4)), jax.random.key(1), allowed=allowed, tau=0.5)
+    for a in (w, p):
+        a = np.asarray(a)
+        np.testing.assert_allclose(a.sum(-1), 1.0, rtol=1e-5)
+        assert np.all(a[~allowed] == 0)
+    np.testing.assert_allclose(np.asarray(w)[0], [1, 0, 0, 0], atol=1e-6)
+
+
+def test_hard_gumbel_is_one_hot_forward_soft_backward():
+    logits = jnp.array([[0.0, 1.0, 2.0]])
+    w, _ = R.relax("gumbel", logits, jax.random.key(0), allowed=np.ones((1, 3), bool), hard=True)
+    assert sorted(np.asarray(w)[0].tolist()) == [0.0, 0.0, 1.0]
+    g = jax.grad(lambda l: (R.relax("gumbel", l, jax.random.key(0), allowed=np.ones((1, 3), bool),
+                                    hard=True)[0] * jnp.arange(3.0)).sum())(logits)
+    assert np.abs(np.asarray(g)).sum() > 0
+
+
+def test_dirichlet_kl_is_zero_at_the_uniform_prior():
+    # elu(0) + 1 = 1: Dir(1) vs Dir(1)
+    assert abs(float(R.dirichlet_kl(jnp.zeros((2, 5)), np.ones((2, 5), bool)))) < 1e-5
+    assert float(R.dirichlet_kl(jnp.full((2, 5), 2.0), np.ones((2, 5), bool))) > 0
+
+
+def test_supernet_apply_never_retraces_across_architectures():
+    net = make_supernet(SPACE, rngs=nnx.Rngs(0))
+    g, st = nnx.split(net)
+    x = jnp.zeros((2, 8, 8, 3))
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def apply(st, w):
+        return nnx.merge(g, st)(x, w)
+
+    for s in range(3):
+        apply(st, SPACE.one_hot(SPACE.sample(jax.random.key(s))))
+    apply(st, SPACE.uniform_probs())
+
+
+def _search(weight, mesh, steps=3, arch_lr=0.05, epochs=1):
+    x, y = _data(96)
+    cost = CostConfig(form="proxyless" if weight else "none", target_ms=0.01 if weight else None,
+                      weight=weight)
+    cfg = SearchConfig(epochs=epochs, batch_size=16, steps_per_epoch=steps, arch_lr=arch_lr, cost=cost,
+                       optim=OptimConfig(lr=0.05))
+    net = make_supernet(SPACE, rngs=nnx.Rngs(0))
+    ss = SingleShot(SPACE, net, cfg, cost_fn=make_cost_fn(SPACE, cost) if weight else None, mesh=mesh)
+    tr, va = DeviceData.put(x[:48], y[:48], mesh), DeviceData.put(x[48:], y[48:], mesh)
+    for _ in range(epochs):
+        rec = ss.run_epoch(tr, va)
+    return ss, rec
+
+
+def test_large_latency_weight_lowers_expected_latency():
+    cost = make_cost_fn(SPACE, CostConfig())
+    lat = {}
+    for weight in (0.0, 50.0):
+        ss, _ = _search(weight, make_mesh(1), steps=4)
+        lat[weight] = float(cost(jnp.asarray(ss.probs()))["latency_ms"])
+    uniform = float(cost(SPACE.uniform_probs())["latency_ms"])
+    assert lat[50.0] < 0.95 * uniform
+    assert lat[50.0] < lat[0.0]
+
+
+@pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 (fake) devices, see conftest")
+def test_four_devices_compute_what_one_device_computes():
+    one, rec1 = _search(1.0, make_mesh(1), steps=2)
+    four, rec4 = _search(1.0, make_mesh(4), steps=2)
+    np.testing.assert_allclose(np.asarray(one.model.arch_logits.value),
+                               np.asarray(four.model.arch_logits.value), rtol=1e-4, atol=1e-6)
+    p1 = jax.tree.leaves(nnx.state(one.model, nnx.Param))
+    p4 = jax.tree.leaves(nnx.state(four.model, nnx.Param))
+    for a, b in zip(p1, p4):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    assert abs(rec1["train_ce"] - rec4["train_ce"]) < 1e-4
+
+
+def test_bad_inputs_give_clear_errors():
+    with pytest.raises(ValueError, match="unknown latency loss form"):
+        CostConfig(form="fastest")
+    with pytest.raises(ValueError, match="target_ms > 0"):
+        CostConfig(form="tunas", target_ms=0.0, weight=1.0)
+    with pytest.raises(ValueError, match="target_ms > 0"):
+        CostConfig(form="proxyless", target_ms=None, weight=1.0)
+    with pytest.raises(ValueError, match="unknown relaxation"):
+        SearchConfig(relaxation="sparsemax")
+    with pytest.raises(KeyError, match="valid names"):
+        CostConfig(accelerator="tpu-v9")
+    allowed = SPACE.full_mask().allowed.copy()
+    allowed[2] = False
+    net = make_supernet(SPACE, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="removes every choice of decision"):
+        SingleShot(SPACE, net, SearchConfig(), mask=SPACE.mask(allowed=allowed))
+    with pytest.raises(ValueError, match="needs a cost_fn"):
+        SingleShot(SPACE, net, SearchConfig(cost=CostConfig(form="tunas", target_ms=1.0, weight=1.0)))
+
+
+def test_mask_restricts_the_derived_architecture():
+    mask = SPACE.mask(remove={f"edge_{t}_{f}": ["none", "skip_connect", "avg_pool_3x3", "nor_conv_1x1"]
+                              for t, f in [(1, 0), (2, 0)]})
+    net = make_supernet(SPACE, rngs=nnx.Rngs(0))
+    ss = SingleShot(SPACE, net, SearchConfig(), mask=mask)
+    net.arch_logits.value = net.arch_logits.value.at[:, 0].set(5.0)  # favour 'none' everywhere
+    arch = ss.derive_arch()
+    assert arch[0] == arch[1] == 3 and arch[2] == 0
+    assert ss.probs()[0, 0] == 0
