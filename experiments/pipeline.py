@@ -61,12 +61,20 @@ class Context:
         """CIFAR-10 (or the synthetic stand-in) as host arrays, optionally subsampled."""
         if self._data is None:
             dc = self.cfg.data
-            if dc.name == "synthetic":
+            name = dc.name
+            if name == "auto":  # CIFAR-10 when it is found, else the synthetic stand-in (quickstart)
+                try:
+                    D.find_source(dc.dir or None)
+                    name = "cifar10"
+                except FileNotFoundError:
+                    print("CIFAR-10 not found; using synthetic data (set HWNAS_DATA_DIR)")
+                    name = "synthetic"
+            if name == "synthetic":
                 d = D.synthetic_cifar10(dc.num_train or 2000, dc.num_test or 500, seed=0)
-            elif dc.name == "cifar10":
+            elif name == "cifar10":
                 d = D.load_cifar10(dc.dir or None)
             else:
-                raise ConfigError(f"unknown data.name {dc.name!r}; valid: cifar10, synthetic")
+                raise ConfigError(f"unknown data.name {dc.name!r}; valid: auto, cifar10, synthetic")
             if dc.num_train and len(d.x_train) > dc.num_train:  # a class-balanced subset for quick runs
                 tr, _ = D.split_train(d, val_size=len(d.x_train) - dc.num_train, seed=0)
                 d = dataclasses.replace(d, x_train=tr.x, y_train=tr.y)

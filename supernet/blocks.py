@@ -64,11 +64,16 @@ class SharedConv(nnx.Module):
     """
 
     def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1, groups: int = 1,
-                 *, use_bias: bool = False, rngs: nnx.Rngs):
+                 *, use_bias: bool = False, rngs: nnx.Rngs | None, init: jax.Array | None = None):
         if c_in % groups or c_out % groups:
             raise ValueError(f"channels ({c_in}, {c_out}) must be divisible by groups={groups}")
         self.c_in, self.c_out, self.k, self.stride, self.groups = c_in, c_out, kernel, stride, groups
-        self.kernel = nnx.Param(CONV_INIT(rngs.params(), (kernel, kernel, c_in // groups, c_out)))
+        shape = (kernel, kernel, c_in // groups, c_out)
+        # `init` (a given kernel) skips the random draw: derived networks copy weights, and an eager
+        # random init compiles one threefry program per new shape (seconds per derive).
+        self.kernel = nnx.Param(CONV_INIT(rngs.params(), shape) if init is None else jnp.asarray(init))
+        if self.kernel.value.shape != shape:
+            raise ValueError(f"kernel shape {self.kernel.value.shape} != {shape}")
         self.bias = nnx.Param(jnp.zeros((c_out,))) if use_bias else None
 
     def __call__(self, x: Float[Array, "b h w c"], kernel_mask: Float[Array, "k k"] | None = None,
@@ -91,10 +96,47 @@ def conv2d(x: Float[Array, "b h w c"], w: Float[Array, "k k i o"], stride: int =
     return y if bias is None else y + bias.astype(y.dtype)
 
 
-def batch_norm(c: int, *, affine: bool = True, rngs: nnx.Rngs) -> nnx.BatchNorm:
+class BatchNorm(nnx.Module):
+    """BatchNorm over the last axis (NHWC), with PyTorch's defaults (momentum 0.1 = ours 0.9, eps 1e-5).
+
+    Same variables as `nnx.BatchNorm` (`scale`, `bias`, `mean`, `var`) and the same train/eval switch
+    (`use_running_average`, set by `model.train()` / `model.eval()`). Our own because updating the
+    running statistics through `nnx.BatchNorm`'s `variable[...] = v` probes the tracer's sharding,
+    which with jax 0.10 walks the whole trace each time (jax-ml/jax#40041): tracing a train step
+    grew quadratically with depth (100 s for the NAS-Bench-201 supernet). `set_value` avoids that.
+    Batch statistics use the biased variance, as nnx and the normalisation itself do.
+    """
+
+    def __init__(self, c: int, *, affine: bool = True, momentum: float = BN_MOMENTUM,
+                 epsilon: float = BN_EPSILON):
+        self.scale = nnx.Param(jnp.ones((c,))) if affine else None
+        self.bias = nnx.Param(jnp.zeros((c,))) if affine else None
+        self.mean = nnx.BatchStat(jnp.zeros((c,)))
+        self.var = nnx.BatchStat(jnp.ones((c,)))
+        self.momentum, self.epsilon = momentum, epsilon
+        self.use_running_average = False
+
+    def __call__(self, x: Float[Array, "... c"]) -> Float[Array, "... c"]:
+        if self.use_running_average:
+            mean, var = self.mean.get_value(), self.var.get_value()
+        else:
+            axes = tuple(range(x.ndim - 1))
+            xf = x.astype(jnp.float32)
+            mean = jnp.mean(xf, axes)
+            var = jnp.mean(jnp.square(xf - mean), axes)
+            m = self.momentum
+            self.mean.set_value(m * self.mean.get_value() + (1 - m) * jax.lax.stop_gradient(mean))
+            self.var.set_value(m * self.var.get_value() + (1 - m) * jax.lax.stop_gradient(var))
+        y = (x - mean.astype(x.dtype)) * jax.lax.rsqrt(var + self.epsilon).astype(x.dtype)
+        if self.scale is not None:
+            y = y * self.scale.get_value().astype(x.dtype) + self.bias.get_value().astype(x.dtype)
+        return y
+
+
+def batch_norm(c: int, *, affine: bool = True, rngs: nnx.Rngs | None = None) -> BatchNorm:
     """BatchNorm with the reference implementations' momentum/epsilon (eval mode: `model.eval()`)."""
-    return nnx.BatchNorm(c, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, use_bias=affine, use_scale=affine,
-                         rngs=rngs)
+    del rngs  # no random initialisation
+    return BatchNorm(c, affine=affine)
 
 
 def avg_pool(x: Float[Array, "b h w c"], k: int, stride: int, pad: int,
@@ -132,19 +174,18 @@ def slice_conv(src: SharedConv, c_in: int, c_out: int, kernel: int, *, groups: i
         w = jnp.concatenate([w[:, :, g * ci:(g + 1) * ci, g * co:(g + 1) * co] for g in range(groups)], -1)
     else:
         groups, w = 1, w[:, :, :c_in, :c_out]
-    new = SharedConv(c_in, c_out, kernel, src.stride, groups, use_bias=src.bias is not None, rngs=nnx.Rngs(0))
-    new.kernel.value = w
+    new = SharedConv(c_in, c_out, kernel, src.stride, groups, use_bias=src.bias is not None, rngs=None, init=w)
     if src.bias is not None:
         new.bias.value = src.bias.value[:c_out]
     return new
 
 
-def slice_bn(src: nnx.BatchNorm, c: int) -> nnx.BatchNorm:
+def slice_bn(src: BatchNorm, c: int) -> BatchNorm:
     """A standalone BatchNorm over the first `c` channels of `src` (statistics and affine)."""
-    new = batch_norm(c, affine=src.scale is not None, rngs=nnx.Rngs(0))
+    new = BatchNorm(c, affine=src.scale is not None, momentum=src.momentum, epsilon=src.epsilon)
     for name in ("scale", "bias", "mean", "var"):
         v = getattr(src, name)
         if v is not None:
-            getattr(new, name).value = v.value[:c]
+            getattr(new, name).set_value(v.get_value()[:c])
     new.use_running_average = src.use_running_average
     return new

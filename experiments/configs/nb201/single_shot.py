@@ -3,7 +3,8 @@
 Command (H100, ~10 min per seed at 50 epochs; see the issue note for measured times):
     python -m experiments.run --config experiments/configs/nb201/single_shot.py --workdir workdirs/nb201/s0
 Variants (`:arg`): `drnas` (Dirichlet, DrNAS), `gdas` (hard Gumbel, GDAS), `darts` (softmax),
-`beta` (softmax + beta-decay, beta-DARTS); `smoke` runs in seconds on a CPU (tiny synthetic data).
+`beta` (softmax + beta-decay, beta-DARTS); `smoke` runs in seconds on a CPU (tiny synthetic data);
+`quick` is the README quickstart (a narrow supernet, 4,000 CIFAR-10 images, minutes on a CPU).
 Append `,pixel3` for the latency-targeted search (surrogate fitted on 50 cells of the table's
 `pixel3_latency_ms`, TuNAS absolute-reward loss at `cost.target_ms`).
 
@@ -40,6 +41,15 @@ def get_config(arg: str | None = None):
         c.cost.surrogate.csv = "{data}/nas-bench-201/nb201_cifar10.csv"
         c.cost.surrogate.column = "pixel3_latency_ms"
         c.cost.surrogate.train_size = 50
+    if "quick" in args:  # the README quickstart: minutes on a laptop CPU
+        c.data.name = "auto"
+        c.data.num_train = 4000
+        c.data.num_test = 1000
+        c.space.kwargs = {"channels": 8, "cells_per_stage": 1}
+        c.single_shot.epochs = 4
+        c.single_shot.batch_size = 64
+        c.single_shot.steps_per_epoch = 25
+        c.table.csv = ""  # a narrower network than the benchmark's: no table lookup
     if "smoke" in args:
         smoke(c)
         c.space.kwargs = {"channels": 4, "cells_per_stage": 1}
