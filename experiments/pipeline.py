@@ -130,9 +130,16 @@ def _splits(ctx: Context) -> tuple[DeviceData, DeviceData]:
     return DeviceData.put(tr.x, tr.y, ctx.mesh), DeviceData.put(va.x, va.y, ctx.mesh)
 
 
-def cost_config(cfg: Any) -> CostConfig:
+def cost_config(cfg: Any, space: SearchSpace | None = None) -> CostConfig:
+    """The CostConfig of `cfg.cost`; with `cfg.target_frac` the target is that fraction of the
+    space's baseline architecture's exact analytic latency on `cfg.cost.accelerator`."""
     c = cfg.cost
-    return CostConfig(form=c.form, target_ms=c.target_ms, weight=c.weight, exponent=c.exponent,
+    target = c.target_ms
+    if cfg.get("target_frac") and space is not None and hasattr(space, "baseline_arch"):
+        base_ms = float(analytic.latency_ms(ACCELERATORS[c.accelerator],
+                                            space.layers(jnp.asarray(space.baseline_arch()))))
+        target = cfg.target_frac * base_ms
+    return CostConfig(form=c.form, target_ms=target, weight=c.weight, exponent=c.exponent,
                       model=c.model, accelerator=c.accelerator, temperature=c.temperature,
                       memory=c.memory, memory_budget_bytes=c.memory_budget_bytes,
                       memory_weight=c.memory_weight)
@@ -169,7 +176,7 @@ def stage_baseline(ctx: Context) -> dict[str, Any]:
 @STAGES.register("single_shot")
 def stage_single_shot(ctx: Context) -> dict[str, Any]:
     cfg, sc = ctx.cfg, ctx.cfg.single_shot
-    cost = cost_config(cfg)
+    cost = cost_config(cfg, ctx.space)
     surrogate = fitted_surrogate(ctx) if cost.model == "surrogate" and cost.uses_latency else None
     net = make_supernet(ctx.space, rngs=nnx.Rngs(cfg.seed), **dict(sc.supernet))
     search_cfg = SearchConfig(
