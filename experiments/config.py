@@ -89,18 +89,9 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
         node = cfg
         for p in parents:
             node = node[p]
-        with cfg.unlocked() if hasattr(cfg, "unlocked") else _null():
-            node[leaf] = value
+        node[leaf] = value
         flat[key] = value
     return cfg
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:

@@ -56,6 +56,7 @@ class Context:
     arch: np.ndarray | None = None
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
     _data: Any = None
+    _surrogate: Any = None
 
     def data(self):
         """CIFAR-10 (or the synthetic stand-in) as host arrays, optionally subsampled."""
@@ -146,17 +147,24 @@ def cost_config(cfg: Any, space: SearchSpace | None = None) -> CostConfig:
 
 
 def fitted_surrogate(ctx: Context):
-    """The latency surrogate the config asks for: a saved file, or fitted on N rows of a CSV."""
+    """The latency surrogate the config asks for: a saved file, or fitted on N rows of a CSV.
+
+    Loaded or fitted once per run and kept on the context (the search and the final report use it).
+    """
+    if ctx._surrogate is not None:
+        return ctx._surrogate
     from hwmodel import fit as F
     from hwmodel.surrogate import fit
     s = ctx.cfg.cost.surrogate
     if s.file:
-        return F.load_surrogate(s.file)
-    if not s.csv:
+        ctx._surrogate = F.load_surrogate(s.file)
+    elif s.csv:
+        archs, lat = F.load_latency_csv(_data_path(s.csv), ctx.space, s.column or None, s.arch_column or None)
+        idx, _ = F.split(len(archs), s.train_size, ctx.cfg.seed)
+        ctx._surrogate = fit(F.features_of(ctx.space, archs[idx]), lat[idx])
+    else:
         raise ConfigError("cost.model='surrogate' needs cost.surrogate.file or cost.surrogate.csv")
-    archs, lat = F.load_latency_csv(_data_path(s.csv), ctx.space, s.column or None, s.arch_column or None)
-    idx, _ = F.split(len(archs), s.train_size, ctx.cfg.seed)
-    return fit(F.features_of(ctx.space, archs[idx]), lat[idx])
+    return ctx._surrogate
 
 
 def _data_path(path: str) -> str:

@@ -17,6 +17,7 @@ import sys
 from typing import Sequence
 
 from experiments.config import ConfigError, load_config, to_dict
+from experiments.workdir import WorkdirError
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -28,18 +29,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         cfg = load_config(args.config, overrides)
         from experiments.pipeline import check_stages, run_pipeline  # heavy imports after the config parses
-        from experiments.workdir import Workdir
         check_stages(list(cfg.stages))
         import jax
         jax.config.update("jax_default_matmul_precision", cfg.get("matmul_precision", "default"))
+        from experiments.workdir import Workdir
         wd = Workdir.open(args.workdir, to_dict(cfg), overwrite=args.overwrite)
         results = run_pipeline(cfg, wd)
-    except (ConfigError, KeyError, FileNotFoundError) as e:
+    except (ConfigError, KeyError, FileNotFoundError, WorkdirError) as e:
         p.exit(2, f"error: {e.args[0] if e.args else e}\n")
-    except RuntimeError as e:
-        if type(e).__name__ == "WorkdirError":
-            p.exit(2, f"error: {e}\n")
-        raise
     print(json.dumps(results, indent=1, sort_keys=True))
     return results
 

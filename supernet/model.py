@@ -96,8 +96,3 @@ def make_supernet(space: SearchSpace, *, rngs: nnx.Rngs, **kwargs: Any) -> Super
     family = space.name.split("-")[0]
     return SUPERNETS[family](space, rngs=rngs, **kwargs)
 
-
-def arch_weights_of(space: SearchSpace, arch_or_probs: Any) -> ArchProbs:
-    """`[D, C]` weights from an int architecture (one-hot) or pass-through probabilities."""
-    a = jnp.asarray(arch_or_probs)
-    return space.one_hot(a) if jnp.issubdtype(a.dtype, jnp.integer) else a.astype(jnp.float32)

@@ -68,8 +68,12 @@ def dirichlet(logits: Weights, key: jax.Array, *, allowed, tau: float = 1.0, har
     beta = concentration(logits)
     gam = jax.random.gamma(key, beta) * a
     w = gam / jnp.maximum(gam.sum(-1, keepdims=True), 1e-30)
-    mean = beta * a / jnp.sum(beta * a, -1, keepdims=True)
-    return (_straight_through(w) if hard else w), mean
+    return (_straight_through(w) if hard else w), _dirichlet_mean(beta, a)
+
+
+def _dirichlet_mean(beta: Weights, allowed) -> Weights:
+    b = beta * jnp.asarray(allowed)
+    return b / b.sum(-1, keepdims=True)
 
 
 def concentration(logits: Weights) -> Weights:
@@ -113,8 +117,7 @@ def relax(name: str, logits: Weights, key: jax.Array, *, allowed: Bool[np.ndarra
 def probabilities(name: str, logits: Weights, allowed) -> Weights:
     """The expected choice probabilities of a relaxation (no sampling): used to derive and log."""
     if name == "dirichlet":
-        beta = concentration(logits) * jnp.asarray(allowed)
-        return beta / beta.sum(-1, keepdims=True)
+        return _dirichlet_mean(concentration(logits), allowed)
     return jax.nn.softmax(_masked(logits, allowed), axis=-1)
 
 

@@ -139,9 +139,9 @@ class SingleShot:
         self.epoch, self.seconds = int(state["epoch"]), float(state["seconds"])
 
     # ----------------------------------------------------------------- the step
-    def _make_step(self, arch_on: bool, train: DeviceData, val: DeviceData, steps: int, val_steps: int):
+    def _make_step(self, arch_on: bool, steps: int, val_steps: int):
         graphdef, _ = nnx.split((self.model, *self._opts))
-        cfg, space, mesh, allowed = self.cfg, self.space, self.mesh, self.allowed
+        cfg, mesh, allowed = self.cfg, self.mesh, self.allowed
         bs, aug, cost_fn = cfg.batch_size, self.augment, self.cost_fn
         total = cfg.epochs * steps
 
@@ -204,7 +204,7 @@ class SingleShot:
         self._setup(steps)
         arch_on = self.epoch >= cfg.warmup_epochs
         if arch_on not in self._step_fns:
-            self._step_fns[arch_on] = self._make_step(arch_on, train, val, steps, val_steps)
+            self._step_fns[arch_on] = self._make_step(arch_on, steps, val_steps)
         step = self._step_fns[arch_on]
         t0 = time.perf_counter()
         key = jax.random.fold_in(jax.random.key(cfg.seed), 7)

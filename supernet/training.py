@@ -51,10 +51,11 @@ class OptimConfig:
 
 def weight_tx(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
     """clip -> decoupled-as-L2 weight decay -> SGD(momentum, cosine schedule), as torch.optim.SGD."""
-    sched = optax.warmup_cosine_decay_schedule(
-        0.0 if cfg.warmup_steps else cfg.lr, cfg.lr, max(cfg.warmup_steps, 0), max(total_steps, 1),
-        end_value=cfg.lr_min) if cfg.warmup_steps else optax.cosine_decay_schedule(
-        cfg.lr, max(total_steps, 1), alpha=cfg.lr_min / cfg.lr)
+    total = max(total_steps, 1)
+    if cfg.warmup_steps:
+        sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, total, end_value=cfg.lr_min)
+    else:
+        sched = optax.cosine_decay_schedule(cfg.lr, total, alpha=cfg.lr_min / cfg.lr)
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
     parts += [optax.add_decayed_weights(cfg.weight_decay),
               optax.sgd(sched, momentum=cfg.momentum, nesterov=cfg.nesterov)]
@@ -150,7 +151,7 @@ class Trainer:
     def __init__(self, model: nnx.Module, cfg: TrainConfig, augment: AugmentFn = identity_input,
                  mesh: jax.sharding.Mesh | None = None, eval_input: AugmentFn | None = None):
         self.model, self.cfg, self.augment = model, cfg, augment
-        self.eval_input = eval_input or (lambda k, x: augment_free(augment, x))
+        self.eval_input = eval_input or identity_input
         self.mesh = mesh or make_mesh()
         self.epoch = 0
         self._opt: nnx.Optimizer | None = None
@@ -207,12 +208,6 @@ class Trainer:
             if callback:
                 callback(rec)
         return history
-
-
-def augment_free(augment: AugmentFn, x: jax.Array) -> jax.Array:
-    """Evaluation input: the augmentation's normalisation without random crops/flips, if it has one."""
-    norm = getattr(augment, "normalize", None)
-    return norm(x) if norm is not None else identity_input(None, x)
 
 
 def evaluate(model: nnx.Module, data: DeviceData, prepare: AugmentFn, arch_weights: jax.Array | None = None,
