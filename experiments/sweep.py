@@ -1,0 +1,127 @@
+"""Sweeps: `python -m experiments.sweep --config FILE.py[:arg] --workdir ROOT [--config.key=value ...]`.
+
+A config file that defines `get_sweep(arg) -> list[dict]` lists runs as override dicts over its
+`get_config(arg)` (big_vision style), e.g. products over seeds and search categories:
+
+    def get_sweep(arg):
+        return [{"seed": s, "stages": st} for st in (["single_shot"], ["evolve"]) for s in range(5)]
+
+Each run goes to `ROOT/<name>` (the name is made from the overrides, e.g.
+`stages=single_shot+evolve,seed=3`, or an explicit `"name"` item). Every run's overrides are checked
+before the first run starts (unknown keys and stages fail at once with the valid names); runs are
+executed one after another in this process, and a rerun of the same command skips finished runs and
+resumes an interrupted one (the workdir contract of `experiments.run`). `--only SUBSTRING` selects
+runs, `--list` prints the plan. Aggregate with `python -m experiments.report ROOT`.
+
+Example (seconds on a CPU):
+    python -m experiments.sweep --config experiments/configs/nb201/ablation.py:smoke --workdir /tmp/abl
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import ml_collections
+
+from experiments.config import ConfigError, apply_overrides, load_config, to_dict
+from experiments.workdir import WorkdirError
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "+".join(_format(v) for v in value)
+    return str(value)
+
+
+def run_name(overrides: dict[str, Any]) -> str:
+    """A folder name from the overrides: `key=value` items joined by commas (the leaf key only)."""
+    if "name" in overrides:
+        return str(overrides["name"])
+    parts = [f"{k.split('.')[-1]}={_format(v)}" for k, v in overrides.items()]
+    name = ",".join(parts) or "default"
+    return name.replace("/", "_").replace(" ", "")
+
+
+def load_sweep(spec: str, overrides: Sequence[str] = ()) -> list[tuple[str, ml_collections.ConfigDict]]:
+    """`(run name, resolved config)` for every run of the sweep file, all validated up front.
+
+    Raises:
+      ConfigError: the file has no `get_sweep`, two runs share a name, or a run's override is an
+        unknown key / a value of the wrong type / a bad stage list.
+    """
+    from experiments.pipeline import check_stages
+    path, _, arg = spec.partition(":")
+    base = load_config(spec, overrides)
+    mod_spec = importlib.util.spec_from_file_location("_hwnas_sweep", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    if not hasattr(mod, "get_sweep"):
+        raise ConfigError(f"{path} defines no get_sweep(arg); a sweep file lists its runs as override dicts")
+    runs = []
+    for item in mod.get_sweep(arg or None):
+        item = dict(item)
+        name = run_name(item)
+        item.pop("name", None)
+        cfg = copy.deepcopy(base)
+        # dict items become typed `--config.` overrides: the same checks as the command line
+        texts = [f"--config.{k}={v!r}" if not isinstance(v, str) else f"--config.{k}={v}"
+                 for k, v in item.items()]
+        try:
+            apply_overrides(cfg, texts)
+            check_stages(list(cfg.stages))
+        except ConfigError as e:
+            raise ConfigError(f"sweep run {name!r}: {e}") from None
+        runs.append((name, cfg))
+    names = [n for n, _ in runs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"sweep runs share the names {dup}; give them distinct overrides or a 'name'")
+    if not runs:
+        raise ConfigError(f"{path}: get_sweep returned no runs")
+    return runs
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="experiments/configs/<study>/<name>.py[:arg] with get_sweep")
+    p.add_argument("--workdir", required=True, help="root folder; each run writes ROOT/<run name>")
+    p.add_argument("--only", default="", help="run only the runs whose name contains this substring")
+    p.add_argument("--list", action="store_true", help="print the runs and exit")
+    p.add_argument("--overwrite", action="store_true", help="move existing different runs aside")
+    args, overrides = p.parse_known_args(argv)
+    try:
+        runs = [(n, c) for n, c in load_sweep(args.config, overrides) if args.only in n]
+    except ConfigError as e:
+        p.exit(2, f"error: {e}\n")
+    if args.list:
+        for n, _ in runs:
+            print(os.path.join(args.workdir, n))
+        return {}
+    from experiments.pipeline import run_pipeline
+    from experiments.workdir import Workdir
+    import jax
+    summary: dict[str, Any] = {}
+    for i, (name, cfg) in enumerate(runs):
+        wd_path = os.path.join(args.workdir, name)
+        print(f"[{i + 1}/{len(runs)}] {wd_path}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            jax.config.update("jax_default_matmul_precision", cfg.get("matmul_precision", "default"))
+            wd = Workdir.open(wd_path, to_dict(cfg), overwrite=args.overwrite)
+            res = run_pipeline(cfg, wd)
+        except (ConfigError, KeyError, FileNotFoundError, WorkdirError) as e:
+            p.exit(2, f"error in run {name!r}: {e.args[0] if e.args else e}\n")
+        summary[name] = {k: res.get(k) for k in ("architecture", "accuracy", "table_accuracy")}
+        print(f"  done in {time.perf_counter() - t0:.1f} s: {json.dumps(summary[name])}", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
