@@ -116,8 +116,8 @@ def _restore(mngr: ocp.CheckpointManager, template: dict[str, Any]) -> dict[str,
 
 
 def _pure(state: dict[str, Any]) -> dict[str, Any]:
-    return {"nnx": nnx.to_pure_dict(state["nnx"]), "epoch": np.int64(state["epoch"]),
-            "seconds": np.float64(state["seconds"])}
+    return {"nnx": nnx.to_pure_dict(state["nnx"]), "epoch": np.asarray(state["epoch"], np.int64),
+            "seconds": np.asarray(state["seconds"], np.float64)}
 
 
 def _unpure(template: dict[str, Any], pure: dict[str, Any]) -> dict[str, Any]:
@@ -203,12 +203,14 @@ def stage_single_shot(ctx: Context) -> dict[str, Any]:
     if restored is not None:
         search.load_state(_unpure(search.state(), restored), steps)
     bar = tqdm(range(search.epoch, sc.epochs), desc="single-shot", initial=search.epoch, total=sc.epochs)
-    for _ in bar:
-        rec = search.run_epoch(train, val)
-        ctx.wd.log({"stage": "single_shot", **rec})
-        bar.set_postfix(val_acc=f"{rec.get('val_acc', float('nan')):.3f}", lat=rec.get("latency_ms"))
-        mngr.save(search.epoch, args=ocp.args.StandardSave(_pure(search.state())))
-    mngr.wait_until_finished()
+    try:
+        for _ in bar:
+            rec = search.run_epoch(train, val)
+            ctx.wd.log({"stage": "single_shot", **rec})
+            bar.set_postfix(val_acc=f"{rec.get('val_acc', float('nan')):.3f}", lat=rec.get("latency_ms"))
+            mngr.save(search.epoch, args=ocp.args.StandardSave(_pure(search.state())))
+    finally:  # an interrupt (Ctrl-C) must not leave the last epoch's async save half written
+        mngr.wait_until_finished()
     ctx.arch = search.derive_arch()
     onehot = ctx.space.one_hot(ctx.arch)
     acc = evaluate(net, val, lambda k, x: D.normalize(x), arch_weights=onehot, mesh=ctx.mesh)

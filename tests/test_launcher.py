@@ -60,3 +60,30 @@ def test_smoke_run_end_to_end_and_rerun_resumes(tmp_path, data_dir):
     assert len(open(os.path.join(wd, "metrics.jsonl")).readlines()) == 2
     with pytest.raises(SystemExit):
         main(["--config", f"{CFG}:smoke", "--workdir", wd, "--config.seed=5"])
+
+
+def test_search_killed_mid_way_and_resumed_ends_like_an_uninterrupted_one(tmp_path, data_dir, monkeypatch):
+    from supernet.single_shot import SingleShot
+    full = main(["--config", f"{CFG}:smoke", "--workdir", str(tmp_path / "full")])
+    real = SingleShot.run_epoch
+    calls = {"n": 0}
+
+    def dies_in_epoch_two(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(SingleShot, "run_epoch", dies_in_epoch_two)
+    wd = str(tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        main(["--config", f"{CFG}:smoke", "--workdir", wd])
+    assert not os.path.exists(os.path.join(wd, "results.json"))
+    monkeypatch.setattr(SingleShot, "run_epoch", real)
+    resumed = main(["--config", f"{CFG}:smoke", "--workdir", wd])
+    epochs = [json.loads(l)["epoch"] for l in open(os.path.join(wd, "metrics.jsonl"))]
+    assert epochs == [0, 1]  # the second run restored epoch 0's checkpoint and ran only epoch 1
+    strip = lambda r: {k: v for k, v in r.items() if not k.endswith("seconds") and k != "stages"}
+    assert strip(resumed) == strip(full)
+    assert resumed["stages"]["single_shot"]["supernet_val_accuracy"] == \
+        full["stages"]["single_shot"]["supernet_val_accuracy"]
