@@ -35,7 +35,7 @@ class ClassificationHead(nnx.Module):
         self.fc = nnx.Linear(in_channels, num_classes, rngs=rngs,
                              kernel_init=nnx.initializers.uniform(2 * bound),
                              bias_init=nnx.initializers.zeros)
-        self.fc.kernel.value = self.fc.kernel.value - bound
+        self.fc.kernel.set_value(self.fc.kernel.get_value() - bound)
 
     def __call__(self, features: Sequence[Float[Array, "b h w c"]]) -> Float[Array, "b k"]:
         return self.fc(jnp.mean(features[-1], axis=(1, 2)))

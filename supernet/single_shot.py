@@ -158,16 +158,16 @@ class SingleShot:
                 xv = aug(k_av, xv)
 
                 def arch_loss(m):
-                    w, p = weights_of(m.arch_logits.value, k_rv, gstep)
+                    w, p = weights_of(m.arch_logits.get_value(), k_rv, gstep)
                     logits = m(xv, w)
                     ce = cross_entropy(logits, yv)
                     cost = cost_fn(p) if cost_fn is not None else {}
                     loss = combine(ce, cost.get("latency_ms"), cost.get("memory_bytes"), cfg.cost)
                     if cfg.relaxation == "dirichlet" and cfg.dirichlet_kl:
-                        loss = loss + cfg.dirichlet_kl * R.dirichlet_kl(m.arch_logits.value, allowed)
+                        loss = loss + cfg.dirichlet_kl * R.dirichlet_kl(m.arch_logits.get_value(), allowed)
                     if cfg.beta_decay:
                         ramp = jnp.asarray(gstep, jnp.float32) / max(total - 1, 1)
-                        loss = loss + cfg.beta_decay * ramp * R.beta_decay(m.arch_logits.value, allowed)
+                        loss = loss + cfg.beta_decay * ramp * R.beta_decay(m.arch_logits.get_value(), allowed)
                     return loss, (ce, accuracy(logits, yv), cost)
 
                 grads, (ce_v, acc_v, cost) = nnx.grad(arch_loss, argnums=nnx.DiffState(0, ArchLogits),
@@ -178,7 +178,7 @@ class SingleShot:
             xt, yt = gather_batch(train, perm_t, i, bs, mesh)
             xt = aug(k_at, xt)
             if arch_on:
-                w, _ = weights_of(jax.lax.stop_gradient(model.arch_logits.value), k_rt, gstep)
+                w, _ = weights_of(jax.lax.stop_gradient(model.arch_logits.get_value()), k_rt, gstep)
             else:  # warm-up: uniform over the allowed choices
                 w = allowed / allowed.sum(-1, keepdims=True)
 
@@ -231,7 +231,7 @@ class SingleShot:
 
     def probs(self) -> np.ndarray:
         """Current expected choice probabilities `[D, C]` (zero on removed choices)."""
-        return np.asarray(R.probabilities(self.cfg.relaxation, self.model.arch_logits.value, self.allowed))
+        return np.asarray(R.probabilities(self.cfg.relaxation, self.model.arch_logits.get_value(), self.allowed))
 
     def derive_arch(self) -> np.ndarray:
         """The argmax architecture among the allowed choices."""

@@ -34,12 +34,12 @@ def test_gradients_reach_every_architecture_logit():
     cost = make_cost_fn(SPACE, CostConfig(form="proxyless", target_ms=0.01, weight=1.0))
 
     def loss(m):
-        w, p = R.relax("softmax", m.arch_logits.value, jax.random.key(0), allowed=allowed)
+        w, p = R.relax("softmax", m.arch_logits.get_value(), jax.random.key(0), allowed=allowed)
         return combine(cross_entropy(m(xb, w), jnp.asarray(y)), cost(p)["latency_ms"], None,
                        CostConfig(form="proxyless", target_ms=0.01, weight=1.0))
 
     g = nnx.grad(loss, argnums=nnx.DiffState(0, ArchLogits))(net)
-    ga = np.asarray(g["arch_logits"].value)
+    ga = np.asarray(g["arch_logits"].get_value())
     assert np.all(np.isfinite(ga))
     assert np.all(np.abs(ga[:, :5]).sum(-1) > 0), "every edge's logits must get a gradient"
 
@@ -116,8 +116,8 @@ def test_large_latency_weight_lowers_expected_latency():
 def test_four_devices_compute_what_one_device_computes():
     one, rec1 = _search(1.0, make_mesh(1), steps=2)
     four, rec4 = _search(1.0, make_mesh(4), steps=2)
-    np.testing.assert_allclose(np.asarray(one.model.arch_logits.value),
-                               np.asarray(four.model.arch_logits.value), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(one.model.arch_logits.get_value()),
+                               np.asarray(four.model.arch_logits.get_value()), rtol=1e-4, atol=1e-6)
     p1 = jax.tree.leaves(nnx.state(one.model, nnx.Param))
     p4 = jax.tree.leaves(nnx.state(four.model, nnx.Param))
     for a, b in zip(p1, p4):
@@ -150,7 +150,7 @@ def test_mask_restricts_the_derived_architecture():
                               for t, f in [(1, 0), (2, 0)]})
     net = make_supernet(SPACE, rngs=nnx.Rngs(0))
     ss = SingleShot(SPACE, net, SearchConfig(), mask=mask)
-    net.arch_logits.value = net.arch_logits.value.at[:, 0].set(5.0)  # favour 'none' everywhere
+    net.arch_logits.set_value(net.arch_logits.get_value().at[:, 0].set(5.0))  # favour 'none' everywhere
     arch = ss.derive_arch()
     assert arch[0] == arch[1] == 3 and arch[2] == 0
     assert ss.probs()[0, 0] == 0
