@@ -41,7 +41,9 @@ from experiments.workdir import Workdir
 
 STAGES: Registry[Callable[["Context"], dict[str, Any]]] = Registry("stage")
 #: Stages that choose an architecture; `retrain` needs one of them before it.
-CHOOSERS = {"baseline", "single_shot", "evolve"}
+CHOOSERS = {"baseline", "zero_shot", "single_shot", "evolve"}
+#: Search stages in the only order that makes sense: prune (zero), collapse (single), evolve (multi).
+SEARCH_ORDER = ("zero_shot", "single_shot", "evolve")
 
 
 @dataclasses.dataclass
@@ -54,6 +56,10 @@ class Context:
     mesh: jax.sharding.Mesh
     mask: SpaceMask | None = None
     arch: np.ndarray | None = None
+    #: Ranked architecture strings (best first) for warm starts: zero-shot's best scored, single-shot's top-k.
+    ranking: list[str] = dataclasses.field(default_factory=list)
+    #: The trained supernet of a `single_shot` stage of this run (for the `supernet` evaluator).
+    supernet: Any = None
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
     _data: Any = None
     _surrogate: Any = None
@@ -101,6 +107,12 @@ def check_stages(stages: list[str]) -> None:
                               f"({', '.join(sorted(CHOOSERS))}); got {stages}")
         if s == "baseline" and CHOOSERS & set(stages[:i]):
             raise ConfigError(f"'baseline' would replace the architecture chosen before it in {stages}")
+        if s == "baseline" and set(SEARCH_ORDER) & set(stages):
+            raise ConfigError(f"'baseline' is an arm of its own; do not combine it with search stages: {stages}")
+    searches = [s for s in stages if s in SEARCH_ORDER]
+    if searches != sorted(searches, key=SEARCH_ORDER.index):
+        raise ConfigError(f"search stages must run in the order {' -> '.join(SEARCH_ORDER)} (zero-shot prunes "
+                          f"the space for the others, single-shot's supernet seeds evolution); got {stages}")
 
 
 def _checkpointer(ctx: Context, stage: str) -> ocp.CheckpointManager:
@@ -181,8 +193,8 @@ def stage_baseline(ctx: Context) -> dict[str, Any]:
     return {"arch": ctx.space.encode(ctx.arch)}
 
 
-@STAGES.register("single_shot")
-def stage_single_shot(ctx: Context) -> dict[str, Any]:
+def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]:
+    """The configured search, restored from its latest checkpoint when there is one."""
     cfg, sc = ctx.cfg, ctx.cfg.single_shot
     cost = cost_config(cfg, ctx.space)
     surrogate = fitted_surrogate(ctx) if cost.model == "surrogate" and cost.uses_latency else None
@@ -202,6 +214,22 @@ def stage_single_shot(ctx: Context) -> dict[str, Any]:
     restored = _restore(mngr, _pure(search.state()))
     if restored is not None:
         search.load_state(_unpure(search.state(), restored), steps)
+    return search, mngr, train, val
+
+
+def trained_supernet(ctx: Context) -> Any:
+    """The supernet trained by this run's `single_shot` stage (restored from its last checkpoint)."""
+    if ctx.supernet is None:
+        if "single_shot" not in ctx.cfg.stages or ctx.wd.stage_done("single_shot") is None:
+            raise ConfigError("this stage needs the trained supernet of an earlier 'single_shot' stage")
+        ctx.supernet = _single_shot(ctx)[0].model
+    return ctx.supernet
+
+
+@STAGES.register("single_shot")
+def stage_single_shot(ctx: Context) -> dict[str, Any]:
+    sc = ctx.cfg.single_shot
+    search, mngr, train, val = _single_shot(ctx)
     bar = tqdm(range(search.epoch, sc.epochs), desc="single-shot", initial=search.epoch, total=sc.epochs)
     try:
         for _ in bar:
@@ -211,11 +239,13 @@ def stage_single_shot(ctx: Context) -> dict[str, Any]:
             mngr.save(search.epoch, args=ocp.args.StandardSave(_pure(search.state())))
     finally:  # an interrupt (Ctrl-C) must not leave the last epoch's async save half written
         mngr.wait_until_finished()
-    ctx.arch = search.derive_arch()
+    ctx.arch, ctx.supernet = search.derive_arch(), search.model
+    # the most probable architectures seed a later evolution (single-shot -> multishot)
+    ctx.ranking = [ctx.space.encode(a) for a in search.top_k(ctx.cfg.single_shot.top_k)]
     onehot = ctx.space.one_hot(ctx.arch)
-    acc = evaluate(net, val, lambda k, x: D.normalize(x), arch_weights=onehot, mesh=ctx.mesh)
+    acc = evaluate(search.model, val, lambda k, x: D.normalize(x), arch_weights=onehot, mesh=ctx.mesh)
     return {"arch": ctx.space.encode(ctx.arch), "search_seconds": search.seconds,
-            "supernet_val_accuracy": acc, "probs": search.probs().tolist()}
+            "supernet_val_accuracy": acc, "probs": search.probs().tolist(), "ranking": ctx.ranking}
 
 
 @STAGES.register("retrain")
@@ -281,16 +311,25 @@ def run_pipeline(cfg: Any, wd: Workdir) -> dict[str, Any]:
         if done is None:
             done = STAGES[stage](ctx)
             wd.write_stage(stage, done)
-        elif "arch" in done:
-            ctx.arch = space.decode(done["arch"])
+        else:  # a finished stage: restore what it handed on
+            if "arch" in done:
+                ctx.arch = space.decode(done["arch"])
+            if "mask" in done:
+                ctx.mask = space.check_mask(SpaceMask(np.asarray(done["mask"], bool)))
+            if "ranking" in done:
+                ctx.ranking = list(done["ranking"])
         outputs[stage] = done
     res: dict[str, Any] = {"architecture": space.encode(ctx.arch), "space": space.name}
     res["search_seconds"] = sum(o.get("search_seconds", 0.0) for o in outputs.values())
-    res["accuracy"] = next((outputs[s][k] for s, k in (("retrain", "test_accuracy"),
+    res["accuracy"] = next((outputs[s][k] for s, k in (("retrain", "test_accuracy"), ("evolve", "accuracy"),
                                                        ("single_shot", "supernet_val_accuracy"))
                             if s in outputs), None)
     res.update(hardware_costs(ctx, ctx.arch))
     res.update(table_lookup(ctx, ctx.arch))
-    res["stages"] = {s: {k: v for k, v in o.items() if k != "probs"} for s, o in outputs.items()}
+    res["stages"] = {s: {k: v for k, v in o.items() if k not in ("probs", "mask", "ranking", "history")}
+                     for s, o in outputs.items()}
     wd.write_results(res)
     return res
+
+
+from experiments import search_stages  # noqa: E402,F401  (registers the zero_shot and evolve stages)

@@ -11,6 +11,11 @@ from supernet.heads import HEADS, ClassificationHead
 from supernet.model import SUPERNETS, ArchLogits, Subnet, Supernet, make_supernet
 from supernet.space import Architecture, ArchProbs, Decision, SearchSpace, SpaceMask
 from supernet.spaces import SPACES, make_space
+from supernet import pareto  # noqa: F401
+from supernet.evaluators import EVALUATORS, Evaluator, make_evaluator
+from supernet.multishot import Evolution, EvolutionConfig, EvolutionResult, InfeasibleError, evolve
 
-__all__ = ["HEADS", "SPACES", "SUPERNETS", "ArchLogits", "ArchProbs", "Architecture", "ClassificationHead",
-           "Decision", "SearchSpace", "SpaceMask", "Subnet", "Supernet", "make_space", "make_supernet"]
+__all__ = ["EVALUATORS", "HEADS", "SPACES", "SUPERNETS", "ArchLogits", "ArchProbs", "Architecture",
+           "ClassificationHead", "Decision", "Evaluator", "Evolution", "EvolutionConfig", "EvolutionResult",
+           "InfeasibleError", "SearchSpace", "SpaceMask", "Subnet", "Supernet", "evolve", "make_evaluator",
+           "make_space", "make_supernet", "pareto"]

@@ -87,3 +87,44 @@ def test_search_killed_mid_way_and_resumed_ends_like_an_uninterrupted_one(tmp_pa
     assert strip(resumed) == strip(full)
     assert resumed["stages"]["single_shot"]["supernet_val_accuracy"] == \
         full["stages"]["single_shot"]["supernet_val_accuracy"]
+
+
+ABL = "experiments/configs/nb201/ablation.py"
+
+
+def test_search_stage_orders_are_checked():
+    check_stages(["zero_shot", "single_shot", "evolve", "retrain"])
+    with pytest.raises(ConfigError, match="order zero_shot -> single_shot -> evolve"):
+        check_stages(["evolve", "single_shot"])
+    with pytest.raises(ConfigError, match="order"):
+        check_stages(["single_shot", "zero_shot"])
+    with pytest.raises(ConfigError, match="baseline"):
+        check_stages(["baseline", "evolve"])
+
+
+def test_evolve_stage_killed_and_resumed_ends_like_an_uninterrupted_run(tmp_path, data_dir, monkeypatch):
+    from supernet.evaluators import TableEvaluator
+    args = ["--config", f"{ABL}:smoke", "--config.stages=['evolve']", "--config.cost.form=tunas",
+            "--config.cost.weight=0.5", "--config.cost.target_ms=10.0", "--config.cost.model=surrogate"]
+    full = main(args + ["--workdir", str(tmp_path / "full")])
+    assert full["stages"]["evolve"]["evaluations"] == 30
+    assert full["latency_ms"]["surrogate"] <= 10.0  # the latency target is a constraint
+    real, calls = TableEvaluator.evaluate, {"n": 0}
+
+    def dies(self, archs):
+        calls["n"] += 1
+        if calls["n"] == 15:  # the initial population (1 call) and 13 children are done
+            raise KeyboardInterrupt("killed")
+        return real(self, archs)
+
+    monkeypatch.setattr(TableEvaluator, "evaluate", dies)
+    wd = str(tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        main(args + ["--workdir", wd])
+    monkeypatch.setattr(TableEvaluator, "evaluate", real)
+    resumed = main(args + ["--workdir", wd])
+    idx = [json.loads(l)["index"] for l in open(os.path.join(wd, "metrics.jsonl"))]
+    assert idx == list(range(30))  # every evaluation logged once, none repeated after the resume
+    strip = lambda r: {k: v for k, v in r.items() if not k.endswith("seconds") and k != "stages"}
+    assert strip(resumed) == strip(full)
+    assert resumed["stages"]["evolve"]["front"] == full["stages"]["evolve"]["front"]

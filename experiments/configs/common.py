@@ -33,6 +33,7 @@ def base() -> ml_collections.ConfigDict:
     s.beta_decay = 0.0
     s.warmup_epochs = 0
     s.supernet = ml_collections.ConfigDict()  # extra kwargs of the supernet class
+    s.top_k = 10  # most probable architectures handed on (warm start of a later `evolve`)
 
     k = c.cost = ml_collections.ConfigDict()
     k.form = "none"
@@ -47,6 +48,26 @@ def base() -> ml_collections.ConfigDict:
     k.memory_weight = 1.0
     k.surrogate = ml_collections.ConfigDict({"file": "", "csv": "", "column": "", "arch_column": "",
                                              "train_size": 50})
+
+    z = c.zero_shot = ml_collections.ConfigDict()
+    z.proxies = ("naswot", "synflow", "jacob_cov")  # rank-averaged when there are several
+    z.sample = 1000  # architectures scored (uniformly sampled inside the current mask)
+    z.batch_size = 64  # Abdelfattah et al. 2021 / Mellor et al. 2021 use one batch of 64 images
+    z.method = "marginal"  # or "progressive" (TE-NAS rounds on the supernet)
+    z.target_fraction = 0.2  # marginal: keep at most this fraction of the space
+    z.top_k = 100  # best-scored architectures kept as a ranking (warm starts of `evolve`)
+    z.supernet = ml_collections.ConfigDict()  # extra kwargs of the scored supernet
+
+    e = c.evolve = ml_collections.ConfigDict()
+    e.algorithm = "rea"  # regularized evolution; "nsga2" for accuracy x latency fronts
+    e.evaluator = "table"  # table | supernet | train | zero_shot
+    e.budget_evals = 300
+    e.budget_seconds = 0.0  # 0: no time budget
+    e.population = 0  # 0: the algorithm's default
+    e.sample_size = 0  # 0: the algorithm's default
+    e.warm_start = True  # seed the population with the zero-shot ranking / single-shot top-k if present
+    e.train_steps = 100  # evaluator "train": steps of training per candidate
+    e.eval_batches = 4  # evaluators "supernet"/"train": held-out batches per candidate
 
     r = c.retrain = ml_collections.ConfigDict()
     r.epochs = 30

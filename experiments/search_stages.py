@@ -1,0 +1,198 @@
+"""The zero-shot and multishot pipeline stages (`zero_shot`, `evolve`); see `experiments.pipeline`.
+
+- `zero_shot`: scores `zero_shot.sample` architectures of the (masked) space with the configured
+  trainability scores on one batch of training images (rank-averaged when several), prunes the space
+  to a `SpaceMask` for the stages after it (`zero_shot.prune`), and hands on the best-scored
+  architectures as a ranking (warm start of `evolve`). Alone it is a training-free search: its
+  architecture is the best-scored sample inside the pruned space (and inside the latency target
+  when the config has one, on the same cost model as the other stages).
+- `evolve`: multishot search (`supernet.multishot`) with the evaluator named by `evolve.evaluator`
+  (`table`: the config's lookup table, `supernet`: inherited weights of this run's single-shot
+  supernet, `train`: a short training from scratch, `zero_shot`: the configured scores), the
+  latency target as a constraint, the space pruned by an earlier `zero_shot`, and the population
+  warm-started from the ranking an earlier stage handed on. Every evaluation is logged to
+  `metrics.jsonl`; the search state is saved to `stages/evolve.state.json` so a killed run resumes
+  where it stopped and ends where an uninterrupted one ends.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from experiments import data as D
+from experiments.config import ConfigError
+from experiments.pipeline import (STAGES, Context, _data_path, _splits, cost_config, fitted_surrogate,
+                                  trained_supernet)
+from experiments.workdir import write_json
+from supernet.model import make_supernet
+
+
+def latency_target(ctx: Context) -> tuple[dict[str, Any], str] | None:
+    """`(hwcost evaluator kwargs, objective name)` of the configured latency model, or None without a target."""
+    cost = cost_config(ctx.cfg, ctx.space)
+    if not cost.uses_latency:
+        return None
+    if cost.model == "surrogate":
+        return {"accelerators": (), "surrogate": fitted_surrogate(ctx), "memory": False}, "latency_ms:surrogate"
+    return {"accelerators": (cost.accelerator,), "memory": False}, f"latency_ms:{cost.accelerator}"
+
+
+def _score_batch(ctx: Context, size: int) -> tuple[jax.Array, jax.Array]:
+    d = ctx.data()
+    if size > len(d.x_train):
+        raise ConfigError(f"zero_shot.batch_size {size} exceeds the {len(d.x_train)} training images")
+    pick = np.random.default_rng(ctx.cfg.seed).choice(len(d.x_train), size, replace=False)
+    return D.normalize(jax.numpy.asarray(d.x_train[pick])), jax.numpy.asarray(d.y_train[pick])
+
+
+def zero_shot_scorer(ctx: Context):
+    """`archs [N, D] -> scores [N]` (higher is better): the configured scores, rank-averaged."""
+    import zero_shot as Z
+    z = ctx.cfg.zero_shot
+    names = list(z.proxies)
+    if not names:
+        raise ConfigError("zero_shot.proxies is empty; choose from " + ", ".join(sorted(Z.PROXIES)))
+    for n in names:
+        if n not in Z.PROXIES:
+            raise ConfigError(f"unknown zero-shot score {n!r}; valid: {', '.join(sorted(Z.PROXIES))}")
+    batch = _score_batch(ctx, z.batch_size)
+    net = make_supernet(ctx.space, rngs=nnx.Rngs(ctx.cfg.seed), **dict(z.supernet))
+    key = jax.random.key(ctx.cfg.seed)
+
+    def score(archs: np.ndarray) -> np.ndarray:
+        s = Z.score_archs(net, np.asarray(archs), batch, key, proxies=tuple(names))
+        s = {k: np.asarray(v, float) for k, v in s.items()}
+        return np.asarray(Z.rank_ensemble(s, names) if len(names) > 1 else s[names[0]], float)
+
+    return score
+
+
+@STAGES.register("zero_shot")
+def stage_zero_shot(ctx: Context) -> dict[str, Any]:
+    from zero_shot.prune import prune_marginal
+    z, space = ctx.cfg.zero_shot, ctx.space
+    if z.sample < 1:
+        raise ConfigError(f"zero_shot.sample must be >= 1, got {z.sample}")
+    if z.method != "marginal":
+        raise ConfigError(f"unknown zero_shot.method {z.method!r}; valid: marginal")
+    t0 = time.perf_counter()
+    archs = np.asarray(space.sample(jax.random.fold_in(jax.random.key(ctx.cfg.seed), 11), z.sample, mask=ctx.mask))
+    archs = archs[np.sort(np.unique(archs, axis=0, return_index=True)[1])]  # distinct, in sampled order
+    scores = zero_shot_scorer(ctx)(archs)
+    if not np.isfinite(scores).all():
+        raise FloatingPointError(f"{int((~np.isfinite(scores)).sum())} zero-shot scores are NaN/inf")
+    mask = prune_marginal(space, archs, scores, target_fraction=z.target_fraction, mask=ctx.mask)
+    ok = mask.allowed[np.arange(space.num_decisions)[None, :], archs].all(-1)
+    target = latency_target(ctx)
+    if target is not None:
+        from supernet.evaluators import HwCostEvaluator
+        kwargs, name = target
+        lat = HwCostEvaluator(space, **kwargs)(archs)[name]
+        bound = cost_config(ctx.cfg, space).target_ms
+        if not (ok & (lat <= bound)).any():
+            raise ConfigError(f"no scored architecture inside the pruned space meets the latency target "
+                              f"{bound:.3f} ms ({name}); raise the target or zero_shot.sample")
+        ok &= lat <= bound
+    order = [i for i in np.argsort(-scores, kind="stable") if ok[i]]
+    ctx.mask, ctx.arch = mask, archs[order[0]]
+    ctx.ranking = [space.encode(archs[i]) for i in order[: z.top_k]]
+    seconds = time.perf_counter() - t0
+    ctx.wd.log({"stage": "zero_shot", "scored": len(archs), "kept_fraction": mask.size / space.size,
+                "best_score": float(scores[order[0]]), "seconds": seconds})
+    return {"arch": space.encode(ctx.arch), "search_seconds": seconds, "mask": mask.allowed.tolist(),
+            "kept_fraction": mask.size / space.size, "scored": len(archs), "ranking": ctx.ranking}
+
+
+def _accuracy_evaluator(ctx: Context):
+    from supernet import evaluators as E
+    cfg, ec, space = ctx.cfg, ctx.cfg.evolve, ctx.space
+    name = ec.evaluator
+    if name == "table":
+        if not cfg.table.csv or not cfg.table.column:
+            raise ConfigError("evolve.evaluator='table' needs table.csv and table.column")
+        return E.TableEvaluator(space, _data_path(cfg.table.csv), {"accuracy": cfg.table.column},
+                                cfg.table.arch_column)
+    if name == "supernet":
+        _, val = _splits(ctx)
+        return E.SupernetEvaluator(space, trained_supernet(ctx), val, prepare=lambda k, x: D.normalize(x),
+                                   mesh=ctx.mesh)
+    if name == "train":
+        train, val = _splits(ctx)
+        return E.TrainEvaluator(space, train, val, steps=ec.train_steps, batch_size=cfg.single_shot.batch_size,
+                                seed=cfg.seed, net_kwargs=dict(cfg.single_shot.supernet), augment=D.augment,
+                                prepare=lambda k, x: D.normalize(x), mesh=ctx.mesh)
+    if name == "zero_shot":
+        return E.ZeroShotEvaluator(space, zero_shot_scorer(ctx), name="accuracy")
+    raise ConfigError(f"unknown evolve.evaluator {name!r}; valid: table, supernet, train, zero_shot")
+
+
+@STAGES.register("evolve")
+def stage_evolve(ctx: Context) -> dict[str, Any]:
+    from supernet import evaluators as E
+    from supernet.multishot import EvolutionConfig, Evolution, InfeasibleError
+    cfg, ec, space = ctx.cfg, ctx.cfg.evolve, ctx.space
+    parts = [_accuracy_evaluator(ctx)]
+    objectives, constraints = ["max:accuracy"], []
+    target = latency_target(ctx)
+    if target is not None:
+        kwargs, lat_name = target
+        parts.append(E.HwCostEvaluator(space, **kwargs))
+        if ec.algorithm == "nsga2":
+            objectives.append(f"min:{lat_name}")
+        else:
+            constraints.append(f"{lat_name} <= {cost_config(cfg, space).target_ms!r}")
+    evaluator = parts[0] if len(parts) == 1 else E.CompositeEvaluator(space, parts)
+    defaults = EvolutionConfig()
+    try:
+        ecfg = EvolutionConfig(algorithm=ec.algorithm, objectives=tuple(objectives), constraints=tuple(constraints),
+                               population=ec.population or defaults.population,
+                               sample_size=ec.sample_size or defaults.sample_size,
+                               max_evals=ec.budget_evals or None, max_seconds=ec.budget_seconds or None,
+                               seed=cfg.seed)
+    except ValueError as e:
+        raise ConfigError(f"evolve: {e}") from None
+    if ecfg.max_evals is None and ecfg.max_seconds is None:
+        raise ConfigError("evolve needs a budget: evolve.budget_evals > 0 or evolve.budget_seconds > 0")
+    state_path = ctx.wd.file("stages", "evolve.state.json")
+    os.makedirs(os.path.dirname(state_path), exist_ok=True)
+    state = ctx.wd.read_json(os.path.join("stages", "evolve.state.json"))
+    logged = {m["index"] for m in ctx.wd.metrics() if m.get("stage") == "evolve"}
+    last_save = [time.perf_counter()]
+    search: Evolution | None = None
+
+    def log(rec: dict[str, Any]) -> None:
+        if rec["index"] not in logged:
+            ctx.wd.log({"stage": "evolve", "index": rec["index"], "arch": rec["arch"], "cached": rec["cached"],
+                        "violation": rec["violation"], **rec["objectives"]})
+            logged.add(rec["index"])
+        if search is not None and time.perf_counter() - last_save[0] > 2.0:  # resumable, cheaply
+            write_json(state_path, search.state())
+            last_save[0] = time.perf_counter()
+
+    if state is not None:
+        search = Evolution.from_state(space, evaluator, state, ecfg, log=log)
+    else:
+        init = ctx.ranking[: ecfg.population] if ec.warm_start and ecfg.algorithm != "random" else []
+        search = Evolution(space, evaluator, ecfg, mask=ctx.mask, init=init, log=log)
+    try:
+        res = search.run()
+    except InfeasibleError as e:
+        raise ConfigError(str(e)) from None
+    finally:
+        write_json(state_path, search.state())
+    ctx.arch = res.best_arch
+    best = res.best["objectives"]
+    # the zero-shot evaluator's "accuracy" is a score, not an accuracy: report it under its own name
+    acc_key = "score" if ec.evaluator == "zero_shot" else "accuracy"
+    out = {"arch": space.encode(ctx.arch), "search_seconds": search.seconds, acc_key: best["accuracy"],
+           "evaluations": len(res.history), "distinct": len({r["arch"] for r in res.history}),
+           "warm_start": len(search.init), "front": [{"arch": r["arch"], **r["objectives"]} for r in res.front]}
+    if target is not None:
+        out["latency_objective"] = {lat_name: best[lat_name]}
+    return out
