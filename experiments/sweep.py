@@ -10,7 +10,7 @@ Each run goes to `ROOT/<name>` (the name is made from the overrides, e.g.
 `stages=single_shot+evolve,seed=3`, or an explicit `"name"` item). Every run's overrides are checked
 before the first run starts (unknown keys and stages fail at once with the valid names); runs are
 executed one after another in this process, and a rerun of the same command skips finished runs and
-resumes an interrupted one (the workdir contract of `experiments.run`). `--only SUBSTRING` selects
+resumes an interrupted one (the workdir contract of `experiments.run`). `--only REGEX` selects
 runs, `--list` prints the plan. Aggregate with `python -m experiments.report ROOT`.
 
 Example (seconds on a CPU):
@@ -24,6 +24,7 @@ import copy
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, Sequence
@@ -92,12 +93,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="experiments/configs/<study>/<name>.py[:arg] with get_sweep")
     p.add_argument("--workdir", required=True, help="root folder; each run writes ROOT/<run name>")
-    p.add_argument("--only", default="", help="run only the runs whose name contains this substring")
+    p.add_argument("--only", default="", help="run only the runs whose name matches this regular expression")
     p.add_argument("--list", action="store_true", help="print the runs and exit")
     p.add_argument("--overwrite", action="store_true", help="move existing different runs aside")
     args, overrides = p.parse_known_args(argv)
     try:
-        runs = [(n, c) for n, c in load_sweep(args.config, overrides) if args.only in n]
+        runs = [(n, c) for n, c in load_sweep(args.config, overrides) if re.search(args.only, n)]
     except ConfigError as e:
         p.exit(2, f"error: {e}\n")
     if args.list:

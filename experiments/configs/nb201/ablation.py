@@ -59,8 +59,8 @@ def get_config(arg: str | None = None):
         c.data.num_train = 4000
         c.data.num_test = 500
         c.single_shot.supernet = {}
-        c.single_shot.epochs = 4
-        c.single_shot.steps_per_epoch = 25
+        c.single_shot.epochs = 3
+        c.single_shot.steps_per_epoch = 20
         c.zero_shot.sample = 100
         c.zero_shot.batch_size = 32
         # scores and the supernet on a narrow 1-cell-per-stage network (table lookups use the cell)
