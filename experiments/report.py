@@ -93,8 +93,9 @@ def pareto_front(acc: np.ndarray, lat: np.ndarray) -> np.ndarray:
     return np.asarray(sorted(front, key=lambda i: lat[i]), int)
 
 
-def summarise(runs: list[dict[str, Any]], latency: str, accelerator: str) -> list[dict[str, Any]]:
-    varying = varying_keys(runs)
+def summarise(runs: list[dict[str, Any]], latency: str, accelerator: str,
+              group_by: Sequence[str] = ()) -> list[dict[str, Any]]:
+    varying = list(group_by) or varying_keys(runs)
     groups: dict[str, list[dict[str, float]]] = {}
     for r in runs:
         r["label"] = group_label(r, varying)
@@ -169,12 +170,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--out", default="", help="write PREFIX.md, PREFIX.csv and PREFIX_*.png")
     p.add_argument("--latency", default="pixel3_latency_ms", help="table latency column to report if present")
     p.add_argument("--accelerator", default="npu", help="analytic latency preset otherwise")
+    p.add_argument("--group-by", default="", help="config keys that define a group, e.g. stages,cost.form "
+                   "(default: every key that differs between runs, except seed)")
     args = p.parse_args(argv)
     try:
         runs = find_runs(args.dirs)
     except FileNotFoundError as e:
         p.exit(2, f"error: {e}\n")
-    rows = summarise(runs, args.latency, args.accelerator)
+    group_by = [k for k in args.group_by.split(",") if k]
+    unknown = [k for k in group_by if not any(k in r["config"] for r in runs)]
+    if unknown:
+        p.exit(2, f"error: --group-by key(s) {unknown} are in no run's config\n")
+    rows = summarise(runs, args.latency, args.accelerator, group_by)
     has_table = any(r["results"].get("table_latency_ms", {}).get(args.latency) is not None for r in runs)
     lat_name = args.latency if has_table else f"analytic:{args.accelerator} ms"
     md = markdown(rows, lat_name)
@@ -182,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(f"{args.out}.md", "w") as f:
-            f.write(f"Command: `python -m experiments.report {' '.join(args.dirs)} --out {args.out}`\n\n" + md)
+            f.write(f"Command: `python -m experiments.report {' '.join(argv if argv is not None else sys.argv[1:])}`"
+                    "\n\n" + md)
         with open(f"{args.out}.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["dir", "group", "seed", "architecture", "accuracy", "latency_ms", "search_seconds"])

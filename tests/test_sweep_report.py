@@ -92,3 +92,20 @@ def test_pareto_front_by_hand():
 def test_report_without_runs_says_so(tmp_path):
     with pytest.raises(SystemExit):
         report.main([str(tmp_path)])
+
+
+def test_report_groups_by_the_given_keys(tmp_path):
+    from experiments.workdir import write_json
+    for name, stages, sample, seed, acc in [("a", ["evolve"], 100, 0, 91.0), ("b", ["evolve"], 50, 1, 90.0),
+                                            ("c", ["zero_shot"], 50, 0, 85.0)]:
+        os.makedirs(tmp_path / name)
+        write_json(str(tmp_path / name / "config.json"),
+                   {"config": {"stages": stages, "zero_shot": {"sample": sample}, "seed": seed}})
+        write_json(str(tmp_path / name / "results.json"),
+                   {"table_accuracy": acc, "table_latency_ms": {"pixel3_latency_ms": 10.0}, "search_seconds": 1})
+    rows = report.main([str(tmp_path), "--group-by", "stages"])
+    assert [(r["group"], r["runs"], r["accuracy"]) for r in rows] == [("stages=evolve", 2, 90.5),
+                                                                     ("stages=zero_shot", 1, 85.0)]
+    assert len(report.main([str(tmp_path)])) == 3  # by default zero_shot.sample splits the groups too
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path), "--group-by", "stage"])

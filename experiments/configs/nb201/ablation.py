@@ -5,7 +5,7 @@ Commands:
     python -m experiments.sweep --config experiments/configs/nb201/ablation.py --workdir workdirs/ablation
     python -m experiments.report workdirs/ablation --out docs/ablation --latency pixel3_latency_ms
 `:quick` is the CPU scale (a narrow 1-cell-per-stage supernet trained for 4 x 25 steps on 4,000
-CIFAR-10 images, 100 cells scored zero-shot, evolution over the benchmark table): about an hour on a
+CIFAR-10 images, 50 cells scored zero-shot on 16 images, evolution over the benchmark table): about an hour on a
 2-core CPU for all 70 runs. `:smoke` runs in minutes (synthetic data, 2 seeds).
 The full protocol (default) uses the benchmark's network for the supernet (50 epochs) and
 1,000 zero-shot cells, and belongs on a GPU.
@@ -61,8 +61,8 @@ def get_config(arg: str | None = None):
         c.single_shot.supernet = {}
         c.single_shot.epochs = 3
         c.single_shot.steps_per_epoch = 20
-        c.zero_shot.sample = 100
-        c.zero_shot.batch_size = 32
+        c.zero_shot.sample = 50
+        c.zero_shot.batch_size = 16
         # scores and the supernet on a narrow 1-cell-per-stage network (table lookups use the cell)
         c.space.kwargs = {"channels": 8, "cells_per_stage": 1}
     if "smoke" in args:
