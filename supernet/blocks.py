@@ -15,6 +15,15 @@ With a one-hot architecture every mask is 0/1, so the supernet computes exactly 
 network built from `slice_*` copies of the weights computes (the invariant `tests/test_supernet_*`
 check). All tensors are NHWC.
 
+Activation taps (`Taps`, used by `zero_shot/`): the modules report what trainability scores read,
+and nothing happens unless a `Taps` collector is active (`with Taps(...):`, at trace time):
+`relu` records pre-activations (NASWOT's and TE-NAS's ReLU codes), `BatchNorm` its batch variances
+(Zen-score) and can be removed (synflow), `SharedConv` scales its output by a zero "probe" per sample
+and channel (whose gradient is Fisher's `sum_hw act * dL/dact`), `chain_point` rescales between
+blocks that every path crosses (synflow in float32), and `mixed` computes a mixed operation
+`sum_k w[k] op_k(x)` with each op's records weighted by its `w[k]`, or, for one-hot weights, only the
+chosen op (`lax.switch`). While a collector is active, BatchNorm running statistics are not updated.
+
 Example:
     >>> conv = SharedConv(8, 16, kernel=5, rngs=nnx.Rngs(0))
     >>> y = conv(jnp.ones((2, 8, 8, 8)), kernel_mask=kernel_mask(5, jnp.array([1.0, 0.0]), (3, 5)))
@@ -24,7 +33,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextvars
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +94,9 @@ class SharedConv(nnx.Module):
             w = w * kernel_mask[:, :, None, None]
         if group_mask is not None:  # e.g. a block-diagonal mask making a dense 1x1 conv grouped
             w = w * group_mask[None, None]
-        return conv2d(x, w, self.stride, self.groups, None if self.bias is None else self.bias.value)
+        y = conv2d(x, w, self.stride, self.groups, None if self.bias is None else self.bias.value)
+        taps = _ACTIVE.get()
+        return y if taps is None else taps.probe(y)
 
 
 def conv2d(x: Float[Array, "b h w c"], w: Float[Array, "k k i o"], stride: int = 1, groups: int = 1,
@@ -117,6 +130,9 @@ class BatchNorm(nnx.Module):
         self.use_running_average = False
 
     def __call__(self, x: Float[Array, "... c"]) -> Float[Array, "... c"]:
+        taps = _ACTIVE.get()
+        if taps is not None and taps.remove_bn:
+            return x  # synflow's network "without BN" (Abdelfattah et al. 2021)
         if self.use_running_average:
             mean, var = self.mean.get_value(), self.var.get_value()
         else:
@@ -124,9 +140,12 @@ class BatchNorm(nnx.Module):
             xf = x.astype(jnp.float32)
             mean = jnp.mean(xf, axes)
             var = jnp.mean(jnp.square(xf - mean), axes)
-            m = self.momentum
-            self.mean.set_value(m * self.mean.get_value() + (1 - m) * jax.lax.stop_gradient(mean))
-            self.var.set_value(m * self.var.get_value() + (1 - m) * jax.lax.stop_gradient(var))
+            if taps is None:  # scoring (taps active) leaves the running statistics alone
+                m = self.momentum
+                self.mean.set_value(m * self.mean.get_value() + (1 - m) * jax.lax.stop_gradient(mean))
+                self.var.set_value(m * self.var.get_value() + (1 - m) * jax.lax.stop_gradient(var))
+            else:
+                taps.record("bn_var", var)
         y = (x - mean.astype(x.dtype)) * jax.lax.rsqrt(var + self.epsilon).astype(x.dtype)
         if self.scale is not None:
             y = y * self.scale.get_value().astype(x.dtype) + self.bias.get_value().astype(x.dtype)
@@ -189,3 +208,176 @@ def slice_bn(src: BatchNorm, c: int) -> BatchNorm:
             getattr(new, name).set_value(v.get_value()[:c])
     new.use_running_average = src.use_running_average
     return new
+
+
+# ------------------------------------------------------------------ activation taps (zero-shot scores)
+_ACTIVE: contextvars.ContextVar["Taps | None"] = contextvars.ContextVar("supernet_taps", default=None)
+
+
+@dataclasses.dataclass(eq=False)
+class Taps:
+    """Trace-time collector of what zero-shot scores read (see the module docstring).
+
+    Attributes (settings):
+      reducers: kind (`"relu"`: pre-activations, `"bn_var"`: per-channel batch variances) ->
+        function summarising one tapped tensor (e.g. NASWOT's per-layer code kernel); kinds without
+        a reducer are not recorded. `records` holds `(kind, summary, weight)` where `weight` is the
+        product of the architecture weights of the mixed ops the tensor belongs to (0: inactive op).
+      remove_bn: BatchNorm layers are the identity.
+      normalize_chain: `chain_point` divides by the (stop-gradient) mean |x| and logs it in `log_scales`.
+      probing: `SharedConv` outputs are multiplied by `1 + probes[i]` (`[batch, c_out]`, i in call
+        order); with `probes=None` their shapes are only collected in `probe_shapes`.
+      select: `mixed` computes only the op with the largest weight (exact for one-hot weights; a
+        `lax.switch`, so one compiled function still serves every architecture).
+    """
+
+    reducers: Mapping[str, Callable[[Array], Any]] = dataclasses.field(default_factory=dict)
+    remove_bn: bool = False
+    normalize_chain: bool = False
+    probing: bool = False
+    probes: Sequence[Array] | None = None
+    select: bool = False
+    probe_offset: int = 0
+
+    def __post_init__(self):
+        self.records: list[tuple[str, Any, Array]] = []
+        self.log_scales: list[Array] = []
+        self.probe_shapes: list[tuple[int, int]] = []
+        self.probe_index = self.probe_offset
+        self.weight: Any = 1.0
+        self._token = None
+
+    def __enter__(self) -> "Taps":
+        self._token = _ACTIVE.set(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _ACTIVE.reset(self._token)
+
+    # -------------------------------------------------------------- called by the modules
+    def record(self, kind: str, value: Array) -> None:
+        if kind in self.reducers:
+            self.records.append((kind, self.reducers[kind](value), jnp.asarray(self.weight, jnp.float32)))
+
+    def probe(self, y: Float[Array, "b h w c"]) -> Float[Array, "b h w c"]:
+        if not self.probing:
+            return y
+        i, shape = self.probe_index, (y.shape[0], y.shape[-1])
+        self.probe_index += 1
+        if self.probes is None:
+            self.probe_shapes.append(shape)
+            return y
+        z = self.probes[i]
+        if z.shape != shape:
+            raise ValueError(f"probe {i} has shape {z.shape}, the conv output needs {shape}")
+        return y * (1 + z.astype(y.dtype))[:, None, None, :]
+
+    def child(self, probe_offset: int, dry: bool = False) -> "Taps":
+        """A collector with the same settings (`dry`: probes only counted, as in discovery)."""
+        return Taps(self.reducers, self.remove_bn, self.normalize_chain, self.probing,
+                    None if dry else self.probes, self.select, probe_offset)
+
+    def mixed(self, w: Float[Array, "k"], ops: Sequence[Callable[[Array], Array] | None], x: Array) -> Array:
+        if not self.select:
+            y, outer = None, self.weight
+            for k, op in enumerate(ops):
+                if op is None:
+                    continue
+                self.weight = outer * w[k]
+                try:
+                    yk = w[k] * op(x)
+                finally:
+                    self.weight = outer
+                y = yk if y is None else y + yk
+            return y
+        return self._switch(w, ops, x)
+
+    def _switch(self, w: Array, ops: Sequence[Callable | None], x: Array) -> Array:
+        """`w[k*] op_{k*}(x)`, k* = argmax w, computing only that op; records padded across ops."""
+        fns = [(lambda v: jnp.zeros_like(v)) if op is None else op for op in ops]
+
+        def run(k: int, v: Array, offset: int, dry: bool = False) -> tuple[Array, Taps]:
+            sub = self.child(offset, dry)
+            with sub:
+                y = fns[k](v)
+            if sub.log_scales:
+                raise ValueError("a chain_point inside a mixed op is not supported")
+            return y, sub
+
+        # 1. structure of each op's records and number of probes it uses (abstract evaluation)
+        structs, counts, shapes = [], [], []
+        for k in range(len(fns)):
+            box = {}
+
+            def shape_of(v, k=k, box=box):
+                y, sub = run(k, v, 0, dry=True)
+                box["kinds"], box["n"], box["shapes"] = [r[0] for r in sub.records], sub.probe_index, sub.probe_shapes
+                return [(r[1], r[2]) for r in sub.records]
+
+            out = jax.eval_shape(shape_of, x)
+            structs.append(list(zip(box["kinds"], out)))
+            counts.append(box["n"])
+            shapes.append(box["shapes"])
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int) + self.probe_index
+        slots = [(k, j) for k in range(len(fns)) for j in range(len(structs[k]))]
+
+        # 2. one branch per op, each returning every op's record slots (zeros for the others)
+        def branch(k: int):
+            def f(v):
+                y, sub = run(k, v, int(offsets[k]))
+                outs = [(sub.records[j][1], sub.records[j][2]) if kk == k else
+                        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), structs[kk][j][1])
+                        for kk, j in slots]
+                return y, outs
+            return f
+
+        idx = jnp.argmax(w)
+        branches = [branch(k) for k in range(len(fns))]
+        # Rematerialised: differentiating a switch otherwise saves every branch's residuals (zeros
+        # for the ops not taken, written for each mixed op); recomputing the chosen op is cheaper.
+        y, outs = jax.checkpoint(lambda i, v: jax.lax.switch(i, branches, v))(idx, x)
+        for (k, j), (summary, weight) in zip(slots, outs):
+            self.records.append((structs[k][j][0], summary, weight * w[idx] * self.weight))
+        if self.probing and self.probes is None:  # shapes in the order the probes are numbered
+            self.probe_shapes.extend(s for sh in shapes for s in sh)
+        self.probe_index = int(offsets[-1])
+        return w[idx] * y
+
+
+def relu(x: Array) -> Array:
+    """ReLU that reports its pre-activation to an active `Taps` (kind `"relu"`)."""
+    taps = _ACTIVE.get()
+    if taps is not None:
+        taps.record("relu", x)
+    return jax.nn.relu(x)
+
+
+def mixed(w: Float[Array, "k"], ops: Sequence[Callable[[Array], Array] | None], x: Array) -> Array:
+    """A mixed operation `sum_k w[k] * ops[k](x)` (`None`: the zero op) (DARTS).
+
+    Without an active `Taps` this is the plain weighted sum; with one, records inside op k are
+    weighted by `w[k]`, or (`Taps.select`) only the op with the largest weight is computed.
+    """
+    taps = _ACTIVE.get()
+    if taps is None:
+        y = None
+        for k, op in enumerate(ops):
+            if op is not None:
+                y = w[k] * op(x) if y is None else y + w[k] * op(x)
+        return y
+    return taps.mixed(w, ops, x)
+
+
+def chain_point(x: Array) -> Array:
+    """Marks a tensor that every input-output path crosses; `Taps.normalize_chain` rescales it.
+
+    Synflow's network (|weights|, no BN, positive input) is positively homogeneous between chain
+    points, so dividing by a constant `c` divides every weight's gradient by `c` exactly; the
+    score is recovered as `log S' + sum log c` without float64 (the reference) or overflow.
+    """
+    taps = _ACTIVE.get()
+    if taps is None or not taps.normalize_chain:
+        return x
+    c = jax.lax.stop_gradient(jnp.maximum(jnp.mean(jnp.abs(x)), jnp.finfo(x.dtype).tiny))
+    taps.log_scales.append(jnp.log(c))
+    return x / c

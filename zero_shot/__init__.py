@@ -1,1 +1,24 @@
-"""Zero-shot trainability scores and search-space pruning (issue 4; not built yet)."""
+"""Zero-shot trainability scores (issue 4): scores by name, many architectures per compile, ensembles.
+
+Every score is a pure function `PROXIES[name](net, (x, y), key) -> scalar`, higher is better, over a
+`Network` (`network_of(model, arch)`: a supernet at an architecture or a standalone network). A
+supernet with a one-hot architecture scores exactly like its derived subnet: activations of inactive
+ops are masked (`supernet.blocks.Taps`), their weights get zero gradient.
+
+Example:
+    >>> import zero_shot as Z
+    >>> s = Z.score_archs(net, archs, (x, y), jax.random.key(0), proxies=("naswot", "synflow"))
+    >>> ens = Z.rank_ensemble(s, ["naswot", "synflow"])
+"""
+
+from zero_shot import activation, baselines, gradient, tenas  # noqa: F401  (register the scores)
+from zero_shot.batch import DEFAULT_PROXIES, ArchScorer, check_archs, score, score_archs
+from zero_shot.ensemble import fit_and_report, fit_ensemble_weights, rank_ensemble, ranks, spearman
+from zero_shot.network import (KERNELS, NTK_WEIGHTS, Batch, Network, cross_entropy, gaussian_init,
+                               network_of)
+from zero_shot.registry import PROXIES
+from zero_shot.taps import code_kernel, collect
+
+__all__ = ["DEFAULT_PROXIES", "KERNELS", "NTK_WEIGHTS", "PROXIES", "ArchScorer", "Batch", "Network",
+           "check_archs", "code_kernel", "collect", "cross_entropy", "fit_and_report", "fit_ensemble_weights",
+           "gaussian_init", "network_of", "rank_ensemble", "ranks", "score", "score_archs", "spearman"]

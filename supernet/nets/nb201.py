@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float
 
-from supernet.blocks import SharedConv, avg_pool, batch_norm
+from supernet.blocks import SharedConv, avg_pool, batch_norm, chain_point, mixed, relu
 from supernet.heads import ClassificationHead
 from supernet.model import SUPERNETS, Supernet
 from supernet.space import Architecture, ArchProbs
@@ -44,7 +44,7 @@ class ReLUConvBN(nnx.Module):
         self.bn = batch_norm(c_out, affine=affine, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
-        return self.bn(self.conv(jax.nn.relu(x)))
+        return self.bn(self.conv(relu(x)))
 
 
 class ResNetBasicBlock(nnx.Module):
@@ -67,8 +67,10 @@ class MixedEdge(nnx.Module):
         self.conv3 = ReLUConvBN(c, c, 3, affine=affine, rngs=rngs)
 
     def __call__(self, x: Array, w: Float[Array, "5"]) -> Array:
-        return (w[SKIP] * x + w[CONV1X1] * self.conv1(x) + w[CONV3X3] * self.conv3(x)
-                + w[POOL3X3] * avg_pool(x, 3, 1, 1))
+        ops = [None] * 5  # `none` adds nothing
+        ops[SKIP], ops[CONV1X1], ops[CONV3X3] = (lambda h: h), self.conv1, self.conv3
+        ops[POOL3X3] = lambda h: avg_pool(h, 3, 1, 1)
+        return mixed(w, ops, x)  # sum_k w[k] op_k(x), with activation taps (`blocks.Taps`)
 
 
 class SearchCell(nnx.Module):
@@ -112,6 +114,8 @@ class DerivedCell(nnx.Module):
 class NB201Backbone(nnx.Module):
     """Stem, stages of cells with reductions between, final BN + ReLU; shared by search and derive."""
 
+    supports_taps = True  # reports every ReLU, BN and mixed op to `blocks.Taps` (zero-shot scores)
+
     def __init__(self, stem_conv, stem_bn, stages: list[list[nnx.Module]], reductions: list[nnx.Module],
                  last_bn):
         self.stem_conv, self.stem_bn = stem_conv, stem_bn
@@ -120,15 +124,16 @@ class NB201Backbone(nnx.Module):
         self.last_bn = last_bn
 
     def run(self, x: Array, cell_fn) -> list[Array]:
-        x = self.stem_bn(self.stem_conv(x))
+        # chain_point: every path crosses the stem, each cell and each reduction (zero-shot taps)
+        x = chain_point(self.stem_bn(self.stem_conv(x)))
         feats = []
         for s, cells in enumerate(self.stages):
             if s:
-                x = self.reductions[s - 1](x)
+                x = chain_point(self.reductions[s - 1](x))
             for cell in cells:
-                x = cell_fn(cell, x)
+                x = chain_point(cell_fn(cell, x))
             feats.append(x)
-        feats[-1] = jax.nn.relu(self.last_bn(feats[-1]))
+        feats[-1] = relu(self.last_bn(feats[-1]))
         return feats
 
     def __call__(self, x: Array) -> list[Array]:
@@ -138,6 +143,8 @@ class NB201Backbone(nnx.Module):
 @SUPERNETS.register("nb201")
 class NB201Supernet(Supernet):
     """Weight-sharing NAS-Bench-201 network (see module docstring)."""
+
+    supports_taps = True
 
     def __init__(self, space: NB201Space, *, rngs: nnx.Rngs, affine: bool = False):
         self.space = space

@@ -1,0 +1,138 @@
+"""Rank correlation of zero-shot scores with a benchmark's accuracies, and pruning quality.
+
+    python -m zero_shot.evaluate --space nb201 --truth ../shared/data/nas-bench-201/nb201_cifar10.csv \
+        --column cifar10_valid_acc --sample 1000 --proxies naswot,synflow,jacob_cov,ensemble \
+        --seed 0 --batch-size 64 --data-dir ../shared/data --json
+
+Scores a random sample of the truth file's architectures (seeded) on one batch of real CIFAR-10
+training images with one compiled function per score (`zero_shot.score_archs`), and prints one JSON
+object: per score `spearman`, `kendall`, `seconds_per_arch` (wall time of scoring the sample, compile
+included, divided by its size), plus `n`, `device`, `seed`, `batch_size`. `ensemble` is the rank
+average of the other listed scores (Abdelfattah et al. 2021's vote / NAS-Bench-Suite-Zero's
+rank-average). With `--prune 0.5,0.2,0.1` each score also prunes the space by marginal effects
+(`zero_shot.prune.prune_marginal`, from the scored sample) to those fractions and reports the share
+of the truth file's top-1% and top-5% architectures that survive. `--save FILE.npz` keeps the raw
+scores (for ensembles fitted on one split and reported on another).
+
+This is a command-line entry point (the issue's interface); the library functions it calls do no I/O.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+
+
+def _read_truth(path: str, column: str, arch_column: str = "arch_str") -> tuple[list[str], np.ndarray]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"truth file {path!r} not found (a CSV with {arch_column!r} and {column!r})")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {arch_column, column} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path} lacks column(s) {sorted(missing)}; columns: {reader.fieldnames}")
+        rows = [(r[arch_column], float(r[column])) for r in reader]
+    if not rows:
+        raise ValueError(f"{path} has no rows")
+    return [a for a, _ in rows], np.asarray([v for _, v in rows])
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--space", default="nb201")
+    p.add_argument("--truth", required=True, help="CSV with arch_str and the accuracy column")
+    p.add_argument("--column", default="cifar10_valid_acc")
+    p.add_argument("--arch-column", default="arch_str")
+    p.add_argument("--sample", type=int, default=1000, help="architectures scored (0: all)")
+    p.add_argument("--proxies", default="naswot,synflow,jacob_cov,ensemble")
+    p.add_argument("--seed", type=int, default=0, help="drives the sample, the image batch and the init")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--chunk", type=int, default=0, help="architectures per compiled call (0: default)")
+    p.add_argument("--data-dir", default=None, help="folder with cifar10/ (default: $HWNAS_DATA_DIR or ../shared/data)")
+    p.add_argument("--synthetic", action="store_true", help="random images instead of CIFAR-10 (smoke tests)")
+    p.add_argument("--prune", default="", help="fractions of the space to prune to, e.g. 0.5,0.2,0.1")
+    p.add_argument("--save", default="", help="write the sampled archs and their scores to this .npz")
+    p.add_argument("--json", action="store_true", help="print only the JSON object")
+    args = p.parse_args(argv)
+
+    import jax
+    from scipy.stats import kendalltau, spearmanr
+
+    import zero_shot as Z
+    from experiments import data as D
+    from flax import nnx
+    from supernet.model import make_supernet
+    from supernet.spaces import make_space
+    from zero_shot.prune import prune_marginal, survival
+
+    names = [n for n in args.proxies.split(",") if n]
+    base = [n for n in names if n != "ensemble"]
+    try:
+        if not names:
+            raise ValueError("--proxies is empty")
+        for n in base:
+            Z.PROXIES[n]  # unknown names fail here, listing the valid ones
+        if "ensemble" in names and len(base) < 2:
+            raise ValueError("'ensemble' needs at least two other scores in --proxies")
+        if args.sample < 0 or args.batch_size < 1:
+            raise ValueError("--sample must be >= 0 and --batch-size >= 1")
+        space = make_space(args.space)
+        strings, truth = _read_truth(args.truth, args.column, args.arch_column)
+        all_archs = np.stack([space.decode(s) for s in strings])
+        rng = np.random.default_rng(args.seed)
+        n = len(strings) if args.sample == 0 else args.sample
+        if n > len(strings):
+            raise ValueError(f"--sample {n} exceeds the {len(strings)} architectures of {args.truth}")
+        idx = np.sort(rng.choice(len(strings), n, replace=False))
+        if args.synthetic:
+            d = D.synthetic_cifar10(max(args.batch_size, 256), 10, seed=args.seed)
+        else:
+            d = D.load_cifar10(args.data_dir)
+        pick = rng.choice(len(d.x_train), args.batch_size, replace=False)
+        x = D.normalize(jax.numpy.asarray(d.x_train[pick]))
+        y = jax.numpy.asarray(d.y_train[pick])
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        p.exit(2, f"error: {e.args[0] if e.args else e}\n")
+
+    net = make_supernet(space, rngs=nnx.Rngs(args.seed))
+    key = jax.random.key(args.seed)
+    scores, seconds = {}, {}
+    it = base if args.json else __import__("tqdm").tqdm(base, desc="scores")
+    for name in it:
+        t0 = time.perf_counter()
+        kw = {"chunk": args.chunk} if args.chunk else {}
+        scores[name] = np.asarray(Z.score_archs(net, all_archs[idx], (x, y), key, proxies=(name,), **kw)[name])
+        seconds[name] = (time.perf_counter() - t0) / n
+    if "ensemble" in names:
+        scores["ensemble"] = np.asarray(Z.rank_ensemble({k: scores[k] for k in base}, base))
+        seconds["ensemble"] = sum(seconds[k] for k in base)
+    out = {"n": int(n), "seed": args.seed, "batch_size": args.batch_size, "space": space.name,
+           "column": args.column, "device": jax.devices()[0].device_kind, "proxies": {}}
+    fracs = [float(f) for f in args.prune.split(",") if f]
+    for name in names:
+        s = scores[name]
+        ok = np.isfinite(s)
+        rec = {"spearman": float(spearmanr(s[ok], truth[idx][ok])[0]),
+               "kendall": float(kendalltau(s[ok], truth[idx][ok])[0]),
+               "seconds_per_arch": seconds[name], "non_finite": int((~ok).sum())}
+        for f in fracs:
+            mask = prune_marginal(space, all_archs[idx][ok], s[ok], target_fraction=f)
+            rec[f"prune_{f:g}"] = {"kept_fraction": mask.size / space.size,
+                                   "top1_survival": survival(mask, all_archs, truth, 0.01),
+                                   "top5_survival": survival(mask, all_archs, truth, 0.05)}
+        out["proxies"][name] = rec
+    if args.save:
+        np.savez(args.save, archs=all_archs[idx], truth=truth[idx], **scores)
+    print(json.dumps(out, indent=None if args.json else 1))
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
