@@ -83,18 +83,18 @@ class SharedConv(nnx.Module):
         # `init` (a given kernel) skips the random draw: derived networks copy weights, and an eager
         # random init compiles one threefry program per new shape (seconds per derive).
         self.kernel = nnx.Param(CONV_INIT(rngs.params(), shape) if init is None else jnp.asarray(init))
-        if self.kernel.value.shape != shape:
-            raise ValueError(f"kernel shape {self.kernel.value.shape} != {shape}")
+        if self.kernel.get_value().shape != shape:
+            raise ValueError(f"kernel shape {self.kernel.get_value().shape} != {shape}")
         self.bias = nnx.Param(jnp.zeros((c_out,))) if use_bias else None
 
     def __call__(self, x: Float[Array, "b h w c"], kernel_mask: Float[Array, "k k"] | None = None,
                  group_mask: Float[Array, "i o"] | None = None) -> Float[Array, "b h2 w2 o"]:
-        w = self.kernel.value
+        w = self.kernel.get_value()
         if kernel_mask is not None:
             w = w * kernel_mask[:, :, None, None]
         if group_mask is not None:  # e.g. a block-diagonal mask making a dense 1x1 conv grouped
             w = w * group_mask[None, None]
-        y = conv2d(x, w, self.stride, self.groups, None if self.bias is None else self.bias.value)
+        y = conv2d(x, w, self.stride, self.groups, None if self.bias is None else self.bias.get_value())
         taps = _ACTIVE.get()
         return y if taps is None else taps.probe(y)
 
@@ -181,7 +181,7 @@ def slice_conv(src: SharedConv, c_in: int, c_out: int, kernel: int, *, groups: i
     grouped op, and the slice keeps the per-group blocks in grouped layout.
     """
     o = (src.k - kernel) // 2
-    w = src.kernel.value[o:o + kernel, o:o + kernel]
+    w = src.kernel.get_value()[o:o + kernel, o:o + kernel]
     depthwise = src.groups > 1 and src.groups == src.c_in
     if depthwise:
         groups, w = c_out, w[:, :, :, :c_out]
@@ -195,7 +195,7 @@ def slice_conv(src: SharedConv, c_in: int, c_out: int, kernel: int, *, groups: i
         groups, w = 1, w[:, :, :c_in, :c_out]
     new = SharedConv(c_in, c_out, kernel, src.stride, groups, use_bias=src.bias is not None, rngs=None, init=w)
     if src.bias is not None:
-        new.bias.value = src.bias.value[:c_out]
+        new.bias.set_value(src.bias.get_value()[:c_out])
     return new
 
 

@@ -44,9 +44,28 @@ def _read_truth(path: str, column: str, arch_column: str = "arch_str") -> tuple[
     return [a for a, _ in rows], np.asarray([v for _, v in rows])
 
 
+def _kwargs(text: str) -> dict:
+    """`"channels=8,cells_per_stage=1"` -> `{"channels": 8, "cells_per_stage": 1}` (ints, floats or strings)."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        if "=" not in item:
+            raise ValueError(f"--space-kwargs expects key=value pairs separated by commas, got {item!r}")
+        k, v = item.split("=", 1)
+        for cast in (int, float):
+            try:
+                v = cast(v)
+                break
+            except ValueError:
+                pass
+        out[k.strip()] = v
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--space", default="nb201")
+    p.add_argument("--space-kwargs", default="",
+                   help="options of the space, e.g. channels=8,cells_per_stage=1 (a smaller NB201 network)")
     p.add_argument("--truth", required=True, help="CSV with arch_str and the accuracy column")
     p.add_argument("--column", default="cifar10_valid_acc")
     p.add_argument("--arch-column", default="arch_str")
@@ -83,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             raise ValueError("'ensemble' needs at least two other scores in --proxies")
         if args.sample < 0 or args.batch_size < 1:
             raise ValueError("--sample must be >= 0 and --batch-size >= 1")
-        space = make_space(args.space)
+        space = make_space(args.space, **_kwargs(args.space_kwargs))
         strings, truth = _read_truth(args.truth, args.column, args.arch_column)
         all_archs = np.stack([space.decode(s) for s in strings])
         rng = np.random.default_rng(args.seed)
@@ -98,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         pick = rng.choice(len(d.x_train), args.batch_size, replace=False)
         x = D.normalize(jax.numpy.asarray(d.x_train[pick]))
         y = jax.numpy.asarray(d.y_train[pick])
-    except (KeyError, ValueError, FileNotFoundError) as e:
+    except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
         p.exit(2, f"error: {e.args[0] if e.args else e}\n")
 
     net = make_supernet(space, rngs=nnx.Rngs(args.seed))

@@ -1,0 +1,333 @@
+"""Zero-shot scores: values against independent implementations, supernet one-hot == derived
+subnet for every score, isomorphism and batch-order invariances, one compile, clear errors."""
+
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import zero_shot as Z
+from supernet import make_supernet
+from supernet.blocks import Taps
+from supernet.spaces import make_space
+from zero_shot.gradient import JACOB_K, loss_grads
+from zero_shot.network import KERNELS, NTK_WEIGHTS
+
+SPACE = make_space("nb201", channels=4, cells_per_stage=1, input_size=8)
+B = 8
+# a cell with convs, pooling, skip and a zero edge: every op kind is exercised
+ARCH = SPACE.decode("|nor_conv_3x3~0|+|none~0|nor_conv_1x1~1|+|skip_connect~0|avg_pool_3x3~1|nor_conv_3x3~2|")
+TOL = dict(rtol=2e-4, atol=2e-4)
+
+
+@pytest.fixture(scope="module")
+def supernet():
+    return make_supernet(SPACE, rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def batch():
+    kx, ky = jax.random.split(jax.random.key(1))
+    return jax.random.normal(kx, (B, 8, 8, 3)), jax.random.randint(ky, (B,), 0, 10)
+
+
+def _finite_or_both_inf(a, b):
+    if np.isinf(a) or np.isinf(b):
+        assert a == b
+    else:
+        np.testing.assert_allclose(a, b, **TOL)
+
+
+# ------------------------------------------------------------------ supernet == derived subnet
+# Compiling a score dominates these tests on a CPU, so each path compiles every score once.
+# GraSP (forward-over-reverse), the NTK (full Jacobian) and Zen (a second network) compile slowly:
+# their equality tests are marked `slow`.
+FAST = ("naswot", "synflow", "jacob_cov", "snip", "grad_norm", "fisher", "linear_regions", "params", "flops")
+HEAVY = ("grasp", "ntk", "zen")
+
+
+def _compare(got, want, names):
+    for n in names:
+        assert np.isfinite(want[n]), f"{n} is not finite on the test cell"
+        _finite_or_both_inf(got[n], want[n])
+
+
+@pytest.fixture(scope="module")
+def subnet_scores(supernet, batch):
+    return Z.score(supernet.derive(ARCH), batch, jax.random.key(2), FAST, space=SPACE)
+
+
+def test_one_hot_supernet_scores_like_the_derived_subnet(supernet, batch, subnet_scores):
+    """Inactive ops must not leak: neither through activations (naswot, linear regions) nor through
+    gradients (snip, fisher, ...). Integer arch: only the chosen op of each edge is computed."""
+    by_int = Z.score(supernet, batch, jax.random.key(2), FAST, arch=jnp.asarray(ARCH))
+    _compare(by_int, subnet_scores, FAST)
+
+
+@pytest.mark.slow
+def test_one_hot_weights_score_like_the_derived_subnet(supernet, batch, subnet_scores):
+    """Every op computed and weighted by its one-hot weight (0 for inactive ops)."""
+    by_weights = Z.score(supernet, batch, jax.random.key(2), FAST, arch=SPACE.one_hot(jnp.asarray(ARCH)))
+    _compare(by_weights, subnet_scores, FAST)
+
+
+@pytest.mark.slow
+def test_heavy_scores_of_one_hot_supernet_equal_the_derived_subnet(supernet, batch):
+    want = Z.score(supernet.derive(ARCH), batch, jax.random.key(2), HEAVY, space=SPACE)
+    _compare(Z.score(supernet, batch, jax.random.key(2), HEAVY, arch=jnp.asarray(ARCH)), want, HEAVY)
+    _compare(Z.score(supernet, batch, jax.random.key(2), HEAVY, arch=SPACE.one_hot(jnp.asarray(ARCH))),
+             want, HEAVY)
+
+
+def test_many_architectures_in_one_compile(supernet, batch, subnet_scores):
+    """`ArchScorer` maps over architectures in one compiled function: it reproduces the one-at-a-
+    time score of the derived subnet, and new architectures (same count) never retrace."""
+    names = ("naswot", "synflow", "jacob_cov")
+    scorer = Z.ArchScorer(supernet, names)
+    archs = np.concatenate([ARCH[None], np.asarray(SPACE.sample(jax.random.key(3), 2))])
+    got = scorer(supernet, archs, batch, jax.random.key(2))
+    _compare({n: got[n][0] for n in names}, subnet_scores, names)
+    other = scorer(supernet, np.asarray(SPACE.sample(jax.random.key(4), 3)), batch, jax.random.key(2))
+    assert scorer.traces == 1
+    assert not np.allclose(other["naswot"], got["naswot"])
+
+
+@pytest.mark.slow
+def test_chunked_scoring_equals_one_at_a_time(supernet, batch):
+    archs = np.asarray(SPACE.sample(jax.random.key(3), 4))
+    names = ("naswot", "synflow", "jacob_cov", "snip")
+    one = Z.score_archs(supernet, archs, batch, jax.random.key(0), proxies=names)
+    chunked = Z.score_archs(supernet, archs, batch, jax.random.key(0), proxies=names, chunk=2)
+    for n in names:
+        for a, b in zip(chunked[n], one[n]):
+            _finite_or_both_inf(a, b)
+
+
+# ------------------------------------------------------------------ against independent implementations
+def _raw_relu_codes(model, x):
+    """Every ReLU pre-activation of a derived subnet, flattened per sample, as 0/1 numpy codes."""
+    net = Z.network_of(model)
+    with Taps(reducers={"relu": lambda p: p}) as t:
+        net.logits(x)
+    return np.concatenate([(np.asarray(p).reshape(x.shape[0], -1) > 0) for _, p, _ in t.records], 1)
+
+
+def test_naswot_is_the_logdet_of_the_hamming_kernel(supernet, batch, subnet_scores):
+    sub = supernet.derive(ARCH)
+    c = _raw_relu_codes(sub, batch[0])
+    n = c.shape[1]
+    k = np.array([[n - np.sum(ci != cj) for cj in c] for ci in c], np.float64)  # Mellor et al. eq. 2
+    sign, want = np.linalg.slogdet(k)
+    assert sign > 0
+    got = subnet_scores["naswot"]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_naswot_of_identical_images_is_minus_infinity(supernet, batch):
+    x = jnp.repeat(batch[0][:1], B, 0)  # every code equal: K = n 1 1^T is singular
+    assert Z.score(supernet.derive(ARCH), (x, batch[1]), jax.random.key(0), ("naswot",))["naswot"] == -np.inf
+
+
+def test_linear_regions_counts_distinct_activation_patterns(supernet, batch):
+    sub = supernet.derive(ARCH)
+    x = jnp.concatenate([batch[0][:5], batch[0][:3]])  # 5 distinct images, 3 of them twice
+    c = _raw_relu_codes(sub, x)
+    assert len({row.tobytes() for row in c}) == 5
+    got = Z.score(sub, (x, batch[1]), jax.random.key(0), ("linear_regions",))["linear_regions"]
+    np.testing.assert_allclose(got, 5.0, rtol=1e-6)
+
+
+def _plain_loss_and_grads(model, x, y):
+    """Cross-entropy of the subnet in train mode and its gradient w.r.t. every parameter (nnx.grad)."""
+    m = nnx.clone(model)
+    m.train()
+
+    def loss(m):
+        return Z.cross_entropy(m(x), y)
+
+    g = nnx.grad(loss)(m)
+    return m, g
+
+
+def _kernels(state):
+    return {p: np.asarray(v.get_value(), np.float64) for p, v in nnx.to_flat_state(state)
+            if KERNELS(p, v)}
+
+
+def test_snip_and_grad_norm_match_plain_gradients(supernet, batch, subnet_scores):
+    sub = supernet.derive(ARCH)
+    m, g = _plain_loss_and_grads(sub, *batch)
+    w, d = _kernels(nnx.state(m, nnx.Param)), _kernels(g)
+    assert len(w) > 5 and set(w) == set(d)
+    snip = sum(np.abs(w[p] * d[p]).sum() for p in w)
+    gn = sum(np.sqrt((d[p] ** 2).sum()) for p in d)
+    got = subnet_scores
+    np.testing.assert_allclose(got["snip"], snip, rtol=1e-4)
+    np.testing.assert_allclose(got["grad_norm"], gn, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_grasp_matches_reverse_over_reverse_hessian_product(supernet, batch):
+    x, y = batch
+    sub = supernet.derive(ARCH)
+    net = Z.network_of(sub)
+    kern, rest = net.split(KERNELS)
+
+    def loss(k):
+        return Z.cross_entropy(net.logits(x, net.merge(k, rest)), y)
+
+    g = jax.lax.stop_gradient(jax.grad(loss)(kern))
+    hg = jax.grad(lambda k: sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g),
+                                                                 jax.tree.leaves(jax.grad(loss)(k)))))(kern)
+    want = -sum(float(jnp.sum(t * h)) for t, h in zip(jax.tree.leaves(kern), jax.tree.leaves(hg)))
+    got = Z.score(sub, batch, jax.random.key(0), ("grasp",))["grasp"]
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-6)
+
+
+def test_fisher_probes_agree_with_kernel_gradients(supernet, batch, subnet_scores):
+    """Scaling a conv's output channel k for every sample is scaling its kernel's column k, so
+    `sum_n dL/dz[n, k] = sum W[..., k] dL/dW[..., k]` summed over every conv (Euler's identity);
+    the linear term is checked against its closed form."""
+    x, y = batch
+    net = Z.network_of(supernet.derive(ARCH))
+    g = loss_grads(net, x, y)
+    probes = sum(float(jnp.sum(p)) for p in g["probe_grads"])
+    convs = sum(float(jnp.sum(k * d)) for (path, k), d in zip(
+        nnx.to_flat_state(g["kernels"]), jax.tree.leaves(g["grads"])) if "head" not in path)
+    np.testing.assert_allclose(probes, convs, rtol=1e-3, atol=1e-5)
+    logits = g["logits"]
+    d = jax.nn.softmax(logits) - jax.nn.one_hot(y, 10)
+    linear = 0.5 * np.mean(np.square(np.asarray(logits * d / B)), 0).sum()
+    conv = sum(0.5 * np.mean(np.square(np.asarray(p)), 0).sum() for p in g["probe_grads"])
+    got = subnet_scores["fisher"]
+    np.testing.assert_allclose(got, conv + linear, rtol=1e-4)
+
+
+def test_jacob_cov_matches_numpy_corrcoef(supernet, batch, subnet_scores):
+    sub = supernet.derive(ARCH)
+    net = Z.network_of(sub)
+    jac = np.asarray(jax.grad(lambda v: jnp.sum(net.logits(v)))(batch[0]), np.float64).reshape(B, -1)
+    v = np.linalg.eigvalsh(np.corrcoef(jac))
+    want = -np.sum(np.log(v + JACOB_K) + 1.0 / (v + JACOB_K))
+    got = subnet_scores["jacob_cov"]
+    np.testing.assert_allclose(got, want, rtol=1e-3)
+
+
+def test_ntk_condition_number_from_per_sample_gradients(supernet, batch):
+    x = batch[0]
+    net = Z.network_of(supernet.derive(ARCH))
+    params, rest = net.split(NTK_WEIGHTS)
+    rows = []
+    for i in range(B):  # one backward per sample through the batch forward (TE-NAS's loop)
+        gi = jax.grad(lambda p: net.logits(x, net.merge(p, rest))[i].sum())(params)
+        rows.append(np.concatenate([np.asarray(t, np.float64).ravel() for t in jax.tree.leaves(gi)]))
+    j = np.stack(rows)
+    ev = np.linalg.eigvalsh(j @ j.T)
+    got = Z.score(supernet.derive(ARCH), batch, jax.random.key(0), ("ntk",))["ntk"]
+    np.testing.assert_allclose(got, -ev[-1] / ev[0], rtol=2e-2)
+
+
+def test_synflow_rescaling_is_exact(supernet, batch, subnet_scores):
+    """The chain-point rescaling (float32 range) must not change the value: compare with the
+    plain `log sum |theta dR/dtheta|` of the absolute-valued, BN-free network (no overflow at this
+    size)."""
+    net = Z.network_of(supernet.derive(ARCH))
+    x1 = jnp.ones((1, 8, 8, 3))
+    kern, rest = net.split(KERNELS, Z.network.abs_params(net.state))
+
+    def r(k):
+        with Taps(remove_bn=True):
+            return jnp.sum(net.logits(x1, net.merge(k, rest)))
+
+    grads = jax.grad(r)(kern)
+    want = np.log(sum(float(jnp.sum(jnp.abs(t * d))) for t, d in zip(jax.tree.leaves(kern), jax.tree.leaves(grads))))
+    got = subnet_scores["synflow"]
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_params_and_flops_count_the_derived_subnet(supernet, batch, subnet_scores):
+    sub = supernet.derive(ARCH)
+    got = subnet_scores
+    # the layer table's convention (supernet/spaces/nb201.py): every conv/linear weight plus one
+    # folded bias per output channel (BN folded into the conv; the linear's own bias)
+    kernels = _kernels(nnx.state(sub, nnx.Param))
+    assert got["params"] == sum(k.size + k.shape[-1] for k in kernels.values())
+    bigger = SPACE.decode("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|")
+    big = Z.score(supernet, batch, jax.random.key(0), ("params", "flops"), arch=jnp.asarray(bigger))
+    assert big["params"] > got["params"] and big["flops"] > got["flops"]
+
+
+# ------------------------------------------------------------------ invariances
+# Node 1 is a dead end (its outgoing edges are `none`), so edge 0->1's op cannot reach the output:
+# the two cells compute the same function with the same live weights.
+DEAD_A = "|nor_conv_3x3~0|+|nor_conv_1x1~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|"
+DEAD_B = "|nor_conv_1x1~0|+|nor_conv_1x1~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|"
+
+
+def test_isomorphic_cells_score_the_same(supernet, batch):
+    """Function- and gradient-based scores only see the computation that reaches the output
+    (GraSP and the NTK too: dead weights have zero gradient; checked in the slow suite).
+    NASWOT, Zen and linear regions count every ReLU/BN of the network, dead ends included, as the
+    reference implementations hook every module, so they are not expected to be invariant."""
+    names = ("snip", "grad_norm", "fisher", "synflow", "jacob_cov")
+    s = Z.score_archs(supernet, np.stack([SPACE.decode(DEAD_A), SPACE.decode(DEAD_B)]), batch,
+                      jax.random.key(0), proxies=names)
+    for n in names:
+        np.testing.assert_allclose(s[n][0], s[n][1], rtol=1e-5, err_msg=n)
+
+
+@pytest.mark.parametrize("name", ["naswot", "linear_regions", "jacob_cov"])
+def test_scores_do_not_depend_on_the_order_of_the_batch(supernet, batch, name):
+    perm = np.random.default_rng(0).permutation(B)
+    sub = supernet.derive(ARCH)
+    a = Z.score(sub, batch, jax.random.key(0), (name,))[name]
+    b = Z.score(sub, (batch[0][perm], batch[1][perm]), jax.random.key(0), (name,))[name]
+    np.testing.assert_allclose(a, b, rtol=1e-3)
+
+
+# ------------------------------------------------------------------ one compile, ensembles, errors
+def test_rank_ensemble_averages_ranks():
+    s = {"a": np.array([1.0, 2.0, 3.0, 4.0]), "b": np.array([40.0, 30.0, 20.0, 10.0]), "c": [0, 0, 1, 1]}
+    np.testing.assert_allclose(Z.rank_ensemble(s, ["a", "b"]), [0.5, 0.5, 0.5, 0.5])
+    np.testing.assert_allclose(Z.rank_ensemble(s, weights={"a": 3, "b": 1}), [0.25, 5 / 12, 7 / 12, 0.75])
+    w = Z.fit_ensemble_weights(s, [1, 2, 3, 4])
+    assert w["a"] == 1.0
+    with pytest.raises(KeyError, match="available: a, b, c"):
+        Z.rank_ensemble(s, ["a", "zzz"])
+
+
+def test_clear_errors(supernet, batch):
+    with pytest.raises(KeyError, match="naswot"):  # lists the valid names
+        Z.score_archs(supernet, np.zeros((1, 6), int), batch, jax.random.key(0), proxies=("naswto",))
+    with pytest.raises(ValueError, match="empty"):
+        Z.score_archs(supernet, np.zeros((0, 6), int), batch, jax.random.key(0), proxies=("naswot",))
+    with pytest.raises(ValueError, match="no scores requested"):
+        Z.score_archs(supernet, np.zeros((1, 6), int), batch, jax.random.key(0), proxies=())
+    with pytest.raises(ValueError, match="out of range for decision 'edge_1_0'"):
+        Z.score_archs(supernet, np.full((1, 6), 7), batch, jax.random.key(0), proxies=("naswot",))
+    with pytest.raises(ValueError, match="needs `arch`"):
+        Z.score(supernet, batch, jax.random.key(0), ("naswot",))
+
+
+def test_evaluate_cli_reports_correlations(tmp_path, capsys):
+    from zero_shot import evaluate
+    archs = SPACE.sample(jax.random.key(5), 12)
+    truth = tmp_path / "truth.csv"
+    rng = np.random.default_rng(0)
+    truth.write_text("arch_str,acc\n" + "".join(f"{SPACE.encode(a)},{rng.uniform(10, 90):.2f}\n" for a in archs))
+    out = evaluate.main(["--truth", str(truth), "--column", "acc", "--sample", "10", "--proxies",
+                         "naswot,synflow,ensemble", "--batch-size", "8", "--synthetic", "--json",
+                         "--space-kwargs", "channels=4,cells_per_stage=1"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed == json.loads(json.dumps(out))
+    assert out["n"] == 10 and set(out["proxies"]) == {"naswot", "synflow", "ensemble"}
+    for rec in out["proxies"].values():
+        assert -1 <= rec["spearman"] <= 1 and rec["seconds_per_arch"] > 0
+    with pytest.raises(SystemExit):
+        evaluate.main(["--truth", str(truth), "--column", "acc", "--proxies", "nope", "--synthetic"])
+    with pytest.raises(SystemExit):
+        evaluate.main(["--truth", str(tmp_path / "missing.csv"), "--synthetic"])
