@@ -321,12 +321,16 @@ def test_evaluate_cli_reports_correlations(tmp_path, capsys):
     truth.write_text("arch_str,acc\n" + "".join(f"{SPACE.encode(a)},{rng.uniform(10, 90):.2f}\n" for a in archs))
     out = evaluate.main(["--truth", str(truth), "--column", "acc", "--sample", "10", "--proxies",
                          "naswot,synflow,ensemble", "--batch-size", "8", "--synthetic", "--json",
-                         "--space-kwargs", "channels=4,cells_per_stage=1"])
+                         "--space-kwargs", "channels=4,cells_per_stage=1", "--ranking", str(tmp_path / "rank.txt")])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed == json.loads(json.dumps(out))
     assert out["n"] == 10 and set(out["proxies"]) == {"naswot", "synflow", "ensemble"}
     for rec in out["proxies"].values():
         assert -1 <= rec["spearman"] <= 1 and rec["seconds_per_arch"] > 0
+    ranked = [ln.strip() for ln in open(tmp_path / "rank.txt") if not ln.startswith("#")]
+    assert len(ranked) == 10 and set(ranked) <= {SPACE.encode(a) for a in archs}
+    with pytest.raises(SystemExit):  # an existing ranking file is never overwritten
+        evaluate.main(["--truth", str(truth), "--column", "acc", "--synthetic", "--ranking", str(tmp_path / "rank.txt")])
     with pytest.raises(SystemExit):
         evaluate.main(["--truth", str(truth), "--column", "acc", "--proxies", "nope", "--synthetic"])
     with pytest.raises(SystemExit):

@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--synthetic", action="store_true", help="random images instead of CIFAR-10 (smoke tests)")
     p.add_argument("--prune", default="", help="fractions of the space to prune to, e.g. 0.5,0.2,0.1")
     p.add_argument("--save", default="", help="write the sampled archs and their scores to this .npz")
+    p.add_argument("--ranking", default="", help="write the sample's architecture strings, best first by "
+                   "the last listed score (e.g. ensemble), to this text file (warm starts of evolution)")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     args = p.parse_args(argv)
 
@@ -100,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             Z.PROXIES[n]  # unknown names fail here, listing the valid ones
         if "ensemble" in names and len(base) < 2:
             raise ValueError("'ensemble' needs at least two other scores in --proxies")
+        for path in (args.ranking, args.save):
+            if path and os.path.exists(path):
+                raise ValueError(f"{path} exists; choose a new file (results are never overwritten)")
         if args.sample < 0 or args.batch_size < 1:
             raise ValueError("--sample must be >= 0 and --batch-size >= 1")
         space = make_space(args.space, **_kwargs(args.space_kwargs))
@@ -149,6 +154,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         out["proxies"][name] = rec
     if args.save:
         np.savez(args.save, archs=all_archs[idx], truth=truth[idx], **scores)
+    if args.ranking:
+        order = np.argsort(-np.nan_to_num(scores[names[-1]], nan=-np.inf), kind="stable")
+        with open(args.ranking, "x") as f:  # never overwrite earlier results
+            f.write(f"# {space.name} cells best first by {names[-1]!r} (seed {args.seed}, n={n})\n")
+            f.writelines(strings[idx[i]] + "\n" for i in order)
     print(json.dumps(out, indent=None if args.json else 1))
     return out
 

@@ -6,7 +6,8 @@ Variants (`:arg`): `drnas` (Dirichlet, DrNAS), `gdas` (hard Gumbel, GDAS), `dart
 `beta` (softmax + beta-decay, beta-DARTS); `smoke` runs in seconds on a CPU (tiny synthetic data);
 `quick` is the README quickstart (a narrow supernet, 4,000 CIFAR-10 images, minutes on a CPU).
 Append `,pixel3` for the latency-targeted search (surrogate fitted on 50 cells of the table's
-`pixel3_latency_ms`, TuNAS absolute-reward loss at `cost.target_ms`).
+`pixel3_latency_ms`, TuNAS absolute-reward loss at `cost.target_ms`), `,zero` to prune the space
+with zero-shot scores first (`zero_shot` stage: keep 20% of the space, then single-shot inside it).
 
 Reproduces (issue 3): mean `cifar10_valid_acc` of the found cells over seeds; published anchors on
 this column: DARTS 39.77, GDAS 89.89, DrNAS 91.55, best 91.57.
@@ -50,6 +51,12 @@ def get_config(arg: str | None = None):
         c.single_shot.batch_size = 64
         c.single_shot.steps_per_epoch = 25
         c.table.csv = ""  # a narrower network than the benchmark's: no table lookup
+    if "zero" in args:  # zero-shot pruning first: single-shot then searches the pruned space
+        c.stages = ["zero_shot", "single_shot"]
+        c.zero_shot.target_fraction = 0.2
+        if "quick" in args or "smoke" in args:
+            c.zero_shot.sample = 50
+            c.zero_shot.batch_size = 16
     if "smoke" in args:
         smoke(c)
         c.space.kwargs = {"channels": 4, "cells_per_stage": 1}
