@@ -85,8 +85,9 @@ def stage_zero_shot(ctx: Context) -> dict[str, Any]:
     archs = np.asarray(space.sample(jax.random.fold_in(jax.random.key(ctx.cfg.seed), 11), z.sample, mask=ctx.mask))
     archs = archs[np.sort(np.unique(archs, axis=0, return_index=True)[1])]  # distinct, in sampled order
     scores = zero_shot_scorer(ctx)(archs)
-    if not np.isfinite(scores).all():
-        raise FloatingPointError(f"{int((~np.isfinite(scores)).sum())} zero-shot scores are NaN/inf")
+    bad = np.isnan(scores) | np.isposinf(scores)  # -inf ranks last (a score's verdict on a dead cell)
+    if bad.any():
+        raise FloatingPointError(f"{int(bad.sum())} zero-shot scores are NaN/+inf")
     mask = prune_marginal(space, archs, scores, target_fraction=z.target_fraction, mask=ctx.mask)
     ok = mask.allowed[np.arange(space.num_decisions)[None, :], archs].all(-1)
     target = latency_target(ctx)

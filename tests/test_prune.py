@@ -75,3 +75,14 @@ def test_survival_by_hand_and_errors():
         prune_marginal(SPACE, archs, np.array([1.0, np.nan, 0, 0]), target_fraction=0.5)
     with pytest.raises(ValueError, match="target_fraction"):
         prune_marginal(SPACE, archs, truth, target_fraction=0.0)
+
+
+def test_minus_infinity_ranks_last_and_nan_is_refused():
+    archs = np.asarray(SPACE.sample(jax.random.key(2), 200))
+    s = additive(archs).astype(float)
+    dead = archs[:, 0] == 0  # say choice 0 of decision 0 disconnects the cell: score -inf
+    s_inf = np.where(dead, -np.inf, s)
+    eff = choice_effects(SPACE, archs, s_inf)
+    assert eff[0, 0] == np.nanmin(eff[0]) and eff[0, 0] < choice_effects(SPACE, archs, s)[0, 0]
+    with pytest.raises(ValueError, match="NaN"):
+        choice_effects(SPACE, archs, np.where(dead, np.nan, s))

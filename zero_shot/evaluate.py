@@ -142,10 +142,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     fracs = [float(f) for f in args.prune.split(",") if f]
     for name in names:
         s = scores[name]
-        ok = np.isfinite(s)
+        # -inf is the score's verdict "worst" (e.g. NASWOT's singular kernel, synflow's S = 0 of a
+        # disconnected cell) and ranks last, as in the references; only NaN is dropped
+        ok = ~np.isnan(s)
         rec = {"spearman": float(spearmanr(s[ok], truth[idx][ok])[0]),
                "kendall": float(kendalltau(s[ok], truth[idx][ok])[0]),
-               "seconds_per_arch": seconds[name], "non_finite": int((~ok).sum())}
+               "seconds_per_arch": seconds[name], "nan": int((~ok).sum()),
+               "minus_inf": int(np.isneginf(s).sum())}
         for f in fracs:
             mask = prune_marginal(space, all_archs[idx][ok], s[ok], target_fraction=f)
             rec[f"prune_{f:g}"] = {"kept_fraction": mask.size / space.size,

@@ -50,8 +50,9 @@ def choice_effects(space: SearchSpace, archs: np.ndarray, scores: np.ndarray,
                          f"{scores.shape}")
     if len(archs) == 0:
         raise ValueError("no scored architectures to prune with; score a non-empty sample")
-    if not np.isfinite(scores).all():
-        raise ValueError(f"{int((~np.isfinite(scores)).sum())} scores are NaN/inf; fix or drop those archs")
+    bad = np.isnan(scores) | np.isposinf(scores)  # -inf is a valid "worst" (e.g. a disconnected cell)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} scores are NaN/+inf; fix or drop those archs")
     m = space.check_mask(mask).allowed
     inside = m[np.arange(space.num_decisions)[None, :], archs].all(-1)
     a, s = archs[inside], scores[inside]

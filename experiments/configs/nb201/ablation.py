@@ -3,7 +3,7 @@ single-shot (supernet) and multishot (evolution), with and without a pixel3 late
 
 Commands:
     python -m experiments.sweep --config experiments/configs/nb201/ablation.py --workdir workdirs/ablation
-    python -m experiments.report workdirs/ablation --out docs/ablation --latency pixel3_latency_ms
+    python -m experiments.report workdirs/ablation --out docs/ablation --group-by stages,cost.form --latency pixel3_latency_ms
 `:quick` is the CPU scale (a narrow 1-cell-per-stage supernet trained for 4 x 25 steps on 4,000
 CIFAR-10 images, 50 cells scored zero-shot on 16 images, evolution over the benchmark table): about an hour on a
 2-core CPU for all 70 runs. `:smoke` runs in minutes (synthetic data, 2 seeds).
