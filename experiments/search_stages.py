@@ -51,9 +51,12 @@ def _score_batch(ctx: Context, size: int) -> tuple[jax.Array, jax.Array]:
     return D.normalize(jax.numpy.asarray(d.x_train[pick])), jax.numpy.asarray(d.y_train[pick])
 
 
-def zero_shot_scorer(ctx: Context):
-    """`archs [N, D] -> scores [N]` (higher is better): the configured scores, rank-averaged."""
+def zero_shot_scorer(ctx: Context, weights: bool = False):
+    """`archs [N, D] -> scores [N]` (higher is better): the configured scores, rank-averaged; with
+    `weights=True` instead `weights [K, D, C] -> [K]` of the supernet under those per-decision
+    weights (rank sum over the scores, `zero_shot.prune.weight_scorer`), for progressive pruning."""
     import zero_shot as Z
+    from zero_shot.prune import weight_scorer
     z = ctx.cfg.zero_shot
     names = list(z.proxies)
     if not names:
@@ -64,6 +67,8 @@ def zero_shot_scorer(ctx: Context):
     batch = _score_batch(ctx, z.batch_size)
     net = make_supernet(ctx.space, rngs=nnx.Rngs(ctx.cfg.seed), **dict(z.supernet))
     key = jax.random.key(ctx.cfg.seed)
+    if weights:
+        return weight_scorer(net, batch, key, names)
 
     def score(archs: np.ndarray) -> np.ndarray:
         s = Z.score_archs(net, np.asarray(archs), batch, key, proxies=tuple(names))
@@ -75,20 +80,25 @@ def zero_shot_scorer(ctx: Context):
 
 @STAGES.register("zero_shot")
 def stage_zero_shot(ctx: Context) -> dict[str, Any]:
-    from zero_shot.prune import prune_marginal
+    from zero_shot.prune import prune_marginal, prune_progressive
     z, space = ctx.cfg.zero_shot, ctx.space
     if z.sample < 1:
         raise ConfigError(f"zero_shot.sample must be >= 1, got {z.sample}")
-    if z.method != "marginal":
-        raise ConfigError(f"unknown zero_shot.method {z.method!r}; valid: marginal")
+    if z.method not in ("marginal", "progressive"):
+        raise ConfigError(f"unknown zero_shot.method {z.method!r}; valid: marginal, progressive")
     t0 = time.perf_counter()
-    archs = np.asarray(space.sample(jax.random.fold_in(jax.random.key(ctx.cfg.seed), 11), z.sample, mask=ctx.mask))
+    if z.method == "progressive":  # prune on the supernet first, then rank a sample inside the mask
+        mask = prune_progressive(space, zero_shot_scorer(ctx, weights=True), target_fraction=z.target_fraction,
+                                 mask=ctx.mask, log=lambda r: ctx.wd.log({"stage": "zero_shot", **r}))
+    archs = np.asarray(space.sample(jax.random.fold_in(jax.random.key(ctx.cfg.seed), 11), z.sample,
+                                    mask=mask if z.method == "progressive" else ctx.mask))
     archs = archs[np.sort(np.unique(archs, axis=0, return_index=True)[1])]  # distinct, in sampled order
     scores = zero_shot_scorer(ctx)(archs)
     bad = np.isnan(scores) | np.isposinf(scores)  # -inf ranks last (a score's verdict on a dead cell)
     if bad.any():
         raise FloatingPointError(f"{int(bad.sum())} zero-shot scores are NaN/+inf")
-    mask = prune_marginal(space, archs, scores, target_fraction=z.target_fraction, mask=ctx.mask)
+    if z.method == "marginal":
+        mask = prune_marginal(space, archs, scores, target_fraction=z.target_fraction, mask=ctx.mask)
     ok = mask.allowed[np.arange(space.num_decisions)[None, :], archs].all(-1)
     target = latency_target(ctx)
     if target is not None:

@@ -128,3 +128,26 @@ def test_evolve_stage_killed_and_resumed_ends_like_an_uninterrupted_run(tmp_path
     strip = lambda r: {k: v for k, v in r.items() if not k.endswith("seconds") and k != "stages"}
     assert strip(resumed) == strip(full)
     assert resumed["stages"]["evolve"]["front"] == full["stages"]["evolve"]["front"]
+
+
+@pytest.mark.parametrize("method", ["marginal", "progressive"])
+def test_zero_shot_stage_prunes_to_the_target_by_either_method(tmp_path, data_dir, method, capsys):
+    import numpy as np
+    from supernet.spaces import make_space
+    args = ["--config", f"{ABL}:smoke", "--config.stages=['zero_shot']", "--config.zero_shot.proxies=('synflow',)",
+            f"--config.zero_shot.method={method}", "--config.zero_shot.target_fraction=0.3",
+            "--workdir", str(tmp_path / method)]
+    res = main(args)
+    z = Workdir(str(tmp_path / method)).stage_done("zero_shot")  # with the mask and the ranking
+    space = make_space("nb201")
+    allowed = np.asarray(z["mask"], bool)
+    assert 0 < z["kept_fraction"] <= 0.3 and z["kept_fraction"] == np.prod(allowed.sum(1)) / space.size
+    # everything handed on lies inside the pruned space
+    for a in [space.decode(s) for s in z["ranking"]] + [space.decode(res["architecture"])]:
+        assert allowed[np.arange(6), a].all()
+    if method == "progressive":  # each removal logged with the shrinking space size
+        sizes = [r["size"] for r in map(json.loads, open(tmp_path / method / "metrics.jsonl")) if "size" in r]
+        assert sizes == sorted(sizes, reverse=True) and sizes[-1] == round(z["kept_fraction"] * space.size)
+    with pytest.raises(SystemExit):
+        main(args[:-1] + [str(tmp_path / "bad"), "--config.zero_shot.method=tenas"])
+    assert "unknown zero_shot.method 'tenas'; valid: marginal, progressive" in capsys.readouterr().err

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 
 from supernet.spaces import make_space
-from zero_shot.prune import choice_effects, prune_marginal, prune_progressive, survival
+import itertools
+
+from supernet.space import SpaceMask
+from zero_shot.prune import best_covering_mask, choice_effects, prune_marginal, prune_progressive, survival
 
 SPACE = make_space("nb201", channels=4, cells_per_stage=1)
 # a known additive score: choice c of decision d is worth VALUE[d, c]
@@ -59,6 +62,56 @@ def test_progressive_pruning_removes_the_least_harmful_choice_each_round():
     assert mask.allowed.sum() == 6 and mask.allowed[np.arange(6), VALUE.argmax(1)].all()
     assert calls == [30, 24, 18, 12]  # one batched call per round, every candidate removal scored
     assert [r["choice"] for r in log[:6]] == VALUE.argmin(1).tolist()  # round 0 drops each worst
+
+
+def test_progressive_with_a_size_target_removes_one_choice_at_a_time():
+    value = np.random.default_rng(3).random((6, 5))
+    log = []
+    mask = prune_progressive(SPACE, lambda w: (w[:, :, :5] * value[None]).sum((1, 2)),
+                             target_fraction=0.2, log=log.append)
+    assert mask.size <= 0.2 * SPACE.size < log[-2]["size"]  # stops at the first step under the target
+    assert [r["size"] for r in log] == sorted((r["size"] for r in log), reverse=True)
+    assert mask.allowed[np.arange(6), value.argmax(1)].all()
+    # the first removal is the globally least harmful one: removing c from a decision with 5
+    # choices raises its expected value by (mean - value[c]) / 4, most for the decision whose
+    # worst choice lies furthest below its mean
+    d = int(np.argmax(value.mean(1) - value.min(1)))
+    assert (log[0]["decision"], log[0]["choice"]) == (SPACE.decisions[d].name, value[d].argmin())
+    with pytest.raises(ValueError, match="target_fraction"):
+        prune_progressive(SPACE, lambda w: np.zeros(len(w)), target_fraction=1.5)
+
+
+def test_best_covering_mask_equals_brute_force():
+    # restrict to 3 choices on decisions 0-2 and one on 3-5: 7^3 candidate masks to enumerate
+    base = np.zeros((6, 5), bool)
+    base[:3, 1:4] = True
+    base[3:, 0] = True
+    rng = np.random.default_rng(0)
+    archs = np.zeros((40, 6), int)
+    archs[:, :3] = rng.integers(1, 4, (40, 3))
+    w = rng.random(40)
+    subsets = [s for r in (1, 2, 3) for s in itertools.combinations((1, 2, 3), r)]
+    for frac in (0.5, 0.2, 0.08):
+        best = 0.0
+        for combo in itertools.product(subsets, repeat=3):
+            a = base.copy()
+            for d, sub in enumerate(combo):
+                a[d] = False
+                a[d, list(sub)] = True
+            m = SpaceMask(a)
+            if m.size <= frac * 27:
+                best = max(best, w[a[np.arange(6)[None], archs].all(-1)].sum())
+        mask, share = best_covering_mask(SPACE, archs, frac, weights=w, mask=SpaceMask(base))
+        assert mask.size <= frac * 27 and not (mask.allowed & ~base).any()
+        kept = w[mask.allowed[np.arange(6)[None], archs].all(-1)].sum()
+        assert kept == pytest.approx(best) and share == pytest.approx(best / w.sum())
+    # unweighted, its share is `survival` of the same cells
+    full = all_archs()
+    top = full[np.argsort(-additive(full), kind="stable")[:50]]
+    mask, share = best_covering_mask(SPACE, top, 0.2)
+    assert share == pytest.approx(survival(mask, top, np.arange(50, 0, -1), 1.0))
+    with pytest.raises(ValueError, match="weights"):
+        best_covering_mask(SPACE, top, 0.2, weights=-np.ones(50))
 
 
 def test_survival_by_hand_and_errors():

@@ -112,6 +112,23 @@ def test_large_latency_weight_lowers_expected_latency():
     assert lat[50.0] < lat[0.0]
 
 
+def test_discrete_cost_is_the_argmax_architecture_with_a_straight_through_gradient():
+    probs = jax.nn.softmax(jax.random.normal(jax.random.key(3), (SPACE.num_decisions, SPACE.max_choices)) * 2)
+    hard = jax.nn.one_hot(jnp.argmax(probs, -1), SPACE.max_choices)
+    for memory in (None, "params"):
+        kw = dict(memory=memory, memory_budget_bytes=1e3 if memory else None)
+        soft = make_cost_fn(SPACE, CostConfig(**kw))
+        disc = make_cost_fn(SPACE, CostConfig(discrete=True, **kw))
+        for key in soft(probs):
+            f_soft = lambda p, k=key: soft(p)[k]
+            f_disc = lambda p, k=key: disc(p)[k]
+            # value: the derived (argmax) architecture's cost, not the expected table's
+            np.testing.assert_allclose(f_disc(probs), f_soft(hard), rtol=1e-6)
+            assert abs(float(f_disc(probs)) - float(f_soft(probs))) > 1e-6 * float(f_soft(probs))
+            # gradient: the expected table's, taken at the argmax point
+            np.testing.assert_allclose(jax.grad(f_disc)(probs), jax.grad(f_soft)(hard), rtol=1e-5, atol=1e-9)
+
+
 @pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 (fake) devices, see conftest")
 def test_four_devices_compute_what_one_device_computes():
     one, rec1 = _search(1.0, make_mesh(1), steps=2)

@@ -335,3 +335,26 @@ def test_evaluate_cli_reports_correlations(tmp_path, capsys):
         evaluate.main(["--truth", str(truth), "--column", "acc", "--proxies", "nope", "--synthetic"])
     with pytest.raises(SystemExit):
         evaluate.main(["--truth", str(tmp_path / "missing.csv"), "--synthetic"])
+
+
+@pytest.mark.parametrize("method", ["marginal", "progressive"])
+def test_evaluate_cli_pruning_never_beats_the_oracle(tmp_path, method):
+    from zero_shot import evaluate
+    archs = np.asarray(SPACE.sample(jax.random.key(6), 24))
+    truth = tmp_path / "truth.csv"
+    rng = np.random.default_rng(1)
+    truth.write_text("arch_str,acc\n" + "".join(f"{SPACE.encode(a)},{rng.uniform(10, 90):.2f}\n" for a in archs))
+    out = evaluate.main(["--truth", str(truth), "--column", "acc", "--sample", "16", "--proxies",
+                         "synflow,params,ensemble", "--batch-size", "8", "--synthetic", "--json",
+                         "--space-kwargs", "channels=4,cells_per_stage=1", "--prune", "0.5,0.2",
+                         "--prune-method", method])
+    assert out["prune_method"] == method
+    for f in ("0.5", "0.2"):
+        oracle = out["prune_oracle"][f]
+        assert oracle["top5_kept_fraction"] <= float(f)
+        for rec in out["proxies"].values():
+            got = rec[f"prune_{f}"]
+            assert 0 < got["kept_fraction"] <= float(f)
+            # the oracle is the best any mask of that size can do: no score beats it
+            assert got["top5_survival"] <= oracle["top5_survival"] + 1e-9
+            assert got["top1_survival"] <= oracle["top1_survival"] + 1e-9

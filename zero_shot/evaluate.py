@@ -9,10 +9,15 @@ training images with one compiled function per score (`zero_shot.score_archs`), 
 object: per score `spearman`, `kendall`, `seconds_per_arch` (wall time of scoring the sample, compile
 included, divided by its size), plus `n`, `device`, `seed`, `batch_size`. `ensemble` is the rank
 average of the other listed scores (Abdelfattah et al. 2021's vote / NAS-Bench-Suite-Zero's
-rank-average). With `--prune 0.5,0.2,0.1` each score also prunes the space by marginal effects
-(`zero_shot.prune.prune_marginal`, from the scored sample) to those fractions and reports the share
-of the truth file's top-1% and top-5% architectures that survive. `--save FILE.npz` keeps the raw
-scores (for ensembles fitted on one split and reported on another).
+rank-average). With `--prune 0.5,0.2,0.1` each score also prunes the space to those fractions and
+reports the share of the truth file's top-1% and top-5% architectures that survive: by marginal
+effects from the scored sample (`--prune-method marginal`, `zero_shot.prune.prune_marginal`) or by
+progressive removal on the supernet under the uniform distribution over the allowed choices
+(`--prune-method progressive`, `prune_progressive` with a size target; the ensemble ranks each
+step's candidates by the sum of the scores' ranks, as TE-NAS does). `prune_oracle` gives the best
+survival any per-decision mask of that size can reach (`best_covering_mask` on the true top cells):
+the ceiling to read the scores' survival against. `--save FILE.npz` keeps the raw scores (for
+ensembles fitted on one split and reported on another).
 
 This is a command-line entry point (the issue's interface); the library functions it calls do no I/O.
 """
@@ -77,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--data-dir", default=None, help="folder with cifar10/ (default: $HWNAS_DATA_DIR or ../shared/data)")
     p.add_argument("--synthetic", action="store_true", help="random images instead of CIFAR-10 (smoke tests)")
     p.add_argument("--prune", default="", help="fractions of the space to prune to, e.g. 0.5,0.2,0.1")
+    p.add_argument("--prune-method", default="marginal", choices=("marginal", "progressive"),
+                   help="marginal: from the scored sample; progressive: remove the least harmful choice "
+                   "one at a time, scoring the supernet (no sample needed; slower)")
     p.add_argument("--save", default="", help="write the sampled archs and their scores to this .npz")
     p.add_argument("--ranking", default="", help="write the sample's architecture strings, best first by "
                    "the last listed score (e.g. ensemble), to this text file (warm starts of evolution)")
@@ -91,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from flax import nnx
     from supernet.model import make_supernet
     from supernet.spaces import make_space
-    from zero_shot.prune import prune_marginal, survival
+    from zero_shot.prune import best_covering_mask, prune_marginal, prune_progressive, survival, weight_scorer
 
     names = [n for n in args.proxies.split(",") if n]
     base = [n for n in names if n != "ensemble"]
@@ -139,7 +147,30 @@ def main(argv: Sequence[str] | None = None) -> dict:
         seconds["ensemble"] = sum(seconds[k] for k in base)
     out = {"n": int(n), "seed": args.seed, "batch_size": args.batch_size, "space": space.name,
            "column": args.column, "device": jax.devices()[0].device_kind, "proxies": {}}
-    fracs = [float(f) for f in args.prune.split(",") if f]
+    fracs = sorted((float(f) for f in args.prune.split(",") if f), reverse=True)
+    progressive_masks = {}
+    if fracs and args.prune_method == "progressive":
+        for name in names:
+            scorer = weight_scorer(net, (x, y), key, base if name == "ensemble" else [name])
+            mask, masks = None, {}
+            for f in fracs:  # nested: each fraction continues from the previous mask
+                cur = space.size if mask is None else mask.size
+                mask = prune_progressive(space, scorer, mask=mask,
+                                         target_fraction=min(1.0, f * space.size / cur))
+                masks[f] = mask
+            progressive_masks[name] = masks
+    if fracs:
+        out["prune_method"] = args.prune_method
+        out["prune_oracle"] = {}
+        for f in fracs:
+            rec = {}
+            for top in (0.01, 0.05):
+                k = max(1, int(round(top * len(truth))))
+                best = all_archs[np.argsort(-truth, kind="stable")[:k]]
+                m, share = best_covering_mask(space, best, f)
+                rec[f"top{round(top * 100)}_survival"] = share
+                rec[f"top{round(top * 100)}_kept_fraction"] = m.size / space.size
+            out["prune_oracle"][f"{f:g}"] = rec
     for name in names:
         s = scores[name]
         # -inf is the score's verdict "worst" (e.g. NASWOT's singular kernel, synflow's S = 0 of a
@@ -150,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                "seconds_per_arch": seconds[name], "nan": int((~ok).sum()),
                "minus_inf": int(np.isneginf(s).sum())}
         for f in fracs:
-            mask = prune_marginal(space, all_archs[idx][ok], s[ok], target_fraction=f)
+            mask = (progressive_masks[name][f] if progressive_masks else
+                    prune_marginal(space, all_archs[idx][ok], s[ok], target_fraction=f))
             rec[f"prune_{f:g}"] = {"kept_fraction": mask.size / space.size,
                                    "top1_survival": survival(mask, all_archs, truth, 0.01),
                                    "top5_survival": survival(mask, all_archs, truth, 0.05)}

@@ -46,6 +46,8 @@ def base() -> ml_collections.ConfigDict:
     k.memory = ml_collections.FieldReference(None, field_type=str)
     k.memory_budget_bytes = ml_collections.FieldReference(None, field_type=float)
     k.memory_weight = 1.0
+    # cost.discrete (cost the argmax architecture, straight-through) is not a default key, so that
+    # workdirs made before it existed still resume; configs that use it set it (nb201/ablation.py)
     k.surrogate = ml_collections.ConfigDict({"file": "", "csv": "", "column": "", "arch_column": "",
                                              "train_size": 50})
 
@@ -53,8 +55,8 @@ def base() -> ml_collections.ConfigDict:
     z.proxies = ("naswot", "synflow", "jacob_cov")  # rank-averaged when there are several
     z.sample = 1000  # architectures scored (uniformly sampled inside the current mask)
     z.batch_size = 64  # Abdelfattah et al. 2021 / Mellor et al. 2021 use one batch of 64 images
-    z.method = "marginal"  # or "progressive" (TE-NAS rounds on the supernet)
-    z.target_fraction = 0.2  # marginal: keep at most this fraction of the space
+    z.method = "marginal"  # or "progressive" (least harmful removal first, scored on the supernet)
+    z.target_fraction = 0.2  # keep at most this fraction of the space
     z.top_k = 100  # best-scored architectures kept as a ranking (warm starts of `evolve`)
     z.supernet = ml_collections.ConfigDict()  # extra kwargs of the scored supernet
 

@@ -65,6 +65,8 @@ def get_config(arg: str | None = None):
         c.zero_shot.batch_size = 16
         # scores and the supernet on a narrow 1-cell-per-stage network (table lookups use the cell)
         c.space.kwargs = {"channels": 8, "cells_per_stage": 1}
+    if "discrete" in args:  # the latency of the argmax cell (straight-through), see supernet.objectives
+        c.cost.discrete = True
     if "smoke" in args:
         smoke(c)
         c.space.kwargs = {"channels": 4, "cells_per_stage": 1}
