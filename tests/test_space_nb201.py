@@ -211,3 +211,19 @@ def test_bad_constructor_args():
     small = NB201Space(num_classes=120, input_size=16, cells_per_stage=1)
     t = small.layers(np.full(6, 3, np.int32)).to_numpy()
     assert len(small.cell_rows) == 3 and t.h[-2] == 4 and t.c_out[-1] == 120
+
+
+def test_unreachable_branches_by_hand_and_the_published_count(space):
+    cells = {
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|": False,
+        # node 2 gets input but feeds nothing: its conv is a dead end
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|nor_conv_3x3~1|none~2|": True,
+        # node 1 gets no input, but its output edge 3<-1 is live: unreachable
+        "|none~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|": True,
+        "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|": False,  # nothing live, nothing unreachable
+        "|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|": False,
+    }
+    got = space.has_unreachable_branch(np.stack([space.decode(c) for c in cells]))
+    assert got.tolist() == list(cells.values())
+    every = np.stack(np.meshgrid(*[np.arange(5)] * 6, indexing="ij"), -1).reshape(-1, 6)
+    assert int((~space.has_unreachable_branch(every)).sum()) == 9445  # NAS-Bench-Suite-Zero's subset

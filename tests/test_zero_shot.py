@@ -327,6 +327,9 @@ def test_evaluate_cli_reports_correlations(tmp_path, capsys):
     assert out["n"] == 10 and set(out["proxies"]) == {"naswot", "synflow", "ensemble"}
     for rec in out["proxies"].values():
         assert -1 <= rec["spearman"] <= 1 and rec["seconds_per_arch"] > 0
+        assert -1 <= rec["spearman_no_unreachable"] <= 1
+    n_ok = int((~SPACE.has_unreachable_branch(np.asarray(archs))).sum())
+    assert n_ok - 2 <= out["n_no_unreachable"] <= min(n_ok, 10)  # 10 of the 12 cells sampled
     ranked = [ln.strip() for ln in open(tmp_path / "rank.txt") if not ln.startswith("#")]
     assert len(ranked) == 10 and set(ranked) <= {SPACE.encode(a) for a in archs}
     with pytest.raises(SystemExit):  # an existing ranking file is never overwritten
