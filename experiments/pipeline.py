@@ -155,7 +155,7 @@ def cost_config(cfg: Any, space: SearchSpace | None = None) -> CostConfig:
     return CostConfig(form=c.form, target_ms=target, weight=c.weight, exponent=c.exponent,
                       model=c.model, accelerator=c.accelerator, temperature=c.temperature,
                       memory=c.memory, memory_budget_bytes=c.memory_budget_bytes,
-                      memory_weight=c.memory_weight, discrete=c.get("discrete", False))
+                      memory_weight=c.memory_weight, discrete=c.discrete)
 
 
 def fitted_surrogate(ctx: Context):

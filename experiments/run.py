@@ -17,6 +17,7 @@ import sys
 from typing import Sequence
 
 from experiments.config import ConfigError, load_config, to_dict
+from experiments.configs.common import base
 from experiments.workdir import WorkdirError
 
 
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         import jax
         jax.config.update("jax_default_matmul_precision", cfg.get("matmul_precision", "default"))
         from experiments.workdir import Workdir
-        wd = Workdir.open(args.workdir, to_dict(cfg), overwrite=args.overwrite)
+        wd = Workdir.open(args.workdir, to_dict(cfg), overwrite=args.overwrite, defaults=to_dict(base()))
         results = run_pipeline(cfg, wd)
     except (ConfigError, KeyError, FileNotFoundError, WorkdirError) as e:
         p.exit(2, f"error: {e.args[0] if e.args else e}\n")

@@ -132,7 +132,7 @@ def _accuracy_evaluator(ctx: Context):
     if name == "supernet":
         _, val = _splits(ctx)
         return E.SupernetEvaluator(space, trained_supernet(ctx), val, prepare=lambda k, x: D.normalize(x),
-                                   mesh=ctx.mesh)
+                                   mesh=ctx.mesh, bn=ec.supernet_bn)
     if name == "train":
         train, val = _splits(ctx)
         return E.TrainEvaluator(space, train, val, steps=ec.train_steps, batch_size=cfg.single_shot.batch_size,

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from experiments.config import ConfigError, apply_overrides, load_config, to_dict
+from experiments.configs.common import base
 from experiments.workdir import WorkdirError
 
 
@@ -115,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
             jax.config.update("jax_default_matmul_precision", cfg.get("matmul_precision", "default"))
-            wd = Workdir.open(wd_path, to_dict(cfg), overwrite=args.overwrite)
+            wd = Workdir.open(wd_path, to_dict(cfg), overwrite=args.overwrite, defaults=to_dict(base()))
             res = run_pipeline(cfg, wd)
         except (ConfigError, KeyError, FileNotFoundError, WorkdirError) as e:
             p.exit(2, f"error in run {name!r}: {e.args[0] if e.args else e}\n")

@@ -70,6 +70,18 @@ def write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _with_new_defaults(old: dict, new: dict, defaults: dict) -> dict:
+    """`old` plus the keys only `new` has whose value there equals `defaults` (recursively)."""
+    out = dict(old)
+    for k, v in new.items():
+        if k not in old:
+            if k in defaults and defaults[k] == v:
+                out[k] = v
+        elif isinstance(v, dict) and isinstance(old[k], dict) and isinstance(defaults.get(k), dict):
+            out[k] = _with_new_defaults(old[k], v, defaults[k])
+    return out
+
+
 class WorkdirError(RuntimeError):
     """The workdir holds another experiment (the message says how to proceed)."""
 
@@ -81,12 +93,21 @@ class Workdir:
         self.path = path
 
     @classmethod
-    def open(cls, path: str, config: dict[str, Any], overwrite: bool = False) -> "Workdir":
+    def open(cls, path: str, config: dict[str, Any], overwrite: bool = False,
+             defaults: dict[str, Any] | None = None) -> "Workdir":
+        """Opens (or creates) the run folder for `config`.
+
+        `defaults` (the base config): a key the stored config lacks, but `defaults` has and `config`
+        holds at its default value, was added to the code after the run started; by the house rule
+        (a new key's default keeps the old behaviour) it changes nothing, so the run still resumes.
+        """
         os.makedirs(path, exist_ok=True)
         cfg_path = os.path.join(path, "config.json")
         if os.path.exists(cfg_path):
             with open(cfg_path) as f:
                 old = json.load(f).get("config")
+            if defaults is not None and isinstance(old, dict):
+                old = _with_new_defaults(old, _jsonable(config), _jsonable(defaults))
             if old != _jsonable(config):
                 if not overwrite:
                     diff = sorted(k for k in set(old or {}) | set(config)

@@ -211,8 +211,10 @@ class ZeroShotEvaluator(Evaluator):
 
 # ------------------------------------------------------------------ one-shot (inherited weights)
 def _held_out_correct(model: Any, data: DeviceData, w: jax.Array, prepare: AugmentFn, bs: int,
-                      mesh: jax.sharding.Mesh) -> jax.Array:
-    """Number of correct predictions of `model(x, w)` over all of `data` (inside jit; last batch clamped)."""
+                      mesh: jax.sharding.Mesh, unroll: bool = False) -> jax.Array:
+    """Number of correct predictions of `model(x, w)` over all of `data` (inside jit; last batch
+    clamped). `unroll`: a Python loop instead of `fori_loop`, for a train-mode model whose BatchNorm
+    writes statistics (NNX refuses that inside a loop body's trace); the writes are dropped."""
     n = len(data)
 
     def body(i, total):
@@ -222,6 +224,11 @@ def _held_out_correct(model: Any, data: DeviceData, w: jax.Array, prepare: Augme
         logits = model(prepare(None, xb), w)
         return total + jnp.sum((jnp.argmax(logits, -1) == data.y[idx]) & (pos < n))
 
+    if unroll:
+        total = jnp.int32(0)
+        for i in range(-(-n // bs)):
+            total = body(i, total)
+        return total
     return jax.lax.fori_loop(0, -(-n // bs), body, jnp.int32(0))
 
 
@@ -234,26 +241,36 @@ def _eval_batch(batch_size: int, n: int, mesh: jax.sharding.Mesh) -> int:
 class SupernetEvaluator(Evaluator):
     """Held-out accuracy of `net(x, space.one_hot(arch))` with the supernet's (inherited) weights.
 
-    The weights are a snapshot taken when the evaluator is made; BatchNorm uses its running statistics
-    (eval mode), so the accuracy equals that of `net.derive(arch)` evaluated in eval mode. `traces`
-    counts compilations of the evaluation function (1 for any number of architectures).
+    The weights are a snapshot taken when the evaluator is made. `bn="running"`: BatchNorm uses its
+    running statistics (eval mode), so the accuracy equals that of `net.derive(arch)` evaluated in
+    eval mode. Those statistics were accumulated under the search's mixture of operations, not under
+    the candidate alone, which biases one-shot accuracies; `bn="batch"` normalises every held-out
+    batch by its own statistics under the candidate's architecture (train-mode BatchNorm, nothing
+    stored), the large-batch limit of SPOS's per-subnet BN recalibration (Guo et al., ECCV 2020,
+    sec. 3.3: statistics recomputed on training images before evaluating a subnet). Use batches of
+    a few hundred images for it. `traces` counts compilations of the evaluation function (1 for
+    any number of architectures).
     """
 
     def __init__(self, space: SearchSpace, net: nnx.Module, data: DeviceData,
                  prepare: AugmentFn = identity_input, batch_size: int = 500,
-                 mesh: jax.sharding.Mesh | None = None, name: str = "accuracy"):
+                 mesh: jax.sharding.Mesh | None = None, name: str = "accuracy", bn: str = "running"):
         super().__init__(space)
+        if bn not in ("running", "batch"):
+            raise ValueError(f"unknown bn {bn!r}; valid: running (eval-mode statistics), batch (per-batch)")
         self.names, self.data, self.traces = (name,), data, 0
         mesh = mesh or make_mesh()
         bs = _eval_batch(batch_size, len(data), mesh)
-        net.eval()
-        graphdef, self._state = nnx.split(net)
+        if bn == "running":
+            net.eval()
+        graphdef, self._state = nnx.split(net)  # train mode: BN computes (and drops) batch statistics
         net.train()
 
         def correct(state, data, arch):
             self.traces += 1
             model = nnx.merge(graphdef, state)
-            return _held_out_correct(model, data, space.one_hot(arch), prepare, bs, mesh)
+            return _held_out_correct(model, data, space.one_hot(arch), prepare, bs, mesh,
+                                     unroll=bn == "batch")
 
         self._correct = jax.jit(correct)
 

@@ -44,6 +44,20 @@ def test_workdir_refuses_a_different_config(tmp_path):
     assert any(n.startswith("old-") for n in os.listdir(tmp_path))
 
 
+def test_keys_added_to_the_code_at_their_default_still_resume(tmp_path):
+    old = {"seed": 0, "cost": {"form": "none"}}
+    Workdir.open(str(tmp_path), old)
+    defaults = {"seed": 0, "cost": {"form": "none", "discrete": False}, "bn": "running"}
+    new = {"seed": 0, "cost": {"form": "none", "discrete": False}, "bn": "running"}
+    Workdir.open(str(tmp_path), new, defaults=defaults)  # new keys at their defaults: same run
+    with pytest.raises(WorkdirError, match="different config.*cost"):  # a new key set off its default
+        Workdir.open(str(tmp_path), {**new, "cost": {"form": "none", "discrete": True}}, defaults=defaults)
+    with pytest.raises(WorkdirError, match="different config.*bn"):
+        Workdir.open(str(tmp_path), {**new, "bn": "batch"}, defaults=defaults)
+    with pytest.raises(WorkdirError, match="different config.*bn"):  # without defaults: strict
+        Workdir.open(str(tmp_path), new)
+
+
 def test_smoke_run_end_to_end_and_rerun_resumes(tmp_path, data_dir):
     wd = str(tmp_path / "run")
     res = main(["--config", f"{CFG}:smoke", "--workdir", wd])

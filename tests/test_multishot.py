@@ -379,6 +379,31 @@ def test_supernet_evaluator_one_compile_and_equals_the_derived_subnet():
         assert got == evaluate(net.derive(a), val, _centred, batch_size=16, mesh=mesh)
 
 
+def test_supernet_evaluator_with_batch_statistics_equals_train_mode_subnets():
+    mesh = make_mesh(1)
+    net = make_supernet(TINY, rngs=nnx.Rngs(0))
+    stats = jax.tree.map(np.asarray, nnx.state(net, nnx.BatchStat))  # far from the data's: ignored
+    nnx.update(net, jax.tree.map(lambda v: v + 3.0, stats))
+    archs = np.asarray(TINY.sample(jax.random.key(4), 4))
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (40, 8, 8, 3)).astype(np.uint8)
+    y = rng.integers(0, 10, 40).astype(np.int32)
+    val = DeviceData.put(x, y, mesh)
+    ev = make_evaluator("supernet", TINY, net=net, data=val, prepare=_centred, batch_size=20, mesh=mesh, bn="batch")
+    got = ev(archs)["accuracy"]
+    for a, acc in zip(archs, got):  # by hand: each batch of 20 through the train-mode derived subnet
+        sub = nnx.clone(net.derive(a))
+        sub.train()
+        hits = sum(int(np.sum(np.asarray(jnp.argmax(sub(_centred(None, jnp.asarray(x[i:i + 20]))), -1)) == y[i:i + 20]))
+                   for i in (0, 20))
+        assert acc == hits / 40
+    assert ev.traces == 1
+    after = jax.tree.leaves(nnx.state(net, nnx.BatchStat))  # the supernet's statistics are untouched
+    assert all(np.array_equal(a, b + 3.0) for a, b in zip(after, jax.tree.leaves(stats)))
+    with pytest.raises(ValueError, match="unknown bn"):
+        make_evaluator("supernet", TINY, net=net, data=val, bn="recal")
+
+
 def test_train_evaluator_one_compile_deterministic_and_learns():
     mesh = make_mesh(1)
     train, val = DeviceData.put(*_data(96, 0), mesh), DeviceData.put(*_data(48, 1), mesh)

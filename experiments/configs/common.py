@@ -46,8 +46,7 @@ def base() -> ml_collections.ConfigDict:
     k.memory = ml_collections.FieldReference(None, field_type=str)
     k.memory_budget_bytes = ml_collections.FieldReference(None, field_type=float)
     k.memory_weight = 1.0
-    # cost.discrete (cost the argmax architecture, straight-through) is not a default key, so that
-    # workdirs made before it existed still resume; configs that use it set it (nb201/ablation.py)
+    k.discrete = False  # cost the argmax architecture (straight-through), not the expected table
     k.surrogate = ml_collections.ConfigDict({"file": "", "csv": "", "column": "", "arch_column": "",
                                              "train_size": 50})
 
@@ -69,6 +68,9 @@ def base() -> ml_collections.ConfigDict:
     e.sample_size = 0  # 0: the algorithm's default
     e.warm_start = True  # seed the population with the zero-shot ranking / single-shot top-k if present
     e.train_steps = 100  # evaluator "train": steps of training per candidate
+    # New keys must default to the old behaviour: workdirs made before a key existed then still
+    # resume (`Workdir.open(defaults=...)`).
+    e.supernet_bn = "running"  # evaluator "supernet": "running" BN statistics or per-"batch" ones
     e.eval_batches = 4  # evaluators "supernet"/"train": held-out batches per candidate
 
     r = c.retrain = ml_collections.ConfigDict()
