@@ -202,7 +202,8 @@ def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]
     search_cfg = SearchConfig(
         epochs=sc.epochs, batch_size=sc.batch_size, optim=OptimConfig(**dict(sc.optim)), arch_lr=sc.arch_lr,
         arch_weight_decay=sc.arch_weight_decay, relaxation=sc.relaxation, tau=tuple(sc.tau), hard=sc.hard,
-        dirichlet_kl=sc.dirichlet_kl, beta_decay=sc.beta_decay, warmup_epochs=sc.warmup_epochs, cost=cost,
+        dirichlet_kl=sc.dirichlet_kl, beta_decay=sc.beta_decay, warmup_epochs=sc.warmup_epochs,
+        path_sampling=sc.path_sampling, cost=cost,
         seed=cfg.seed, steps_per_epoch=sc.steps_per_epoch or None)
     search = SingleShot(ctx.space, net, search_cfg, mask=ctx.mask,
                         cost_fn=make_cost_fn(ctx.space, cost, surrogate) if cost.uses_latency else None,

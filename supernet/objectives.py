@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from hwmodel import analytic, memory
 from hwmodel.accelerators import ACCELERATORS
 from hwmodel.surrogate import Surrogate, predict
+from supernet.relax import straight_through
 from supernet.space import ArchProbs, SearchSpace
 
 LOSS_FORMS = ("none", "fbnet", "proxyless", "tunas")
@@ -115,7 +116,7 @@ def make_cost_fn(space: SearchSpace, cfg: CostConfig, surrogate: Surrogate | Non
 
     def cost(probs: ArchProbs) -> dict[str, jax.Array]:
         if cfg.discrete:
-            probs = straight_through_argmax(probs)
+            probs = straight_through(probs)  # masked choices (probability 0) are never the argmax
         table = space.expected_layers(probs)
         out = {}
         if cfg.model == "surrogate" and surrogate is not None:
@@ -129,13 +130,6 @@ def make_cost_fn(space: SearchSpace, cfg: CostConfig, surrogate: Surrogate | Non
         return out
 
     return cost
-
-
-def straight_through_argmax(probs: ArchProbs) -> ArchProbs:
-    """One-hot of the most probable choice per decision in the forward pass, the gradient of `probs`
-    in the backward pass. Choices with probability 0 (masked) are never picked."""
-    hard = jax.nn.one_hot(jnp.argmax(probs, -1), probs.shape[-1], dtype=probs.dtype)
-    return hard + probs - jax.lax.stop_gradient(probs)
 
 
 def combine(task_loss: jax.Array, latency_ms: jax.Array | None, memory_bytes: jax.Array | None,

@@ -44,7 +44,7 @@ def _masked(logits: Weights, allowed) -> Weights:
 def softmax(logits: Weights, key: jax.Array, *, allowed, tau: float = 1.0, hard: bool = False):
     """DARTS: weights = probabilities = softmax(logits) (key unused; `hard` gives straight-through argmax)."""
     p = jax.nn.softmax(_masked(logits, allowed), axis=-1)
-    return (_straight_through(p) if hard else p), p
+    return (straight_through(p) if hard else p), p
 
 
 @RELAXATIONS.register("gumbel")
@@ -54,7 +54,7 @@ def gumbel(logits: Weights, key: jax.Array, *, allowed, tau: float = 1.0, hard: 
     g = jax.random.gumbel(key, logits.shape)
     w = jax.nn.softmax((logp + g) / tau, axis=-1)
     w = jnp.where(jnp.asarray(allowed), w, 0.0)
-    return (_straight_through(w) if hard else w), jnp.exp(logp)
+    return (straight_through(w) if hard else w), jnp.exp(logp)
 
 
 @RELAXATIONS.register("dirichlet")
@@ -68,7 +68,7 @@ def dirichlet(logits: Weights, key: jax.Array, *, allowed, tau: float = 1.0, har
     beta = concentration(logits)
     gam = jax.random.gamma(key, beta) * a
     w = gam / jnp.maximum(gam.sum(-1, keepdims=True), 1e-30)
-    return (_straight_through(w) if hard else w), _dirichlet_mean(beta, a)
+    return (straight_through(w) if hard else w), _dirichlet_mean(beta, a)
 
 
 def _dirichlet_mean(beta: Weights, allowed) -> Weights:
@@ -98,7 +98,7 @@ def beta_decay(logits: Weights, allowed) -> jax.Array:
     return jnp.mean(jax.nn.logsumexp(_masked(logits, allowed), axis=-1))
 
 
-def _straight_through(w: Weights) -> Weights:
+def straight_through(w: Weights) -> Weights:
     """Forward: one-hot of the argmax; backward: the gradient of `w` (Bengio et al. 2013)."""
     hard = jax.nn.one_hot(jnp.argmax(w, -1), w.shape[-1], dtype=w.dtype)
     return hard - jax.lax.stop_gradient(w) + w

@@ -60,6 +60,11 @@ class SearchConfig:
         softmax(alpha) shrinks the logits of strong choices most, which keeps the architecture
         weights from running away (the skip-connection collapse of DARTS).
       warmup_epochs: epochs of weight-only training before architecture updates.
+      path_sampling: weight steps (warm-up included) train one uniformly sampled path (one-hot
+        architecture) per step, SPOS (Guo et al., ECCV 2020), instead of the relaxed mixture. A
+        mixture-trained supernet ranks one-hot subnets poorly (their operations were trained at
+        weight ~1/C beside the others); single-path weights are what the multishot `supernet`
+        evaluator (inherited weights) needs. The architecture step is unchanged.
       cost: the hardware cost in the architecture loss.
       seed: drives initialisation-independent streams (data order, augmentation, sampling).
       steps_per_epoch: cap on steps per epoch (smoke runs); None = full epochs.
@@ -77,6 +82,7 @@ class SearchConfig:
     dirichlet_kl: float = 1e-3
     beta_decay: float = 0.0
     warmup_epochs: int = 0
+    path_sampling: bool = False
     cost: CostConfig = CostConfig()
     seed: int = 0
     steps_per_epoch: int | None = None
@@ -177,7 +183,10 @@ class SingleShot:
             # 2. weight step on the training split
             xt, yt = gather_batch(train, perm_t, i, bs, mesh)
             xt = aug(k_at, xt)
-            if arch_on:
+            if cfg.path_sampling:  # SPOS: one uniformly sampled allowed path
+                pick = jax.random.categorical(k_rt, jnp.where(allowed, 0.0, -jnp.inf), axis=-1)
+                w = jax.nn.one_hot(pick, allowed.shape[-1], dtype=jnp.float32)
+            elif arch_on:
                 w, _ = weights_of(jax.lax.stop_gradient(model.arch_logits.get_value()), k_rt, gstep)
             else:  # warm-up: uniform over the allowed choices
                 w = allowed / allowed.sum(-1, keepdims=True)

@@ -129,6 +129,28 @@ def test_discrete_cost_is_the_argmax_architecture_with_a_straight_through_gradie
             np.testing.assert_allclose(jax.grad(f_disc)(probs), jax.grad(f_soft)(hard), rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("path_sampling", [True, False])
+def test_path_sampling_trains_one_operation_per_edge_per_step(path_sampling):
+    x, y = _data(48)
+    mesh = make_mesh(1)
+    cfg = SearchConfig(epochs=1, warmup_epochs=1, batch_size=16, steps_per_epoch=1, path_sampling=path_sampling,
+                       optim=OptimConfig(lr=0.05, weight_decay=0.0))  # no decay: untouched weights stay put
+    net = make_supernet(SPACE, rngs=nnx.Rngs(0))
+    before = [(path, np.array(v.get_value())) for path, v in nnx.to_flat_state(nnx.state(net, nnx.Param))]
+    ss = SingleShot(SPACE, net, cfg, mesh=mesh)
+    data = DeviceData.put(x, y, mesh)
+    ss.run_epoch(data, data)
+    after = dict(nnx.to_flat_state(nnx.state(net, nnx.Param)))
+    changed = {path for path, v in before if not np.array_equal(v, np.asarray(after[path].get_value()))}
+    edges = {path[:6] for path in changed if "edges" in path}  # (net, stages, s, c, edges, e)
+    for e in edges:
+        convs = {path[6] for path in changed if path[:6] == e}
+        # SPOS: one sampled op per edge (of conv1/conv3 at most one); the mixture trains both
+        assert len(convs) == (1 if path_sampling else 2), (e, convs)
+    n_edges = 3 * 6  # 3 stages x 1 cell x 6 edges
+    assert len(edges) == n_edges if not path_sampling else 0 < len(edges) < n_edges  # skip/pool/none picked somewhere
+
+
 @pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 (fake) devices, see conftest")
 def test_four_devices_compute_what_one_device_computes():
     one, rec1 = _search(1.0, make_mesh(1), steps=2)

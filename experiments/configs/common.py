@@ -32,6 +32,7 @@ def base() -> ml_collections.ConfigDict:
     s.dirichlet_kl = 1e-3
     s.beta_decay = 0.0
     s.warmup_epochs = 0
+    s.path_sampling = False  # weight steps on one uniformly sampled path (SPOS), not the mixture
     s.supernet = ml_collections.ConfigDict()  # extra kwargs of the supernet class
     s.top_k = 10  # most probable architectures handed on (warm start of a later `evolve`)
 
