@@ -3,9 +3,9 @@
     python benchmarks/oneshot_ranking.py [--data-dir ../shared/data] [--steps 600] [--sample 100]
         [--channels 8] [--cells-per-stage 1] [--seed 0] [--out FILE.json]
 
-Trains the weights of a NAS-Bench-201 supernet under the uniform mixture of all operations (the
-single-shot search's weight step with the architecture frozen at uniform, i.e. its warm-up; no
-architecture updates), then scores `--sample` random cells of the table with `SupernetEvaluator`
+Trains the weights of a NAS-Bench-201 supernet (`--train`): `mixture`, under the uniform mixture of
+all operations (the single-shot search's warm-up weight step; no architecture updates), and/or
+`path`, one uniformly sampled path per step (SPOS, `SearchConfig.path_sampling`); then scores `--sample` random cells of the table with `SupernetEvaluator`
 (the multishot evaluator `supernet`: one-hot architecture, inherited weights, no training) on
 held-out CIFAR-10 training images, with BatchNorm's running statistics (`bn="running"`, collected
 under the mixture) and with per-batch statistics under the candidate (`bn="batch"`, the
@@ -43,6 +43,7 @@ def main(argv=None) -> dict:
     p.add_argument("--train-images", type=int, default=10000)
     p.add_argument("--eval-images", type=int, default=1000, help="held-out training images for the evaluator")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", default="mixture,path", help="weight training of the supernet: mixture, path, or both")
     p.add_argument("--out", default="", help="also write the JSON here (never overwritten)")
     args = p.parse_args(argv)
     if args.out and os.path.exists(args.out):
@@ -79,35 +80,37 @@ def main(argv=None) -> dict:
     held = DeviceData.put(d.x_train[perm[n_tr:n_tr + n_ev]], d.y_train[perm[n_tr:n_tr + n_ev]], mesh)
     steps_per_epoch = n_tr // args.batch_size
     epochs = -(-args.steps // steps_per_epoch)
-    cfg = SearchConfig(epochs=epochs, warmup_epochs=epochs, batch_size=args.batch_size, seed=args.seed,
-                       steps_per_epoch=min(steps_per_epoch, args.steps))
-    net = make_supernet(space, rngs=nnx.Rngs(args.seed))
-    search = SingleShot(space, net, cfg, augment=D.augment, mesh=mesh)
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        rec = search.run_epoch(train, train)  # warm-up epochs: the second split is never read
-    train_seconds = time.perf_counter() - t0
-
     idx = np.sort(rng.choice(len(rows), args.sample, replace=False))
     archs = np.stack([space.decode(rows[i][0]) for i in idx])
     truth = np.asarray([rows[i][1] for i in idx])
     clean = ~space.has_unreachable_branch(archs)
     out = {"benchmark": "oneshot_ranking", "space": "nb201", "channels": args.channels,
-           "cells_per_stage": args.cells_per_stage, "steps": epochs * cfg.steps_per_epoch,
-           "train_images": n_tr, "eval_images": n_ev, "sample": int(args.sample),
-           "sample_no_unreachable": int(clean.sum()), "seed": args.seed,
-           "supernet_train_acc": float(rec.get("train_acc", float("nan"))),
-           "train_seconds": round(train_seconds, 1), "device": jax.devices()[0].device_kind,
-           "jax": jax.__version__, "python": platform.python_version(), "bn": {}}
+           "cells_per_stage": args.cells_per_stage, "train_images": n_tr, "eval_images": n_ev,
+           "sample": int(args.sample), "sample_no_unreachable": int(clean.sum()), "seed": args.seed,
+           "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+           "python": platform.python_version(), "train": {}}
     prepare = lambda k, x: D.normalize(x)  # noqa: E731
-    for bn in ("running", "batch"):
-        ev = SupernetEvaluator(space, net, held, prepare=prepare, batch_size=500, mesh=mesh, bn=bn)
+    for mode in [m for m in args.train.split(",") if m]:
+        if mode not in ("mixture", "path"):
+            p.exit(2, f"error: unknown --train {mode!r}; valid: mixture, path\n")
+        cfg = SearchConfig(epochs=epochs, warmup_epochs=epochs, batch_size=args.batch_size, seed=args.seed,
+                           steps_per_epoch=min(steps_per_epoch, args.steps), path_sampling=mode == "path")
+        net = make_supernet(space, rngs=nnx.Rngs(args.seed))
+        search = SingleShot(space, net, cfg, augment=D.augment, mesh=mesh)
         t0 = time.perf_counter()
-        acc = ev(archs)["accuracy"]
-        out["bn"][bn] = {"spearman": float(spearmanr(acc, truth)[0]), "kendall": float(kendalltau(acc, truth)[0]),
-                         "spearman_no_unreachable": float(spearmanr(acc[clean], truth[clean])[0]),
-                         "mean_accuracy": float(acc.mean()), "max_accuracy": float(acc.max()),
-                         "seconds_per_arch": (time.perf_counter() - t0) / len(archs)}
+        for _ in range(epochs):
+            rec = search.run_epoch(train, train)  # warm-up epochs: the second split is never read
+        res = {"steps": epochs * cfg.steps_per_epoch, "supernet_train_acc": float(rec.get("train_acc", float("nan"))),
+               "train_seconds": round(time.perf_counter() - t0, 1), "bn": {}}
+        for bn in ("running", "batch"):
+            ev = SupernetEvaluator(space, net, held, prepare=prepare, batch_size=500, mesh=mesh, bn=bn)
+            t0 = time.perf_counter()
+            acc = ev(archs)["accuracy"]
+            res["bn"][bn] = {"spearman": float(spearmanr(acc, truth)[0]), "kendall": float(kendalltau(acc, truth)[0]),
+                             "spearman_no_unreachable": float(spearmanr(acc[clean], truth[clean])[0]),
+                             "mean_accuracy": float(acc.mean()), "max_accuracy": float(acc.max()),
+                             "seconds_per_arch": (time.perf_counter() - t0) / len(archs)}
+        out["train"][mode] = res
     text = json.dumps(out)
     print(text)
     if args.out:

@@ -249,7 +249,8 @@ def best_covering_mask(space: SearchSpace, archs: np.ndarray, target_fraction: f
     if res.x is None:
         raise ValueError(f"no mask within {target_fraction} of the space found ({res.message})")
     kept = space.check_mask(SpaceMask(res.x[:nx].round().reshape(n_dec, n_ch).astype(bool) & allowed))
-    return kept, float(-res.fun / w.sum()) if w.sum() > 0 else 0.0
+    hit = kept.allowed[np.arange(n_dec)[None, :], archs].all(-1)  # exact, not the solver's float objective
+    return kept, float(w[hit].sum() / w.sum()) if w.sum() > 0 else 0.0
 
 
 def survival(mask: SpaceMask, archs: np.ndarray, truth: np.ndarray, top: float) -> float:
