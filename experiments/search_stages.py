@@ -51,12 +51,9 @@ def _score_batch(ctx: Context, size: int) -> tuple[jax.Array, jax.Array]:
     return D.normalize(jax.numpy.asarray(d.x_train[pick])), jax.numpy.asarray(d.y_train[pick])
 
 
-def zero_shot_scorer(ctx: Context, weights: bool = False):
-    """`archs [N, D] -> scores [N]` (higher is better): the configured scores, rank-averaged; with
-    `weights=True` instead `weights [K, D, C] -> [K]` of the supernet under those per-decision
-    weights (rank sum over the scores, `zero_shot.prune.weight_scorer`), for progressive pruning."""
+def _zero_shot_inputs(ctx: Context) -> tuple[list[str], Any, tuple[jax.Array, jax.Array], jax.Array]:
+    """The configured score names (checked), the scored supernet, the image batch and the key."""
     import zero_shot as Z
-    from zero_shot.prune import weight_scorer
     z = ctx.cfg.zero_shot
     names = list(z.proxies)
     if not names:
@@ -66,9 +63,14 @@ def zero_shot_scorer(ctx: Context, weights: bool = False):
             raise ConfigError(f"unknown zero-shot score {n!r}; valid: {', '.join(sorted(Z.PROXIES))}")
     batch = _score_batch(ctx, z.batch_size)
     net = make_supernet(ctx.space, rngs=nnx.Rngs(ctx.cfg.seed), **dict(z.supernet))
-    key = jax.random.key(ctx.cfg.seed)
-    if weights:
-        return weight_scorer(net, batch, key, names)
+    return names, net, batch, jax.random.key(ctx.cfg.seed)
+
+
+def zero_shot_scorer(ctx: Context, inputs: tuple | None = None):
+    """`archs [N, D] -> scores [N]` (higher is better): the configured scores, rank-averaged.
+    `inputs`: `_zero_shot_inputs(ctx)` when the caller already has them."""
+    import zero_shot as Z
+    names, net, batch, key = inputs or _zero_shot_inputs(ctx)
 
     def score(archs: np.ndarray) -> np.ndarray:
         s = Z.score_archs(net, np.asarray(archs), batch, key, proxies=tuple(names))
@@ -80,26 +82,28 @@ def zero_shot_scorer(ctx: Context, weights: bool = False):
 
 @STAGES.register("zero_shot")
 def stage_zero_shot(ctx: Context) -> dict[str, Any]:
-    from zero_shot.prune import prune_marginal, prune_progressive
+    from zero_shot.prune import prune_marginal, prune_progressive, weight_scorer
     z, space = ctx.cfg.zero_shot, ctx.space
     if z.sample < 1:
         raise ConfigError(f"zero_shot.sample must be >= 1, got {z.sample}")
     if z.method not in ("marginal", "progressive"):
         raise ConfigError(f"unknown zero_shot.method {z.method!r}; valid: marginal, progressive")
     t0 = time.perf_counter()
+    inputs = _zero_shot_inputs(ctx)
     if z.method == "progressive":  # prune on the supernet first, then rank a sample inside the mask
-        mask = prune_progressive(space, zero_shot_scorer(ctx, weights=True), target_fraction=z.target_fraction,
+        names, net, batch, key = inputs
+        mask = prune_progressive(space, weight_scorer(net, batch, key, names), target_fraction=z.target_fraction,
                                  mask=ctx.mask, log=lambda r: ctx.wd.log({"stage": "zero_shot", **r}))
     archs = np.asarray(space.sample(jax.random.fold_in(jax.random.key(ctx.cfg.seed), 11), z.sample,
                                     mask=mask if z.method == "progressive" else ctx.mask))
     archs = archs[np.sort(np.unique(archs, axis=0, return_index=True)[1])]  # distinct, in sampled order
-    scores = zero_shot_scorer(ctx)(archs)
+    scores = zero_shot_scorer(ctx, inputs)(archs)
     bad = np.isnan(scores) | np.isposinf(scores)  # -inf ranks last (a score's verdict on a dead cell)
     if bad.any():
         raise FloatingPointError(f"{int(bad.sum())} zero-shot scores are NaN/+inf")
     if z.method == "marginal":
         mask = prune_marginal(space, archs, scores, target_fraction=z.target_fraction, mask=ctx.mask)
-    ok = mask.allowed[np.arange(space.num_decisions)[None, :], archs].all(-1)
+    ok = mask.contains(archs)
     target = latency_target(ctx)
     if target is not None:
         from supernet.evaluators import HwCostEvaluator

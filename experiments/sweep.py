@@ -110,13 +110,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from experiments.workdir import Workdir
     import jax
     summary: dict[str, Any] = {}
+    defaults = to_dict(base())  # keys added since a run started resume at these values
     for i, (name, cfg) in enumerate(runs):
         wd_path = os.path.join(args.workdir, name)
         print(f"[{i + 1}/{len(runs)}] {wd_path}", flush=True)
         t0 = time.perf_counter()
         try:
             jax.config.update("jax_default_matmul_precision", cfg.get("matmul_precision", "default"))
-            wd = Workdir.open(wd_path, to_dict(cfg), overwrite=args.overwrite, defaults=to_dict(base()))
+            wd = Workdir.open(wd_path, to_dict(cfg), overwrite=args.overwrite, defaults=defaults)
             res = run_pipeline(cfg, wd)
         except (ConfigError, KeyError, FileNotFoundError, WorkdirError) as e:
             p.exit(2, f"error in run {name!r}: {e.args[0] if e.args else e}\n")

@@ -79,6 +79,11 @@ class SpaceMask:
         """Number of architectures left (product of allowed choices per decision)."""
         return int(np.prod(self.allowed.sum(-1).astype(object)))
 
+    def contains(self, archs: Any) -> np.ndarray:
+        """Bool `[N]`: which integer architectures `[N, n_decisions]` take only allowed choices."""
+        a = np.asarray(archs)
+        return self.allowed[np.arange(a.shape[-1]), a].all(-1)
+
 
 class SearchSpace(abc.ABC):
     """Base class of search spaces (see module docstring). Subclasses define the template and scalars."""

@@ -101,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from flax import nnx
     from supernet.model import make_supernet
     from supernet.spaces import make_space
-    from zero_shot.prune import best_covering_mask, prune_marginal, prune_progressive, survival, weight_scorer
+    from zero_shot.prune import (best_covering_mask, prune_marginal, prune_progressive, survival, top_archs,
+                                 weight_scorer)
 
     names = [n for n in args.proxies.split(",") if n]
     base = [n for n in names if n != "ensemble"]
@@ -152,8 +153,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     fracs = sorted((float(f) for f in args.prune.split(",") if f), reverse=True)
     progressive_masks = {}
     if fracs and args.prune_method == "progressive":
+        cache: dict = {}  # the ensemble's candidates reuse the single scores' evaluations
         for name in names:
-            scorer = weight_scorer(net, (x, y), key, base if name == "ensemble" else [name])
+            scorer = weight_scorer(net, (x, y), key, base if name == "ensemble" else [name], cache=cache)
             mask, masks = None, {}
             for f in fracs:  # nested: each fraction continues from the previous mask
                 cur = space.size if mask is None else mask.size
@@ -163,16 +165,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
             progressive_masks[name] = masks
     if fracs:
         out["prune_method"] = args.prune_method
-        out["prune_oracle"] = {}
-        for f in fracs:
-            rec = {}
-            for top in (0.01, 0.05):
-                k = max(1, int(round(top * len(truth))))
-                best = all_archs[np.argsort(-truth, kind="stable")[:k]]
+        out["prune_oracle"] = {f"{f:g}": {} for f in fracs}
+        for top in (0.01, 0.05):
+            best = top_archs(all_archs, truth, top)
+            for f in fracs:
                 m, share = best_covering_mask(space, best, f)
-                rec[f"top{round(top * 100)}_survival"] = share
-                rec[f"top{round(top * 100)}_kept_fraction"] = m.size / space.size
-            out["prune_oracle"][f"{f:g}"] = rec
+                out["prune_oracle"][f"{f:g}"].update({f"top{round(top * 100)}_survival": share,
+                                                      f"top{round(top * 100)}_kept_fraction": m.size / space.size})
+    clean = (~space.has_unreachable_branch(all_archs[idx]) if hasattr(space, "has_unreachable_branch")
+             else None)  # NAS-Bench-201: the published rank average's subset
     for name in names:
         s = scores[name]
         # -inf is the score's verdict "worst" (e.g. NASWOT's singular kernel, synflow's S = 0 of a
@@ -188,8 +189,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             rec[f"prune_{f:g}"] = {"kept_fraction": mask.size / space.size,
                                    "top1_survival": survival(mask, all_archs, truth, 0.01),
                                    "top5_survival": survival(mask, all_archs, truth, 0.05)}
-        if hasattr(space, "has_unreachable_branch"):  # the published rank average's subset
-            keep = ok & ~space.has_unreachable_branch(all_archs[idx])
+        if clean is not None:
+            keep = ok & clean
             rec["spearman_no_unreachable"] = float(spearmanr(s[keep], truth[idx][keep])[0])
             out["n_no_unreachable"] = int(keep.sum())
         out["proxies"][name] = rec

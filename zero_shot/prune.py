@@ -59,8 +59,8 @@ def choice_effects(space: SearchSpace, archs: np.ndarray, scores: np.ndarray,
     bad = np.isnan(scores) | np.isposinf(scores)  # -inf is a valid "worst" (e.g. a disconnected cell)
     if bad.any():
         raise ValueError(f"{int(bad.sum())} scores are NaN/+inf; fix or drop those archs")
-    m = space.check_mask(mask).allowed
-    inside = m[np.arange(space.num_decisions)[None, :], archs].all(-1)
+    mask = space.check_mask(mask)
+    m, inside = mask.allowed, mask.contains(archs)
     a, s = archs[inside], scores[inside]
     out = np.full((space.num_decisions, space.max_choices), np.nan)
     if len(a) == 0:
@@ -161,21 +161,22 @@ def prune_progressive(space: SearchSpace, score_weights: Callable[[np.ndarray], 
     return space.check_mask(SpaceMask(allowed))
 
 
-def weight_scorer(net, batch, key, proxies) -> Callable[[np.ndarray], np.ndarray]:
+def weight_scorer(net, batch, key, proxies, cache: dict | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """A `score_weights` for `prune_progressive` from zero-shot scores of a supernet.
 
     Each score rates the supernet mixing every allowed choice by the candidate's weights
     (`zero_shot.score(..., arch=weights)`: one compile, weights are an input); the candidates of a
     step are ranked per score and the ranks summed, as TE-NAS ranks its removals by the sum of the
     NTK and linear-region ranks (Chen et al. 2021, Alg. 1). A score's -inf or NaN ranks last.
-    Scores are memoised per (score, weights), so a candidate seen in an earlier step costs nothing.
+    Scores are memoised per (score, weights) in `cache` (pass one dict to scorers of the same net,
+    batch and key to share it), so a candidate seen before costs nothing.
     """
     from scipy.stats import rankdata
 
     from zero_shot.batch import score
 
     names = [proxies] if isinstance(proxies, str) else list(proxies)
-    cache: dict = {}
+    cache = {} if cache is None else cache
 
     def score_weights(weights: np.ndarray) -> np.ndarray:
         ranks = []
@@ -234,7 +235,7 @@ def best_covering_mask(space: SearchSpace, archs: np.ndarray, target_fraction: f
         add([(d * n_ch + c, 1.0) for c in range(n_ch)] + [(nx + d * n_ch + s, -sizes[s]) for s in range(n_ch)], 0, 0)
     add([(nx + d * n_ch + s, np.log(sizes[s])) for d in range(n_dec) for s in range(n_ch)],
         -np.inf, np.log(budget) + 1e-9)
-    inside = allowed[np.arange(n_dec)[None, :], archs].all(-1)
+    inside = SpaceMask(allowed).contains(archs)
     for i, a in enumerate(archs):
         for d in range(n_dec):
             add([(2 * nx + i, 1.0), (d * n_ch + a[d], -1.0)], -np.inf, 0)
@@ -249,15 +250,17 @@ def best_covering_mask(space: SearchSpace, archs: np.ndarray, target_fraction: f
     if res.x is None:
         raise ValueError(f"no mask within {target_fraction} of the space found ({res.message})")
     kept = space.check_mask(SpaceMask(res.x[:nx].round().reshape(n_dec, n_ch).astype(bool) & allowed))
-    hit = kept.allowed[np.arange(n_dec)[None, :], archs].all(-1)  # exact, not the solver's float objective
+    hit = kept.contains(archs)  # exact, not the solver's float objective
     return kept, float(w[hit].sum() / w.sum()) if w.sum() > 0 else 0.0
+
+
+def top_archs(archs: np.ndarray, truth: np.ndarray, top: float) -> np.ndarray:
+    """The best `top` fraction of `archs` by `truth` (higher better; at least one; ties by order)."""
+    archs, truth = np.asarray(archs), np.asarray(truth, float)
+    k = max(1, int(round(top * len(truth))))
+    return archs[np.argsort(-truth, kind="stable")[:k]]
 
 
 def survival(mask: SpaceMask, archs: np.ndarray, truth: np.ndarray, top: float) -> float:
     """Share of the true top-`top` fraction of `archs` (by `truth`, higher better) inside `mask`."""
-    archs, truth = np.asarray(archs), np.asarray(truth, float)
-    k = max(1, int(round(top * len(truth))))
-    best = np.argsort(-truth, kind="stable")[:k]
-    a = mask.allowed
-    inside = a[np.arange(archs.shape[1])[None, :], archs[best]].all(-1)
-    return float(inside.mean())
+    return float(mask.contains(top_archs(archs, truth, top)).mean())
