@@ -43,6 +43,8 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float
 
+from supernet import nested_conv
+
 # He (Kaiming) normal with fan_out, as torchvision's MobileNetV2/ResNet and xautodl initialise convs.
 CONV_INIT = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # BatchNorm momentum 0.9 (PyTorch's 0.1) and epsilon 1e-5, the reference implementations' defaults.
@@ -103,9 +105,15 @@ def conv2d(x: Float[Array, "b h w c"], w: Float[Array, "k k i o"], stride: int =
            bias: Float[Array, "o"] | None = None) -> Float[Array, "b h2 w2 o"]:
     """NHWC convolution with symmetric 'same' padding `k // 2` (PyTorch's `padding=k//2`)."""
     k = w.shape[0]
-    y = jax.lax.conv_general_dilated(
-        x, w.astype(x.dtype), window_strides=(stride, stride), padding=[(k // 2, k // 2)] * 2,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+    taps = _ACTIVE.get()
+    if (taps is not None and taps.select and jax.default_backend() == "cpu"
+            and nested_conv.supported(w, groups, x.shape[-1])):
+        # inside lax.switch XLA:CPU's conv gradients are 8-20x slower (supernet/nested_conv.py)
+        y = nested_conv.conv2d_matmul_grads(x, w, stride, groups)
+    else:
+        y = jax.lax.conv_general_dilated(
+            x, w.astype(x.dtype), window_strides=(stride, stride), padding=[(k // 2, k // 2)] * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
     return y if bias is None else y + bias.astype(y.dtype)
 
 

@@ -338,6 +338,14 @@ def test_evaluate_cli_reports_correlations(tmp_path, capsys):
         evaluate.main(["--truth", str(truth), "--column", "acc", "--proxies", "nope", "--synthetic"])
     with pytest.raises(SystemExit):
         evaluate.main(["--truth", str(tmp_path / "missing.csv"), "--synthetic"])
+    # --no-unreachable samples only the clean cells (the published rank average's subset)
+    clean = evaluate.main(["--truth", str(truth), "--column", "acc", "--sample", "0", "--proxies", "synflow",
+                           "--batch-size", "8", "--synthetic", "--json", "--no-unreachable",
+                           "--space-kwargs", "channels=4,cells_per_stage=1"])
+    assert clean["n"] == clean["n_no_unreachable"] == n_ok and clean["no_unreachable"]
+    with pytest.raises(SystemExit):  # more than the clean cells
+        evaluate.main(["--truth", str(truth), "--column", "acc", "--sample", str(n_ok + 1), "--synthetic",
+                       "--no-unreachable", "--proxies", "synflow"])
 
 
 @pytest.mark.parametrize("method", ["marginal", "progressive"])

@@ -79,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--sample", type=int, default=1000, help="architectures scored (0: all)")
     p.add_argument("--proxies", default="naswot,synflow,jacob_cov,ensemble")
     p.add_argument("--seed", type=int, default=0, help="drives the sample, the image batch and the init")
+    p.add_argument("--no-unreachable", action="store_true",
+                   help="sample only cells without unreachable branches (NAS-Bench-201's 9,445; the subset of "
+                   "the published nwot+synflow+jacob_cov rank average)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--chunk", type=int, default=0, help="architectures per compiled call (0: default)")
     p.add_argument("--data-dir", default=None, help="folder with cifar10/ (default: $HWNAS_DATA_DIR or ../shared/data)")
@@ -122,10 +125,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         strings, truth = _read_truth(args.truth, args.column, args.arch_column)
         all_archs = np.stack([space.decode(s) for s in strings])
         rng = np.random.default_rng(args.seed)
-        n = len(strings) if args.sample == 0 else args.sample
-        if n > len(strings):
-            raise ValueError(f"--sample {n} exceeds the {len(strings)} architectures of {args.truth}")
-        idx = np.sort(rng.choice(len(strings), n, replace=False))
+        pool = np.arange(len(strings))
+        if args.no_unreachable:
+            if not hasattr(space, "has_unreachable_branch"):
+                raise ValueError(f"--no-unreachable applies to NAS-Bench-201 cells, not to space {space.name!r}")
+            pool = pool[~space.has_unreachable_branch(all_archs)]
+        n = len(pool) if args.sample == 0 else args.sample
+        if n > len(pool):
+            raise ValueError(f"--sample {n} exceeds the {len(pool)} architectures to sample from in {args.truth}")
+        idx = np.sort(rng.choice(pool, n, replace=False))
         if args.synthetic:
             d = D.synthetic_cifar10(max(args.batch_size, 256), 10, seed=args.seed)
         else:
@@ -148,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if "ensemble" in names:
         scores["ensemble"] = np.asarray(Z.rank_ensemble({k: scores[k] for k in base}, base))
         seconds["ensemble"] = sum(seconds[k] for k in base)
-    out = {"n": int(n), "seed": args.seed, "batch_size": args.batch_size, "space": space.name,
+    out = {"n": int(n), "no_unreachable": bool(args.no_unreachable), "seed": args.seed, "batch_size": args.batch_size, "space": space.name,
            "column": args.column, "device": jax.devices()[0].device_kind, "proxies": {}}
     fracs = sorted((float(f) for f in args.prune.split(",") if f), reverse=True)
     progressive_masks = {}
