@@ -5,7 +5,9 @@
 a time. With `chunk=1` (the default) each architecture runs alone and every mixed op computes only
 its chosen operation (`lax.switch`, `blocks.Taps.select`): the cost of the derived subnet, not of the
 whole supernet; with `chunk > 1` the switch becomes a select over all operations (more memory and
-work, fewer sequential steps: for accelerators). All architectures see the same weights, the same
+work, fewer sequential steps: for accelerators). On CPU, the gradients of convolutions inside the
+switch are matrix products (`supernet.nested_conv`: XLA:CPU's own are 8-20x slower inside a
+conditional, which made snip 5x slower per cell). All architectures see the same weights, the same
 batch and the same key (per score `fold_in(key, crc32(name))`, per repeat `fold_in(., r)`), so
 their scores are comparable. Scores of one architecture share work (one loss backward for snip,
 grad_norm, fisher and grasp).
