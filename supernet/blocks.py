@@ -104,16 +104,13 @@ class SharedConv(nnx.Module):
 def conv2d(x: Float[Array, "b h w c"], w: Float[Array, "k k i o"], stride: int = 1, groups: int = 1,
            bias: Float[Array, "o"] | None = None) -> Float[Array, "b h2 w2 o"]:
     """NHWC convolution with symmetric 'same' padding `k // 2` (PyTorch's `padding=k//2`)."""
-    k = w.shape[0]
     taps = _ACTIVE.get()
     if (taps is not None and taps.select and jax.default_backend() == "cpu"
             and nested_conv.supported(w, groups, x.shape[-1])):
         # inside lax.switch XLA:CPU's conv gradients are 8-20x slower (supernet/nested_conv.py)
         y = nested_conv.conv2d_matmul_grads(x, w, stride, groups)
     else:
-        y = jax.lax.conv_general_dilated(
-            x, w.astype(x.dtype), window_strides=(stride, stride), padding=[(k // 2, k // 2)] * 2,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+        y = nested_conv.xla_conv2d(x, w, stride, groups)
     return y if bias is None else y + bias.astype(y.dtype)
 
 

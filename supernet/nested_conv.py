@@ -9,6 +9,7 @@ was unaffected (jax-ml/jax#12868 reports the same for convolutions inside loops)
 of many architectures runs every mixed op as a `lax.switch` inside a `lax.map` (`zero_shot.batch`),
 so snip / grad_norm / fisher / grasp / jacob_cov pay this on every conv.
 
+`xla_conv2d` is the project's one NHWC "same" convolution (`blocks.conv2d` calls it);
 `conv2d_matmul_grads` computes the same forward convolution with `lax.conv_general_dilated` and
 defines its VJP tap by tap: for each kernel offset `(a, b)`,
     `dW[a, b] = sum_{n,h,w} X_pad[n, s h + a, s w + b, :]^T dY[n, h, w, :]`
@@ -34,7 +35,9 @@ def supported(w: Array, groups: int, c_in: int) -> bool:
     return k % 2 == 1 and w.shape[1] == k and (groups == 1 or (groups == c_in and w.shape[2] == 1))
 
 
-def _forward(x: Array, w: Array, stride: int, groups: int) -> Array:
+def xla_conv2d(x: Float[Array, "b h w i"], w: Float[Array, "k k i o"], stride: int = 1,
+               groups: int = 1) -> Float[Array, "b h2 w2 o"]:
+    """NHWC convolution with symmetric padding `k // 2`, differentiated by XLA (`blocks.conv2d`'s)."""
     k = w.shape[0]
     return jax.lax.conv_general_dilated(
         x, w.astype(x.dtype), window_strides=(stride, stride), padding=[(k // 2, k // 2)] * 2,
@@ -45,11 +48,11 @@ def _forward(x: Array, w: Array, stride: int, groups: int) -> Array:
 def conv2d_matmul_grads(x: Float[Array, "b h w i"], w: Float[Array, "k k i o"], stride: int = 1,
                         groups: int = 1) -> Float[Array, "b h2 w2 o"]:
     """`blocks.conv2d` (no bias) with tap-wise matrix-product gradients (module docstring)."""
-    return _forward(x, w, stride, groups)
+    return xla_conv2d(x, w, stride, groups)
 
 
 def _fwd(x, w, stride, groups):
-    return _forward(x, w, stride, groups), (x, w)
+    return xla_conv2d(x, w, stride, groups), (x, w)
 
 
 def _bwd(stride, groups, res, g):

@@ -125,11 +125,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         strings, truth = _read_truth(args.truth, args.column, args.arch_column)
         all_archs = np.stack([space.decode(s) for s in strings])
         rng = np.random.default_rng(args.seed)
+        # NAS-Bench-201: cells with unreachable branches (outside the published rank average's subset)
+        unreachable = (space.has_unreachable_branch(all_archs) if hasattr(space, "has_unreachable_branch")
+                       else None)
         pool = np.arange(len(strings))
         if args.no_unreachable:
-            if not hasattr(space, "has_unreachable_branch"):
+            if unreachable is None:
                 raise ValueError(f"--no-unreachable applies to NAS-Bench-201 cells, not to space {space.name!r}")
-            pool = pool[~space.has_unreachable_branch(all_archs)]
+            pool = pool[~unreachable]
         n = len(pool) if args.sample == 0 else args.sample
         if n > len(pool):
             raise ValueError(f"--sample {n} exceeds the {len(pool)} architectures to sample from in {args.truth}")
@@ -156,8 +159,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if "ensemble" in names:
         scores["ensemble"] = np.asarray(Z.rank_ensemble({k: scores[k] for k in base}, base))
         seconds["ensemble"] = sum(seconds[k] for k in base)
-    out = {"n": int(n), "no_unreachable": bool(args.no_unreachable), "seed": args.seed, "batch_size": args.batch_size, "space": space.name,
-           "column": args.column, "device": jax.devices()[0].device_kind, "proxies": {}}
+    out = {"n": int(n), "no_unreachable": bool(args.no_unreachable), "seed": args.seed,
+           "batch_size": args.batch_size, "space": space.name, "column": args.column, "device": jax.devices()[0].device_kind, "proxies": {}}
     fracs = sorted((float(f) for f in args.prune.split(",") if f), reverse=True)
     progressive_masks = {}
     if fracs and args.prune_method == "progressive":
@@ -180,8 +183,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 m, share = best_covering_mask(space, best, f)
                 out["prune_oracle"][f"{f:g}"].update({f"top{round(top * 100)}_survival": share,
                                                       f"top{round(top * 100)}_kept_fraction": m.size / space.size})
-    clean = (~space.has_unreachable_branch(all_archs[idx]) if hasattr(space, "has_unreachable_branch")
-             else None)  # NAS-Bench-201: the published rank average's subset
+    clean = None if unreachable is None else ~unreachable[idx]
     for name in names:
         s = scores[name]
         # -inf is the score's verdict "worst" (e.g. NASWOT's singular kernel, synflow's S = 0 of a
