@@ -4,6 +4,16 @@ A Theoretically Inspired Perspective", ICLR 2021): NTK condition number and numb
 Reference: VITA-Group/TENAS, `lib/procedures/ntk.py` and `lib/procedures/linear_region_counter.py`,
 driven by `prune_tenas.py`. TE-NAS ranks by the sum of the two ranks (`rank_ensemble`).
 
+The reference scores each indicator on its own small network, not on the benchmark's: the NTK on a
+C = 3, N = 1 supernet with stem and batch 16; linear regions on a thin C = 1, N = 1 network over
+3 x 1000 random 3x3 crops. On NAS-Bench-201 that protocol is (measured numbers in README.md)::
+
+    python -m zero_shot.evaluate ... --proxies ntk --space-kwargs channels=3,cells_per_stage=1 --batch-size 16
+    python -m zero_shot.evaluate ... --proxies linear_regions \
+        --space-kwargs channels=1,cells_per_stage=1,input_size=4 --batch-size 3000
+
+(4x4 crops of all three channels through the stem: our NB201 network needs multiples of 4.)
+
 Example:
     >>> PROXIES["ntk"](network_of(subnet), (x, y), jax.random.key(0))
 """
