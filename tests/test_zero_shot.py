@@ -3,7 +3,6 @@ subnet for every score, isomorphism and batch-order invariances, one compile, cl
 
 import json
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
