@@ -350,17 +350,17 @@ def test_evaluate_cli_reports_correlations(tmp_path, capsys):
 def test_evaluate_crops_images_to_the_space_input_size(tmp_path):
     """TE-NAS counts linear regions on small random crops: a space with a smaller input_size gets
     one random window of each image (no padding, no resampling); the full size passes unchanged."""
-    from zero_shot.evaluate import _random_crops
+    from experiments.data import random_crops
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
-    assert _random_crops(images, 32, rng) is images and _random_crops(images, None, rng) is images
-    crops = _random_crops(images, 4, np.random.default_rng(1))
+    assert random_crops(images, 32, rng) is images and random_crops(images, None, rng) is images
+    crops = random_crops(images, 4, np.random.default_rng(1))
     assert crops.shape == (5, 4, 4, 3)
     for im, c in zip(images, crops):  # each crop is a window of its own image
         windows = np.lib.stride_tricks.sliding_window_view(im, (4, 4), axis=(0, 1))  # [29, 29, 3, 4, 4]
         assert (windows == c.transpose(2, 0, 1)).all(axis=(2, 3, 4)).any()
     with pytest.raises(ValueError, match="input_size 40 exceeds the 32x32 images"):
-        _random_crops(images, 40, rng)
+        random_crops(images, 40, rng)
     from zero_shot import evaluate
     archs = SPACE.sample(jax.random.key(7), 6)
     truth = tmp_path / "truth.csv"

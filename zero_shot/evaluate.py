@@ -68,21 +68,6 @@ def _kwargs(text: str) -> dict:
     return out
 
 
-def _random_crops(images: np.ndarray, size: int | None, rng: np.random.Generator) -> np.ndarray:
-    """One random `size x size` crop per image (no padding), or the images unchanged when the space
-    takes their full size. A space built with a smaller `input_size` (`--space-kwargs input_size=4`)
-    sees crops, as TE-NAS counts linear regions on 3x3 crops of CIFAR images (`RandomCrop(3,
-    padding=0)` in `linear_region_counter.get_datasets`; our NB201 network needs a multiple of 4)."""
-    h, w = images.shape[1:3]
-    if size is None or size == h == w:
-        return images
-    if size > min(h, w):
-        raise ValueError(f"the space's input_size {size} exceeds the {h}x{w} images")
-    oy = rng.integers(0, h - size + 1, len(images))
-    ox = rng.integers(0, w - size + 1, len(images))
-    return np.stack([im[a:a + size, b:b + size] for im, a, b in zip(images, oy, ox)])
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--space", default="nb201")
@@ -157,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         else:
             d = D.load_cifar10(args.data_dir)
         pick = rng.choice(len(d.x_train), args.batch_size, replace=False)
-        x = D.normalize(jax.numpy.asarray(_random_crops(d.x_train[pick], getattr(space, "input_size", None), rng)))
+        x = D.normalize(jax.numpy.asarray(D.random_crops(d.x_train[pick], getattr(space, "input_size", None), rng)))
         y = jax.numpy.asarray(d.y_train[pick])
     except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
         p.exit(2, f"error: {e.args[0] if e.args else e}\n")

@@ -17,6 +17,7 @@ from experiments.data.cifar10 import (
     find_source,
     load_cifar10,
     normalize,
+    random_crops,
     resolve_data_dir,
     split_train,
     synthetic_cifar10,
@@ -24,6 +25,6 @@ from experiments.data.cifar10 import (
 
 __all__ = [
     "CIFAR10_MEAN", "CIFAR10_STD", "CLASSES", "Cifar10", "Split", "augment", "batches", "crop_flip",
-    "crop_flip_params", "find_source", "load_cifar10", "normalize", "resolve_data_dir",
+    "crop_flip_params", "find_source", "load_cifar10", "normalize", "random_crops", "resolve_data_dir",
     "split_train", "synthetic_cifar10",
 ]

@@ -351,6 +351,21 @@ def normalize(x: Shaped[Array, "... c"]) -> Float[Array, "... c"]:
     return (jnp.asarray(x, jnp.float32) / 255.0 - mean) / std
 
 
+def random_crops(images: np.ndarray, size: int | None, rng: np.random.Generator) -> np.ndarray:
+    """One random `size x size` window per image (no padding), host-side; the images unchanged when
+    `size` is None or their full size. `zero_shot.evaluate` scores a space with a smaller
+    `input_size` on such crops, as TE-NAS counts linear regions on 3x3 crops of CIFAR images
+    (`RandomCrop(3, padding=0)` in `linear_region_counter.get_datasets`)."""
+    h, w = images.shape[1:3]
+    if size is None or size == h == w:
+        return images
+    if size > min(h, w):
+        raise ValueError(f"the space's input_size {size} exceeds the {h}x{w} images")
+    oy = rng.integers(0, h - size + 1, len(images))
+    ox = rng.integers(0, w - size + 1, len(images))
+    return np.stack([im[a:a + size, b:b + size] for im, a, b in zip(images, oy, ox)])
+
+
 def crop_flip_params(key: jax.Array, batch: int, pad: int = 4
                      ) -> tuple[Int[Array, "b 2"], Bool[Array, " b"]]:
     """Draws per-image crop offsets in [0, 2 * pad] (pad = no shift) and horizontal-flip flags."""
