@@ -62,8 +62,12 @@ def _zero_shot_inputs(ctx: Context) -> tuple[list[str], Any, tuple[jax.Array, ja
         if n not in Z.PROXIES:
             raise ConfigError(f"unknown zero-shot score {n!r}; valid: {', '.join(sorted(Z.PROXIES))}")
     batch = _score_batch(ctx, z.batch_size)
-    net = make_supernet(ctx.space, rngs=nnx.Rngs(ctx.cfg.seed), **dict(z.supernet))
-    return names, net, batch, jax.random.key(ctx.cfg.seed)
+    if z.init not in Z.INITS:
+        raise ConfigError(f"unknown zero_shot.init {z.init!r}; valid: {', '.join(Z.INITS)}")
+    key = jax.random.key(ctx.cfg.seed)
+    net = Z.initialise(make_supernet(ctx.space, rngs=nnx.Rngs(ctx.cfg.seed), **dict(z.supernet)), z.init,
+                       jax.random.fold_in(key, 1))
+    return names, net, batch, key
 
 
 def zero_shot_scorer(ctx: Context, inputs: tuple | None = None):

@@ -299,6 +299,38 @@ def test_rank_ensemble_averages_ranks():
         Z.rank_ensemble(s, ["a", "zzz"])
 
 
+def test_torch_init_draws_pytorch_default_bounds_and_keeps_the_subnet_invariance(supernet, batch):
+    """`initialise(.., "torch")`: every kernel ~ U(+-1/sqrt(fan_in)) (PyTorch's Conv2d/Linear default,
+    variance bound^2 / 3), nothing else changes, the input model is untouched, and a subnet derived
+    from the re-initialised supernet scores like its one-hot supernet."""
+    torch_net = Z.initialise(supernet, "torch", jax.random.key(3))
+    old, new = nnx.state(supernet, nnx.Param), nnx.state(torch_net, nnx.Param)
+    flat_old, flat_new = dict(nnx.to_flat_state(old)), dict(nnx.to_flat_state(new))
+    pooled = []
+    for path, v in flat_new.items():
+        x, x0 = np.asarray(v.get_value()), np.asarray(flat_old[path].get_value())
+        if path[-1] != "kernel":
+            np.testing.assert_array_equal(x, x0)
+            continue
+        bound = np.prod(x.shape[:-1]) ** -0.5
+        assert np.abs(x).max() <= bound and not np.array_equal(x, x0)
+        pooled.append((x / bound).ravel())
+    pooled = np.concatenate(pooled)
+    assert len(pooled) > 5000 and abs(pooled.var() - 1 / 3) < 0.02 and abs(pooled.mean()) < 0.02
+    # deterministic for a key; "model" is an unchanged copy
+    again = dict(nnx.to_flat_state(nnx.state(Z.initialise(supernet, "torch", jax.random.key(3)), nnx.Param)))
+    assert all(np.array_equal(again[p].get_value(), v.get_value()) for p, v in flat_new.items())
+    same = dict(nnx.to_flat_state(nnx.state(Z.initialise(supernet, "model", jax.random.key(3)), nnx.Param)))
+    assert all(np.array_equal(same[p].get_value(), v.get_value()) for p, v in flat_old.items())
+    names = ("naswot", "synflow", "jacob_cov")
+    want = Z.score(torch_net.derive(ARCH), batch, jax.random.key(2), names, space=SPACE)
+    _compare(Z.score(torch_net, batch, jax.random.key(2), names, arch=jnp.asarray(ARCH)), want, names)
+    base = Z.score(supernet, batch, jax.random.key(2), ("synflow",), arch=jnp.asarray(ARCH))
+    assert abs(base["synflow"] - want["synflow"]) > 0.1  # synflow sees the weight magnitudes
+    with pytest.raises(ValueError, match="valid: model, torch"):
+        Z.initialise(supernet, "kaiming", jax.random.key(0))
+
+
 def test_clear_errors(supernet, batch):
     with pytest.raises(KeyError, match="naswot"):  # lists the valid names
         Z.score_archs(supernet, np.zeros((1, 6), int), batch, jax.random.key(0), proxies=("naswto",))

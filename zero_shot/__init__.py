@@ -14,11 +14,11 @@ Example:
 from zero_shot import activation, baselines, gradient, tenas  # noqa: F401  (register the scores)
 from zero_shot.batch import DEFAULT_PROXIES, ArchScorer, check_archs, score, score_archs
 from zero_shot.ensemble import fit_and_report, fit_ensemble_weights, rank_ensemble, ranks, spearman
-from zero_shot.network import (KERNELS, NTK_WEIGHTS, Batch, Network, cross_entropy, gaussian_init,
-                               network_of)
+from zero_shot.network import (INITS, KERNELS, NTK_WEIGHTS, Batch, Network, cross_entropy, gaussian_init,
+                               initialise, network_of)
 from zero_shot.registry import PROXIES
 from zero_shot.taps import code_kernel, collect
 
-__all__ = ["DEFAULT_PROXIES", "KERNELS", "NTK_WEIGHTS", "PROXIES", "ArchScorer", "Batch", "Network",
+__all__ = ["DEFAULT_PROXIES", "INITS", "KERNELS", "NTK_WEIGHTS", "PROXIES", "ArchScorer", "Batch", "Network",
            "check_archs", "code_kernel", "collect", "cross_entropy", "fit_and_report", "fit_ensemble_weights",
-           "gaussian_init", "network_of", "rank_ensemble", "ranks", "score", "score_archs", "spearman"]
+           "gaussian_init", "initialise", "network_of", "rank_ensemble", "ranks", "score", "score_archs", "spearman"]

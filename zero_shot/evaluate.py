@@ -9,7 +9,9 @@ training images with one compiled function per score (`zero_shot.score_archs`), 
 object: per score `spearman`, `kendall`, `seconds_per_arch` (wall time of scoring the sample, compile
 included, divided by its size), plus `n`, `device`, `seed`, `batch_size`. On NAS-Bench-201 also
 `spearman_no_unreachable`: on the sampled cells without unreachable branches (`n_no_unreachable`),
-the subset of the published rank-average figure. `ensemble` is the rank
+the subset of the published rank-average figure. The scored supernet starts from PyTorch's default
+initialisation (`--init torch`, what the reference implementations score; `--init model` keeps the
+supernet's own He-normal init, the protocol of the results recorded before 2026-11-24). `ensemble` is the rank
 average of the other listed scores (Abdelfattah et al. 2021's vote / NAS-Bench-Suite-Zero's
 rank-average). With `--prune 0.5,0.2,0.1` each score also prunes the space to those fractions and
 reports the share of the truth file's top-1% and top-5% architectures that survive: by marginal
@@ -83,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="sample only cells without unreachable branches (NAS-Bench-201's 9,445; the subset of "
                    "the published nwot+synflow+jacob_cov rank average)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--init", default="torch", choices=("torch", "model"),
+                   help="weights scored: torch = PyTorch's default init, as the reference implementations "
+                   "score (default); model = the supernet's own init (zero_shot.network.initialise)")
     p.add_argument("--chunk", type=int, default=0, help="architectures per compiled call (0: default)")
     p.add_argument("--data-dir", default=None, help="folder with cifar10/ (default: $HWNAS_DATA_DIR or ../shared/data)")
     p.add_argument("--synthetic", action="store_true", help="random images instead of CIFAR-10 (smoke tests)")
@@ -147,8 +152,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
         p.exit(2, f"error: {e.args[0] if e.args else e}\n")
 
-    net = make_supernet(space, rngs=nnx.Rngs(args.seed))
     key = jax.random.key(args.seed)
+    net = Z.initialise(make_supernet(space, rngs=nnx.Rngs(args.seed)), args.init, jax.random.fold_in(key, 1))
     scores, seconds = {}, {}
     it = base if args.json else __import__("tqdm").tqdm(base, desc="scores")
     for name in it:
@@ -160,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         scores["ensemble"] = np.asarray(Z.rank_ensemble({k: scores[k] for k in base}, base))
         seconds["ensemble"] = sum(seconds[k] for k in base)
     out = {"n": int(n), "no_unreachable": bool(args.no_unreachable), "seed": args.seed,
-           "batch_size": args.batch_size, "space": space.name, "column": args.column, "device": jax.devices()[0].device_kind, "proxies": {}}
+           "batch_size": args.batch_size, "init": args.init, "space": space.name, "column": args.column, "device": jax.devices()[0].device_kind, "proxies": {}}
     fracs = sorted((float(f) for f in args.prune.split(",") if f), reverse=True)
     progressive_masks = {}
     if fracs and args.prune_method == "progressive":
