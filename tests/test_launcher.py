@@ -150,6 +150,8 @@ def test_zero_shot_stage_prunes_to_the_target_by_either_method(tmp_path, data_di
     from supernet.spaces import make_space
     args = ["--config", f"{ABL}:smoke", "--config.stages=['zero_shot']", "--config.zero_shot.proxies=('synflow',)",
             f"--config.zero_shot.method={method}", "--config.zero_shot.target_fraction=0.3",
+            # the marginal run scores from PyTorch's default init (the reference protocol)
+            *(["--config.zero_shot.init=torch"] if method == "marginal" else []),
             "--workdir", str(tmp_path / method)]
     res = main(args)
     z = Workdir(str(tmp_path / method)).stage_done("zero_shot")  # with the mask and the ranking
@@ -165,3 +167,6 @@ def test_zero_shot_stage_prunes_to_the_target_by_either_method(tmp_path, data_di
     with pytest.raises(SystemExit):
         main(args[:-1] + [str(tmp_path / "bad"), "--config.zero_shot.method=tenas"])
     assert "unknown zero_shot.method 'tenas'; valid: marginal, progressive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(args[:-1] + [str(tmp_path / "bad_init"), "--config.zero_shot.init=kaiming"])
+    assert "unknown zero_shot.init 'kaiming'; valid: model, torch" in capsys.readouterr().err
