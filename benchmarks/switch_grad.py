@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-
 import os
 import sys
+import time
 
 import jax
 import jax.numpy as jnp

@@ -369,6 +369,9 @@ def test_evaluate_cli_reports_correlations(tmp_path, capsys):
         evaluate.main(["--truth", str(truth), "--column", "acc", "--proxies", "nope", "--synthetic"])
     with pytest.raises(SystemExit):
         evaluate.main(["--truth", str(tmp_path / "missing.csv"), "--synthetic"])
+    with pytest.raises(SystemExit):  # an unknown initialisation
+        evaluate.main(["--truth", str(truth), "--column", "acc", "--synthetic", "--init", "kaiming",
+                       "--space-kwargs", "channels=4,cells_per_stage=1"])
     # --no-unreachable samples only the clean cells (the published rank average's subset)
     clean = evaluate.main(["--truth", str(truth), "--column", "acc", "--sample", "0", "--proxies", "synflow",
                            "--batch-size", "8", "--synthetic", "--json", "--no-unreachable",

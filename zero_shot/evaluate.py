@@ -85,9 +85,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="sample only cells without unreachable branches (NAS-Bench-201's 9,445; the subset of "
                    "the published nwot+synflow+jacob_cov rank average)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--init", default="torch", choices=("torch", "model"),
+    p.add_argument("--init", default="torch",
                    help="weights scored: torch = PyTorch's default init, as the reference implementations "
-                   "score (default); model = the supernet's own init (zero_shot.network.initialise)")
+                   "score (default); model = the supernet's own init (zero_shot.INITS, zero_shot.initialise)")
     p.add_argument("--chunk", type=int, default=0, help="architectures per compiled call (0: default)")
     p.add_argument("--data-dir", default=None, help="folder with cifar10/ (default: $HWNAS_DATA_DIR or ../shared/data)")
     p.add_argument("--synthetic", action="store_true", help="random images instead of CIFAR-10 (smoke tests)")
@@ -149,11 +149,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         pick = rng.choice(len(d.x_train), args.batch_size, replace=False)
         x = D.normalize(jax.numpy.asarray(D.random_crops(d.x_train[pick], getattr(space, "input_size", None), rng)))
         y = jax.numpy.asarray(d.y_train[pick])
+        key = jax.random.key(args.seed)
+        # an unknown --init fails here with the valid names (zero_shot.INITS)
+        net = Z.initialise(make_supernet(space, rngs=nnx.Rngs(args.seed)), args.init, jax.random.fold_in(key, 1))
     except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
         p.exit(2, f"error: {e.args[0] if e.args else e}\n")
 
-    key = jax.random.key(args.seed)
-    net = Z.initialise(make_supernet(space, rngs=nnx.Rngs(args.seed)), args.init, jax.random.fold_in(key, 1))
     scores, seconds = {}, {}
     it = base if args.json else __import__("tqdm").tqdm(base, desc="scores")
     for name in it:
