@@ -27,6 +27,18 @@ NAS-Bench-201 protocol, whose REA counts every query) it still counts as a query
 population; with `revisit="resample"` the proposal is redrawn (up to `max_resample` times) until it is
 new, so the budget buys distinct architectures.
 
+Guided mutation (`guide`): the zero-cost move proposal of Abdelfattah, Mehrotra, Dudziak, Lane,
+"Zero-Cost Proxies for Lightweight NAS" (ICLR 2021, section 5): a second, cheap evaluator (e.g. a
+zero-shot score, or a table of one) picks the mutation. With probability `guide_prob` (0.75 in the
+reference code) the child is the parent's neighbour (one decision changed, inside the mask) that the
+guide rates best; otherwise it is the ordinary random mutation, drawn with the same key as an
+unguided run's (so `guide_prob = 0` reproduces the unguided search exactly). One deviation from the
+reference: the greedy pick skips neighbours that were already queried (while any is left), since
+re-querying a known cell spends budget and learns nothing. Guide evaluations are not queries: they
+are cached, counted (`guide_evals` in the state) and stored in the state so that a resumed run
+does not repeat them. NSGA-II uses the guide for the mutation after crossover; random search has
+no mutation and takes no guide.
+
 Determinism and resume: the key of query i is `fold_in(key(seed), i)` (redraws fold in the attempt
 number), so a run is a function of the seed and the history. `Evolution.state()` is JSON
 (config, mask, warm start, history, population, counters); `Evolution.from_state` continues it, and a
@@ -91,6 +103,8 @@ class EvolutionConfig:
       revisit: `count` or `resample` (module docstring).
       max_resample: redraws per query in `resample` mode before a repeat is accepted.
       seed: the run's PRNG seed.
+      guide: `"max:<name>"` / `"min:<name>"` of the guide evaluator (module docstring); None: no guide.
+      guide_prob: probability that a guided mutation takes the guide's best neighbour.
     """
 
     algorithm: str = "rea"
@@ -104,6 +118,8 @@ class EvolutionConfig:
     revisit: str = "count"
     max_resample: int = 100
     seed: int = 0
+    guide: str | None = None
+    guide_prob: float = 0.75
 
     def __post_init__(self):
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -135,6 +151,21 @@ class EvolutionConfig:
             raise ValueError(f"sample_size must be in 1..population ({self.population}), got {self.sample_size}")
         if not 0 <= self.crossover_prob <= 1:
             raise ValueError(f"crossover_prob must be in [0, 1], got {self.crossover_prob}")
+        if self.guide is not None:
+            if self.algorithm == "random":
+                raise ValueError("random search has no mutation to guide; set guide=None or use rea / nsga2")
+            self.parsed_guide()
+        if not 0 <= self.guide_prob <= 1:
+            raise ValueError(f"guide_prob must be in [0, 1], got {self.guide_prob}")
+
+    def parsed_guide(self) -> tuple[str, str] | None:
+        """`(name, "max" | "min")` of the guide, or None."""
+        if self.guide is None:
+            return None
+        direction, sep, name = str(self.guide).partition(":")
+        if not sep or direction not in pareto.DIRECTIONS or not name:
+            raise ValueError(f"guide {self.guide!r} must read 'max:<name>' or 'min:<name>'")
+        return name, direction
 
     def parsed_objectives(self) -> list[tuple[str, str]]:
         """`[(name, "max" | "min")]`."""
@@ -209,19 +240,31 @@ def _proposers(space: SearchSpace, mask: SpaceMask) -> dict[str, Callable]:
         idx = jax.random.randint(key, (size,), 0, merit.shape[0])  # with replacement (Real et al.)
         return idx[jnp.argmax(merit[idx])]  # ties: the first drawn
 
-    def rea_child(key, pop, merit, sample_size):
+    # `*_select` return the architecture before mutation, the parents and the mutation's key
+    def rea_select(key, pop, merit, sample_size):
         k_sel, k_mut = jax.random.split(key)
         p = tournament(k_sel, merit, sample_size)
-        return space.mutate(k_mut, pop[p], mask), p[None]
+        return pop[p], p[None], k_mut
 
-    def nsga_child(key, pop, merit, crossover_prob):
+    def nsga_select(key, pop, merit, crossover_prob):
         ka, kb, kc, ku, km = jax.random.split(key, 5)
         a, b = tournament(ka, merit, 2), tournament(kb, merit, 2)  # binary tournaments
         take_b = jax.random.bernoulli(kc, crossover_prob) & jax.random.bernoulli(ku, 0.5, (pop.shape[1],))
-        return space.mutate(km, jnp.where(take_b, pop[b], pop[a]), mask), jnp.stack([a, b])
+        return jnp.where(take_b, pop[b], pop[a]), jnp.stack([a, b]), km
+
+    def mutated(select):
+        def child(*args):
+            base, parents, k = select(*args)
+            return space.mutate(k, base, mask), parents
+        return child
+
+    def guided_coin(key):  # the guided mutation's own draw, independent of the mutation's
+        return jax.random.uniform(jax.random.fold_in(key, 1))
 
     return {"sample": jax.jit(lambda k: space.sample(k, mask=mask)),
-            "rea": jax.jit(rea_child, static_argnums=3), "nsga2": jax.jit(nsga_child)}
+            "rea": jax.jit(mutated(rea_select), static_argnums=3), "nsga2": jax.jit(mutated(nsga_select)),
+            "rea_select": jax.jit(rea_select, static_argnums=3), "nsga2_select": jax.jit(nsga_select),
+            "mutate": jax.jit(lambda k, a: space.mutate(k, a, mask)), "coin": jax.jit(guided_coin)}
 
 
 def _dense_rank(keys: Sequence[np.ndarray]) -> np.ndarray:
@@ -242,8 +285,8 @@ class Evolution:
 
     def __init__(self, space: SearchSpace, evaluator: Evaluator, cfg: EvolutionConfig = EvolutionConfig(),
                  mask: SpaceMask | None = None, init: Sequence[Any] | None = None,
-                 log: Callable[[Record], None] | None = None):
-        """Validates the setup (names, mask, warm start) before any evaluation.
+                 log: Callable[[Record], None] | None = None, guide: Evaluator | None = None):
+        """Validates the setup (names, mask, warm start, guide) before any evaluation.
 
         Args:
           space: the search space.
@@ -253,6 +296,7 @@ class Evolution:
           init: warm start: architectures (strings or int arrays) that fill the initial population in
             order before random samples; at most `cfg.population`.
           log: called with every record as it is committed.
+          guide: the evaluator of guided mutation (needed exactly when `cfg.guide` is set).
         """
         self.space, self.evaluator, self.cfg, self.log = space, evaluator, cfg, log
         self.mask = space.check_mask(mask)
@@ -262,6 +306,13 @@ class Evolution:
         for what, n in [("objective", o) for o, _ in self.objectives] + [("constraint", c[0]) for c in self.constraints]:
             if n not in names:
                 raise KeyError(f"unknown {what} {n!r}: the evaluator returns {', '.join(names) or 'nothing'}")
+        self.guide, self.guide_objective = guide, cfg.parsed_guide()
+        if (guide is None) != (self.guide_objective is None):
+            raise ValueError("cfg.guide names the guide's objective and the guide argument is its evaluator: "
+                             f"give both or neither (cfg.guide={cfg.guide!r}, guide={type(guide).__name__})")
+        if guide is not None and self.guide_objective[0] not in tuple(getattr(guide, "names", ())):
+            raise KeyError(f"unknown guide objective {self.guide_objective[0]!r}: the guide evaluator returns "
+                           f"{', '.join(getattr(guide, 'names', ())) or 'nothing'}")
         self.init = [space.decode(a) if isinstance(a, str) else space.validate(a) for a in (init or [])]
         if self.init and cfg.algorithm == "random":
             raise ValueError("random search takes no warm start (init); use rea or nsga2")
@@ -277,20 +328,26 @@ class Evolution:
         self.generation_start: int | None = None
         self.seconds = 0.0
         self._cache: dict[str, dict[str, float]] = {}
+        self._guide_cache: dict[str, float] = {}  # arch -> guide value, signed so that larger is better
         self._key = jax.random.key(cfg.seed)
         self._ops = _proposers(space, self.mask)
 
     # ----------------------------------------------------------------- state
     def state(self) -> dict[str, Any]:
         """JSON-serialisable state: everything `from_state` needs to continue bit for bit."""
-        return {"version": 1, "space": self.space.name, "config": self.cfg.to_dict(),
-                "mask": self.mask.allowed.tolist(), "init": [self.space.encode(a) for a in self.init],
-                "history": [dict(r) for r in self.history], "population": list(self.population),
-                "generation_start": self.generation_start, "seconds": self.seconds}
+        state = {"version": 1, "space": self.space.name, "config": self.cfg.to_dict(),
+                 "mask": self.mask.allowed.tolist(), "init": [self.space.encode(a) for a in self.init],
+                 "history": [dict(r) for r in self.history], "population": list(self.population),
+                 "generation_start": self.generation_start, "seconds": self.seconds}
+        if self.guide is not None:  # JSON has no infinities: the guide's -inf (its "worst") is stored as None
+            state["guide_cache"] = {k: (None if np.isneginf(v) else v) for k, v in self._guide_cache.items()}
+            state["guide_evals"] = len(self._guide_cache)
+        return state
 
     @classmethod
     def from_state(cls, space: SearchSpace, evaluator: Evaluator, state: Mapping[str, Any],
-                   cfg: EvolutionConfig | None = None, log: Callable[[Record], None] | None = None) -> "Evolution":
+                   cfg: EvolutionConfig | None = None, log: Callable[[Record], None] | None = None,
+                   guide: Evaluator | None = None) -> "Evolution":
         """Continues a run from `state()` (e.g. after a kill); `cfg` may only change the budget."""
         if state.get("version") != 1 or state.get("space") != space.name:
             raise ValueError(f"state of space {state.get('space')!r} (version {state.get('version')}) cannot "
@@ -304,7 +361,7 @@ class Evolution:
                                  f"{', '.join(_RESUMABLE_CHANGES)} may change); saved: "
                                  f"{ {k: getattr(saved, k) for k in diff} }")
         self = cls(space, evaluator, cfg or saved, SpaceMask(np.asarray(state["mask"], bool)),
-                   state["init"], log)
+                   state["init"], log, guide)
         self.history = [dict(r) for r in state["history"]]
         self.population = [int(i) for i in state["population"]]
         g = state["generation_start"]
@@ -312,6 +369,7 @@ class Evolution:
         self.seconds = float(state["seconds"])
         for r in self.history:
             self._cache.setdefault(r["arch"], dict(r["objectives"]))
+        self._guide_cache = {k: (-np.inf if v is None else float(v)) for k, v in state.get("guide_cache", {}).items()}
         return self
 
     # ----------------------------------------------------------------- fitness
@@ -356,25 +414,58 @@ class Evolution:
         return _dense_rank([-rank.astype(float), crowd])
 
     # ----------------------------------------------------------------- proposals
-    def _candidate(self, i: int, key: jax.Array, pop: np.ndarray | None, merit: np.ndarray | None):
+    def _neighbours(self, arch: np.ndarray) -> np.ndarray:
+        """Every architecture one allowed change away from `arch`, `[K, D]` (decision-major order)."""
+        d, c = np.nonzero(self.mask.allowed)
+        keep = c != arch[d]
+        out = np.repeat(arch[None], int(keep.sum()), axis=0)
+        out[np.arange(len(out)), d[keep]] = c[keep]
+        return out
+
+    def _guide_values(self, archs: np.ndarray) -> np.ndarray:
+        """Guide values (larger is better; NaN as -inf) of architectures, evaluated once each."""
+        strs = [self.space.encode(a) for a in archs]
+        new = [j for j, s in enumerate(strs) if s not in self._guide_cache]
+        if new:
+            name, direction = self.guide_objective
+            v = np.asarray(self.guide(archs[new])[name], np.float64).reshape(-1)
+            v = np.nan_to_num(v if direction == "max" else -v, nan=-np.inf, posinf=np.inf, neginf=-np.inf)
+            for j, x in zip(new, v):
+                self._guide_cache[strs[j]] = float(x)
+        return np.asarray([self._guide_cache[s] for s in strs])
+
+    def _guided(self, base: np.ndarray, key: jax.Array, taken: set[str]) -> tuple[np.ndarray, bool]:
+        """Guided mutation of `base` (module docstring): `(child, whether the guide chose it)`."""
+        neigh = self._neighbours(base)
+        if len(neigh) == 0 or float(self._ops["coin"](key)) >= self.cfg.guide_prob:
+            return np.asarray(self._ops["mutate"](key, base)), False
+        fresh = [j for j, a in enumerate(neigh) if (s := self.space.encode(a)) not in self._cache and s not in taken]
+        cand = neigh[fresh] if fresh else neigh
+        return cand[int(np.argmax(self._guide_values(cand)))], True  # ties: the first in decision order
+
+    def _candidate(self, i: int, key: jax.Array, pop: np.ndarray | None, merit: np.ndarray | None,
+                   taken: set[str]):
         cfg = self.cfg
         if i < len(self.init):
             return self.init[i], "init", []
         if i < cfg.population or cfg.algorithm == "random":
             return np.asarray(self._ops["sample"](key)), "random", []
-        if cfg.algorithm == "rea":
-            child, p = self._ops["rea"](key, pop, merit, cfg.sample_size)
-            origin = "mutation"
+        args = (cfg.sample_size,) if cfg.algorithm == "rea" else (jnp.float32(cfg.crossover_prob),)
+        origin = "mutation" if cfg.algorithm == "rea" else "offspring"
+        if self.guide is None:
+            child, p = self._ops[cfg.algorithm](key, pop, merit, *args)
         else:
-            child, p = self._ops["nsga2"](key, pop, merit, jnp.float32(cfg.crossover_prob))
-            origin = "offspring"
+            base, p, k = self._ops[cfg.algorithm + "_select"](key, pop, merit, *args)
+            child, chosen = self._guided(np.asarray(base), k, taken)
+            origin += "+guide" if chosen else ""
         return np.asarray(child), origin, [self.population[int(j)] for j in np.asarray(p)]
 
     def _propose(self, i: int, taken: set[str], pop, merit) -> tuple[np.ndarray, str, list[int]]:
         key = jax.random.fold_in(self._key, i)
         tries = self.cfg.max_resample + 1 if self.cfg.revisit == "resample" else 1
         for r in range(tries):
-            arch, origin, parents = self._candidate(i, key if r == 0 else jax.random.fold_in(key, r), pop, merit)
+            arch, origin, parents = self._candidate(i, key if r == 0 else jax.random.fold_in(key, r), pop, merit,
+                                                    taken)
             s = self.space.encode(arch)
             if origin == "init" or (s not in self._cache and s not in taken):
                 break
@@ -477,11 +568,12 @@ class Evolution:
 
 def evolve(space: SearchSpace, evaluator: Evaluator, cfg: EvolutionConfig | None = None,
            mask: SpaceMask | None = None, init: Sequence[Any] | None = None,
-           log: Callable[[Record], None] | None = None, state: Mapping[str, Any] | None = None) -> EvolutionResult:
+           log: Callable[[Record], None] | None = None, state: Mapping[str, Any] | None = None,
+           guide: Evaluator | None = None) -> EvolutionResult:
     """Runs a multishot search (or resumes `state`, whose config, mask and warm start it keeps).
 
     Args:
-      space, evaluator, mask, init, log: as `Evolution`.
+      space, evaluator, mask, init, log, guide: as `Evolution`.
       cfg: the settings (default `EvolutionConfig()`, or the state's when resuming).
       state: a previous `Evolution.state()` / `EvolutionResult.state` to continue; `cfg` may then only
         change `max_evals` / `max_seconds` (e.g. extend the budget); mask and init come from the state.
@@ -497,5 +589,5 @@ def evolve(space: SearchSpace, evaluator: Evaluator, cfg: EvolutionConfig | None
     if state is not None:
         if mask is not None or init is not None:
             raise ValueError("a resumed search keeps the mask and warm start of its state; pass neither")
-        return Evolution.from_state(space, evaluator, state, cfg, log).run()
-    return Evolution(space, evaluator, cfg or EvolutionConfig(), mask, init, log).run()
+        return Evolution.from_state(space, evaluator, state, cfg, log, guide).run()
+    return Evolution(space, evaluator, cfg or EvolutionConfig(), mask, init, log, guide).run()
