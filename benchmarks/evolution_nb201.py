@@ -2,6 +2,7 @@
 
     python benchmarks/evolution_nb201.py [--data-dir ../shared/data] [--seeds 10] [--queries 300]
         [--mo-queries 300] [--mo-population 20] [--warm-start ranking.txt] [--warm-queries 100]
+        [--guide-scores scores.npz --guide-score synflow --guide-prob 0.75] [--parts a,b,c,d]
 
 (a) Regularized evolution (`supernet.multishot`, NAS-Bench-201's REA settings P = 10, S = 3) and
     random search, `--queries` queries each (repeats count, as in the NB201 protocol), `--seeds`
@@ -21,6 +22,13 @@
     top of a zero-shot rank ensemble; one per line, '#' comments); REA starts from its top P and
     runs `--warm-queries` (<= 100) queries, against a cold start with the same budget. Skipped (and
     said so) without a file.
+(d) Guided mutation (`supernet.multishot`, Abdelfattah et al. ICLR 2021's zero-cost move proposal):
+    `--guide-scores FILE.npz` holds zero-shot scores of NB201 cells (`archs` and one array per
+    score, as `python -m zero_shot.evaluate --save` writes them; `--sample 0` scores all 15,625);
+    `--guide-score` picks the column. REA with `--warm-queries` queries: cold start + guide, the
+    `--warm-start` ranking + guide, and the zero-cost warm-up of the same paper (the initial
+    population = the file's top P cells by the score) with and without the guide. Guide lookups
+    are not queries; their count per run is reported.
 
 Runs in about a minute on a 2-core CPU.
 """
@@ -40,7 +48,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from supernet import pareto  # noqa: E402
-from supernet.evaluators import make_evaluator  # noqa: E402
+from supernet.evaluators import ZeroShotEvaluator, make_evaluator  # noqa: E402
 from supernet.multishot import EvolutionConfig, evolve  # noqa: E402
 from supernet.spaces import make_space  # noqa: E402
 
@@ -55,16 +63,20 @@ def _stats(values) -> dict:
             "max": round(float(v.max()), 4)}
 
 
-def _single(space, ev, cfg: EvolutionConfig, seeds: int, init=None) -> dict:
-    best, secs, evals = [], [], []
+def _single(space, ev, cfg: EvolutionConfig, seeds: int, init=None, guide=None) -> dict:
+    best, secs, evals, looked = [], [], [], []
     for s in range(seeds):
         t = time.perf_counter()
-        res = evolve(space, ev, EvolutionConfig(**{**cfg.to_dict(), "seed": s}), init=init)
+        res = evolve(space, ev, EvolutionConfig(**{**cfg.to_dict(), "seed": s}), init=init, guide=guide)
         secs.append(time.perf_counter() - t)
         best.append(res.best["objectives"][ACC])
         evals.append(sum(not r["cached"] for r in res.history))
-    return {"best_valid_acc": _stats(best), "per_seed": best, "distinct_archs_evaluated": _stats(evals),
-            "seconds_per_run": round(float(np.mean(secs)), 3)}
+        looked.append(res.state.get("guide_evals", 0))
+    out = {"best_valid_acc": _stats(best), "per_seed": best, "distinct_archs_evaluated": _stats(evals),
+           "seconds_per_run": round(float(np.mean(secs)), 3)}
+    if guide is not None:
+        out["guide_evals"] = _stats(looked)
+    return out
 
 
 def _multi(space, ev, cfg: EvolutionConfig, seeds: int, table: np.ndarray, true_front: set[str]) -> dict:
@@ -114,7 +126,14 @@ def main(argv=None) -> dict:
     p.add_argument("--latency-cap", type=float, default=5.0, help="ms, constrained REA of part (b)")
     p.add_argument("--warm-start", default=None, help="ranked architecture strings, best first")
     p.add_argument("--warm-queries", type=int, default=100)
+    p.add_argument("--guide-scores", default=None, help=".npz of zero-shot scores (zero_shot.evaluate --save)")
+    p.add_argument("--guide-score", default="synflow", help="the score in --guide-scores that guides")
+    p.add_argument("--guide-prob", type=float, default=0.75, help="probability of the guide's move (reference 0.75)")
+    p.add_argument("--parts", default="a,b,c,d", help="which parts to run")
     a = p.parse_args(argv)
+    parts = set(a.parts.split(","))
+    if parts - set("abcd"):
+        p.error(f"unknown --parts {sorted(parts - set('abcd'))}; valid: a, b, c, d")
     if a.warm_queries > 100:
         p.error("--warm-queries must be <= 100 (the warm-start protocol)")
 
@@ -132,7 +151,21 @@ def main(argv=None) -> dict:
                  "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "jax": jax.__version__,
                           "backend": jax.default_backend()}}
 
-    # (a) single objective
+    if "a" in parts:
+        _part_a(a, space, ev, out)
+    if "b" in parts:
+        _part_b(a, space, ev, out, table, true_front)
+    if "c" in parts:
+        _part_c(a, space, ev, out)
+    if "d" in parts:
+        _part_d(a, space, ev, out)
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    print(json.dumps(out, indent=1))
+    return out
+
+
+def _part_a(a, space, ev, out) -> None:
+    """Single objective: REA and random search."""
     rea = EvolutionConfig(algorithm="rea", objectives=(f"max:{ACC}",), population=a.population,
                           sample_size=a.sample_size, max_evals=a.queries)
     rnd = EvolutionConfig(algorithm="random", objectives=(f"max:{ACC}",), max_evals=a.queries)
@@ -143,7 +176,10 @@ def main(argv=None) -> dict:
     out["a_single_objective"]["rea_meets_published"] = (
         out["a_single_objective"]["rea"]["best_valid_acc"]["mean"] >= PUBLISHED["rea_valid"])
 
-    # (b) accuracy vs Pixel 3 latency
+
+
+def _part_b(a, space, ev, out, table, true_front) -> None:
+    """Accuracy vs Pixel 3 latency."""
     objectives = (f"max:{ACC}", f"min:{LAT}")
     nsga = EvolutionConfig(algorithm="nsga2", objectives=objectives, population=a.mo_population,
                            max_evals=a.mo_queries)
@@ -165,7 +201,10 @@ def main(argv=None) -> dict:
     out["b_accuracy_vs_latency"]["nsga2_meets_target"] = (
         out["b_accuracy_vs_latency"]["nsga2"]["hv_ratio"]["mean"] >= 0.98)
 
-    # (c) warm start from a ranking
+
+
+def _part_c(a, space, ev, out) -> None:
+    """Warm start from a ranking."""
     if a.warm_start:
         ranking = read_ranking(a.warm_start, space)
         init = ranking[: a.population]
@@ -179,9 +218,50 @@ def main(argv=None) -> dict:
     else:
         out["c_warm_start"] = {"skipped": "no --warm-start FILE given (ranked architecture strings, e.g. the "
                                           "top-k of a zero-shot rank ensemble)"}
-    out["seconds"] = round(time.perf_counter() - t0, 2)
-    print(json.dumps(out, indent=1))
-    return out
+
+
+def npz_scorer(path: str, name: str, space):
+    """`archs -> scores` looked up in a `zero_shot.evaluate --save` file (KeyError for a cell not in it)."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"--guide-scores {path} not found")
+    z = np.load(path)
+    if name not in z.files or "archs" not in z.files:
+        raise SystemExit(f"{path} has no 'archs' or no score {name!r}; it has {', '.join(z.files)}")
+    lookup = {space.encode(x): float(v) for x, v in zip(z["archs"], z[name])}
+
+    def score(archs: np.ndarray) -> np.ndarray:
+        try:
+            return np.asarray([lookup[space.encode(x)] for x in archs])
+        except KeyError as e:
+            raise KeyError(f"cell {e.args[0]} is not scored in {path}; score the whole space (--sample 0)") from None
+
+    order = np.argsort(-np.nan_to_num(z[name], nan=-np.inf), kind="stable")
+    return score, [space.encode(z["archs"][i]) for i in order], len(lookup)
+
+
+def _part_d(a, space, ev, out) -> None:
+    """Guided mutation (and the zero-cost warm-up) from a file of zero-shot scores."""
+    if not a.guide_scores:
+        out["d_guided_mutation"] = {"skipped": "no --guide-scores FILE.npz given (zero_shot.evaluate --save)"}
+        return
+    score, ranked, n = npz_scorer(a.guide_scores, a.guide_score, space)
+    guide = ZeroShotEvaluator(space, score, name=a.guide_score)
+    base = dict(algorithm="rea", objectives=(f"max:{ACC}",), population=a.population, sample_size=a.sample_size,
+                max_evals=a.warm_queries)
+    plain = EvolutionConfig(**base)
+    guided = EvolutionConfig(**base, guide=f"max:{a.guide_score}", guide_prob=a.guide_prob)
+    warmup = ranked[: a.population]
+    res = {"file": os.path.abspath(a.guide_scores), "score": a.guide_score, "scored_cells": n,
+           "guide_prob": a.guide_prob, "queries": a.warm_queries,
+           "warmup_init_best_valid_acc": float(ev(np.stack([space.decode(s) for s in warmup]))[ACC].max()),
+           "cold_guided": _single(space, ev, guided, a.seeds, guide=guide),
+           "warmup": _single(space, ev, plain, a.seeds, init=warmup),
+           "warmup_guided": _single(space, ev, guided, a.seeds, init=warmup, guide=guide)}
+    if a.warm_start:
+        init = read_ranking(a.warm_start, space)[: a.population]
+        res["warm_start_file"] = os.path.abspath(a.warm_start)
+        res["warm_guided"] = _single(space, ev, guided, a.seeds, init=init, guide=guide)
+    out["d_guided_mutation"] = res
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ class Context:
     ranking: list[str] = dataclasses.field(default_factory=list)
     #: The trained supernet of a `single_shot` stage of this run (for the `supernet` evaluator).
     supernet: Any = None
+    #: `(archs, {score name: raw scores})` of this run's `zero_shot` stage (reused as a reference).
+    zero_shot_scores: Any = None
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
     _data: Any = None
     _surrogate: Any = None
@@ -324,7 +326,7 @@ def run_pipeline(cfg: Any, wd: Workdir) -> dict[str, Any]:
     res["search_seconds"] = sum(o.get("search_seconds", 0.0) for o in outputs.values())
     res["accuracy"] = next((outputs[s][k] for s, k in (("retrain", "test_accuracy"), ("evolve", "accuracy"),
                                                        ("single_shot", "supernet_val_accuracy"))
-                            if s in outputs), None)
+                            if k in outputs.get(s, {})), None)  # a zero-shot-scored evolve has no accuracy
     res.update(hardware_costs(ctx, ctx.arch))
     res.update(table_lookup(ctx, ctx.arch))
     res["stages"] = {s: {k: v for k, v in o.items() if k not in ("probs", "mask", "ranking", "history")}

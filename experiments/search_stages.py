@@ -10,7 +10,8 @@
   (`table`: the config's lookup table, `supernet`: inherited weights of this run's single-shot
   supernet, `train`: a short training from scratch, `zero_shot`: the configured scores), the
   latency target as a constraint, the space pruned by an earlier `zero_shot`, and the population
-  warm-started from the ranking an earlier stage handed on. Every evaluation is logged to
+  warm-started from the ranking an earlier stage handed on; `evolve.guide = "zero_shot"` lets the
+  configured zero-shot scores pick the mutations (guided mutation, `supernet.multishot`). Every evaluation is logged to
   `metrics.jsonl`; the search state is saved to `stages/evolve.state.json` so a killed run resumes
   where it stopped and ends where an uninterrupted one ends.
 """
@@ -70,16 +71,47 @@ def _zero_shot_inputs(ctx: Context) -> tuple[list[str], Any, tuple[jax.Array, ja
     return names, net, batch, key
 
 
-def zero_shot_scorer(ctx: Context, inputs: tuple | None = None):
-    """`archs [N, D] -> scores [N]` (higher is better): the configured scores, rank-averaged.
-    `inputs`: `_zero_shot_inputs(ctx)` when the caller already has them."""
+def _raw_scorer(inputs: tuple):
+    """`archs [N, D] -> {score name: [N]}`, the configured scores on `_zero_shot_inputs`."""
     import zero_shot as Z
-    names, net, batch, key = inputs or _zero_shot_inputs(ctx)
+    names, net, batch, key = inputs
+
+    def raw(archs: np.ndarray) -> dict[str, np.ndarray]:
+        s = Z.score_archs(net, np.asarray(archs), batch, key, proxies=tuple(names))
+        return {k: np.asarray(v, float) for k, v in s.items()}
+
+    return raw
+
+
+def _sample_key(ctx: Context) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(ctx.cfg.seed), 11)
+
+
+def _distinct(archs: np.ndarray) -> np.ndarray:
+    return archs[np.sort(np.unique(archs, axis=0, return_index=True)[1])]  # in sampled order
+
+
+def zero_shot_scorer(ctx: Context, inputs: tuple | None = None):
+    """`archs [N, D] -> scores [N]` (higher is better) for evaluators (`evolve`): one configured score
+    as it is; several rank-averaged, each ranked among the scores of a fixed reference sample (the
+    `zero_shot.sample` cells that a `zero_shot` stage draws from the whole space), so that a cell's
+    value does not depend on the batch it is scored in (a batch of one would otherwise always rank
+    0). The reference is scored once per process, or taken from this run's `zero_shot` stage when it
+    scored the same cells. `inputs`: `_zero_shot_inputs(ctx)` when the caller already has them."""
+    import zero_shot as Z
+    inputs = inputs or _zero_shot_inputs(ctx)
+    names, raw = inputs[0], _raw_scorer(inputs)
+    reference: dict[str, np.ndarray] = {}
 
     def score(archs: np.ndarray) -> np.ndarray:
-        s = Z.score_archs(net, np.asarray(archs), batch, key, proxies=tuple(names))
-        s = {k: np.asarray(v, float) for k, v in s.items()}
-        return np.asarray(Z.rank_ensemble(s, names) if len(names) > 1 else s[names[0]], float)
+        s = raw(archs)
+        if len(names) == 1:
+            return s[names[0]]
+        if not reference:
+            ref = _distinct(np.asarray(ctx.space.sample(_sample_key(ctx), ctx.cfg.zero_shot.sample)))
+            done = ctx.zero_shot_scores
+            reference.update(done[1] if done is not None and np.array_equal(done[0], ref) else raw(ref))
+        return np.asarray(Z.rank_ensemble(s, names, reference=reference), float)
 
     return score
 
@@ -98,10 +130,13 @@ def stage_zero_shot(ctx: Context) -> dict[str, Any]:
         names, net, batch, key = inputs
         mask = prune_progressive(space, weight_scorer(net, batch, key, names), target_fraction=z.target_fraction,
                                  mask=ctx.mask, log=lambda r: ctx.wd.log({"stage": "zero_shot", **r}))
-    archs = np.asarray(space.sample(jax.random.fold_in(jax.random.key(ctx.cfg.seed), 11), z.sample,
-                                    mask=mask if z.method == "progressive" else ctx.mask))
-    archs = archs[np.sort(np.unique(archs, axis=0, return_index=True)[1])]  # distinct, in sampled order
-    scores = zero_shot_scorer(ctx, inputs)(archs)
+    archs = _distinct(np.asarray(space.sample(_sample_key(ctx), z.sample,
+                                              mask=mask if z.method == "progressive" else ctx.mask)))
+    import zero_shot as Z
+    raw = _raw_scorer(inputs)(archs)
+    ctx.zero_shot_scores = (archs, raw)
+    names = inputs[0]  # several scores: rank-averaged within the sample
+    scores = np.asarray(Z.rank_ensemble(raw, names) if len(names) > 1 else raw[names[0]], float)
     bad = np.isnan(scores) | np.isposinf(scores)  # -inf ranks last (a score's verdict on a dead cell)
     if bad.any():
         raise FloatingPointError(f"{int(bad.sum())} zero-shot scores are NaN/+inf")
@@ -167,13 +202,16 @@ def stage_evolve(ctx: Context) -> dict[str, Any]:
         else:
             constraints.append(f"{lat_name} <= {cost_config(cfg, space).target_ms!r}")
     evaluator = parts[0] if len(parts) == 1 else E.CompositeEvaluator(space, parts)
+    if ec.guide not in ("", "zero_shot"):
+        raise ConfigError(f"unknown evolve.guide {ec.guide!r}; valid: zero_shot, or '' for unguided mutation")
+    guide = E.ZeroShotEvaluator(space, zero_shot_scorer(ctx), name="guide") if ec.guide else None
     defaults = EvolutionConfig()
     try:
         ecfg = EvolutionConfig(algorithm=ec.algorithm, objectives=tuple(objectives), constraints=tuple(constraints),
                                population=ec.population or defaults.population,
                                sample_size=ec.sample_size or defaults.sample_size,
                                max_evals=ec.budget_evals or None, max_seconds=ec.budget_seconds or None,
-                               seed=cfg.seed)
+                               seed=cfg.seed, guide="max:guide" if guide else None, guide_prob=ec.guide_prob)
     except ValueError as e:
         raise ConfigError(f"evolve: {e}") from None
     if ecfg.max_evals is None and ecfg.max_seconds is None:
@@ -188,17 +226,17 @@ def stage_evolve(ctx: Context) -> dict[str, Any]:
     def log(rec: dict[str, Any]) -> None:
         if rec["index"] not in logged:
             ctx.wd.log({"stage": "evolve", "index": rec["index"], "arch": rec["arch"], "cached": rec["cached"],
-                        "violation": rec["violation"], **rec["objectives"]})
+                        "origin": rec["origin"], "violation": rec["violation"], **rec["objectives"]})
             logged.add(rec["index"])
         if search is not None and time.perf_counter() - last_save[0] > 2.0:  # resumable, cheaply
             write_json(state_path, search.state())
             last_save[0] = time.perf_counter()
 
     if state is not None:
-        search = Evolution.from_state(space, evaluator, state, ecfg, log=log)
+        search = Evolution.from_state(space, evaluator, state, ecfg, log=log, guide=guide)
     else:
         init = ctx.ranking[: ecfg.population] if ec.warm_start and ecfg.algorithm != "random" else []
-        search = Evolution(space, evaluator, ecfg, mask=ctx.mask, init=init, log=log)
+        search = Evolution(space, evaluator, ecfg, mask=ctx.mask, init=init, log=log, guide=guide)
     try:
         res = search.run()
     except InfeasibleError as e:
@@ -211,7 +249,7 @@ def stage_evolve(ctx: Context) -> dict[str, Any]:
     acc_key = "score" if ec.evaluator == "zero_shot" else "accuracy"
     out = {"arch": space.encode(ctx.arch), "search_seconds": search.seconds, acc_key: best["accuracy"],
            "evaluations": len(res.history), "distinct": len({r["arch"] for r in res.history}),
-           "warm_start": len(search.init), "front": [{"arch": r["arch"], **r["objectives"]} for r in res.front]}
+           "warm_start": len(search.init), "guide_evals": search.guide_evals, "front": [{"arch": r["arch"], **r["objectives"]} for r in res.front]}
     if target is not None:
         out["latency_objective"] = {lat_name: best[lat_name]}
     return out

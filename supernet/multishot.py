@@ -332,6 +332,11 @@ class Evolution:
         self._key = jax.random.key(cfg.seed)
         self._ops = _proposers(space, self.mask)
 
+    @property
+    def guide_evals(self) -> int:
+        """Distinct architectures the guide has scored (they are not queries)."""
+        return len(self._guide_cache)
+
     # ----------------------------------------------------------------- state
     def state(self) -> dict[str, Any]:
         """JSON-serialisable state: everything `from_state` needs to continue bit for bit."""
@@ -341,7 +346,7 @@ class Evolution:
                  "generation_start": self.generation_start, "seconds": self.seconds}
         if self.guide is not None:  # JSON has no infinities: the guide's -inf (its "worst") is stored as None
             state["guide_cache"] = {k: (None if np.isneginf(v) else v) for k, v in self._guide_cache.items()}
-            state["guide_evals"] = len(self._guide_cache)
+            state["guide_evals"] = self.guide_evals
         return state
 
     @classmethod

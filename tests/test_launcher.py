@@ -144,6 +144,30 @@ def test_evolve_stage_killed_and_resumed_ends_like_an_uninterrupted_run(tmp_path
     assert resumed["stages"]["evolve"]["front"] == full["stages"]["evolve"]["front"]
 
 
+def test_zero_shot_evaluator_and_guide_score_a_cell_alike_in_any_batch(tmp_path, data_dir, capsys):
+    """Several scores are rank-averaged against a fixed reference sample, so the children REA scores
+    one at a time get real values (ranked within a batch of one they all used to get 0), and the
+    zero-shot scores can guide the mutations."""
+    args = ["--config", f"{ABL}:smoke", "--config.stages=['zero_shot', 'evolve']",
+            "--config.zero_shot.proxies=('synflow', 'params')", "--config.evolve.evaluator=zero_shot",
+            "--config.evolve.guide=zero_shot", "--config.evolve.budget_evals=20", "--workdir", str(tmp_path / "guided")]
+    res = main(args)
+    recs = [r for r in map(json.loads, open(tmp_path / "guided" / "metrics.jsonl")) if r.get("stage") == "evolve"]
+    assert len(recs) == 20 and res["stages"]["evolve"]["guide_evals"] >= 20
+    children = [r for r in recs if r["index"] >= 10]
+    assert {r["origin"] for r in children} <= {"mutation", "mutation+guide"}
+    assert sum(r["origin"] == "mutation+guide" for r in children) >= 4  # guide_prob 0.75 of 10
+    values = {}
+    for r in recs:  # a cell's value is the same whenever (and in whichever batch) it is scored
+        assert values.setdefault(r["arch"], r["accuracy"]) == r["accuracy"]
+    scores = [r["accuracy"] for r in children]  # the objective's name; results.json calls it "score"
+    assert res["stages"]["evolve"]["score"] == max(values.values()) and res["accuracy"] is None
+    assert len(set(scores)) > 3 and max(scores) > 0.5 and all(0 <= v <= 1 for v in scores)
+    with pytest.raises(SystemExit):
+        main(args[:-2] + ["--config.evolve.guide=synflow", "--workdir", str(tmp_path / "bad")])
+    assert "unknown evolve.guide 'synflow'; valid: zero_shot" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("method", ["marginal", "progressive"])
 def test_zero_shot_stage_prunes_to_the_target_by_either_method(tmp_path, data_dir, method, capsys):
     import numpy as np

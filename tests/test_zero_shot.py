@@ -84,15 +84,23 @@ def test_heavy_scores_of_one_hot_supernet_equal_the_derived_subnet(supernet, bat
 
 def test_many_architectures_in_one_compile(supernet, batch, subnet_scores):
     """`ArchScorer` maps over architectures in one compiled function: it reproduces the one-at-a-
-    time score of the derived subnet, and new architectures (same count) never retrace."""
+    time score of the derived subnet, and new architectures never retrace: a call of N cells runs in
+    pieces of 4^k cells, so 3 cells compile the piece of 1 only, and 4 or 5 cells add the piece of 4."""
     names = ("naswot", "synflow", "jacob_cov")
     scorer = Z.ArchScorer(supernet, names)
     archs = np.concatenate([ARCH[None], np.asarray(SPACE.sample(jax.random.key(3), 2))])
     got = scorer(supernet, archs, batch, jax.random.key(2))
     _compare({n: got[n][0] for n in names}, subnet_scores, names)
-    other = scorer(supernet, np.asarray(SPACE.sample(jax.random.key(4), 3)), batch, jax.random.key(2))
+    more = np.asarray(SPACE.sample(jax.random.key(4), 3))
+    other = scorer(supernet, more, batch, jax.random.key(2))
     assert scorer.traces == 1
     assert not np.allclose(other["naswot"], got["naswot"])
+    five = np.concatenate([archs, more[:2]])
+    got5 = scorer(supernet, five, batch, jax.random.key(2))
+    assert scorer.traces == 2 and Z.batch._pieces(5) == [4, 1] and Z.batch._pieces(24) == [16, 4, 4]
+    for n in names:  # the piece an architecture lands in does not change its score
+        np.testing.assert_allclose(got5[n][:3], got[n], rtol=1e-5)
+        np.testing.assert_allclose(got5[n][3:], other[n][:2], rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -297,6 +305,23 @@ def test_rank_ensemble_averages_ranks():
     assert w["a"] == 1.0
     with pytest.raises(KeyError, match="available: a, b, c"):
         Z.rank_ensemble(s, ["a", "zzz"])
+
+
+def test_rank_ensemble_against_a_reference_does_not_depend_on_the_batch():
+    rng = np.random.default_rng(0)
+    ref = {"a": rng.normal(size=50), "b": rng.normal(size=50)}
+    x = {"a": rng.normal(size=7), "b": rng.normal(size=7)}
+    whole = Z.rank_ensemble(x, ["a", "b"], reference=ref)
+    one_by_one = [Z.rank_ensemble({k: v[i:i + 1] for k, v in x.items()}, ["a", "b"], reference=ref)[0]
+                  for i in range(7)]
+    np.testing.assert_allclose(whole, one_by_one)  # a batch of one is no longer always rank 0
+    # by hand, among [0, 1, 1, 2]: 1.5 is above three -> 3/4; 1.0 is above one and ties two -> (1 + 2/2)/4
+    np.testing.assert_allclose(Z.ranks([1.5, 1.0, -5.0, 9.0, np.nan], reference=[0, 1, 1, 2]),
+                               [0.75, 0.5, 0.0, 1.0, 0.0])
+    # ranked against itself, the order is that of the plain ranks
+    assert np.array_equal(np.argsort(Z.ranks(ref["a"], reference=ref["a"])), np.argsort(Z.ranks(ref["a"])))
+    with pytest.raises(KeyError, match="no reference scores for \\['b'\\]"):
+        Z.rank_ensemble(x, ["a", "b"], reference={"a": ref["a"]})
 
 
 def test_torch_init_draws_pytorch_default_bounds_and_keeps_the_subnet_invariance(supernet, batch):

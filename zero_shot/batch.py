@@ -10,7 +10,10 @@ switch are matrix products (`supernet.nested_conv`: XLA:CPU's own are 8-20x slow
 conditional, which made snip 5x slower per cell). All architectures see the same weights, the same
 batch and the same key (per score `fold_in(key, crc32(name))`, per repeat `fold_in(., r)`), so
 their scores are comparable. Scores of one architecture share work (one loss backward for snip,
-grad_norm, fisher and grasp).
+grad_norm, fisher and grasp). The compiled function's input length is one of a few sizes (`PIECES`):
+N architectures are scored in pieces of 4^k (the largest that fits first), so calls of any length,
+e.g. evolution's batches of 1 to 24 neighbours, reuse at most five compilations instead of one per
+distinct N.
 
 `score(model, (x, y), key, ...)` scores one network: a supernet with `arch`, or a derived subnet.
 
@@ -36,6 +39,19 @@ from supernet.model import Supernet
 from supernet.space import SearchSpace
 from zero_shot.network import Batch, Network, network_of
 from zero_shot.registry import PROXIES
+
+#: Piece sizes of a scoring call (largest first): every N is a sum of them, so at most this many compiles.
+PIECES = (256, 64, 16, 4, 1)
+
+
+def _pieces(n: int) -> list[int]:
+    """Greedy split of `n` into `PIECES` sizes (e.g. 24 -> [16, 4, 4])."""
+    out = []
+    for p in PIECES:
+        k, n = divmod(n, p)
+        out += [p] * k
+    return out
+
 
 #: The scores computed when none are named.
 DEFAULT_PROXIES = ("naswot", "synflow", "jacob_cov", "snip", "grad_norm", "fisher", "grasp", "ntk",
@@ -101,7 +117,7 @@ class ArchScorer:
     """A compiled scorer of integer architectures of one supernet (see module docstring).
 
     Attributes:
-      traces: how many times the scoring function was traced (1 per distinct input shape).
+      traces: how many times the scoring function was traced (1 per piece size used, see `PIECES`).
     """
 
     def __init__(self, net: Supernet, proxies: Sequence[str] = DEFAULT_PROXIES, *, chunk: int = 1,
@@ -128,7 +144,7 @@ class ArchScorer:
                           t.supports_taps, t.family)
             return _score_all(net, self.names, x, y, key, self.batch_sizes, self.repeats)
 
-        return jax.lax.map(one, archs, batch_size=None if self.chunk == 1 else self.chunk)
+        return jax.lax.map(one, archs, batch_size=None if self.chunk == 1 else min(self.chunk, archs.shape[0]))
 
     def __call__(self, net: Supernet, archs: Any, batch: Batch, key: jax.Array) -> dict[str, np.ndarray]:
         a = check_archs(self.space, archs)
@@ -137,8 +153,11 @@ class ArchScorer:
         graphdef, state = nnx.split(_train_clone(net))
         if graphdef != self.graphdef:
             raise ValueError("this scorer was built for another network structure; build a new ArchScorer")
-        out = self._fn(state, jnp.asarray(a), x, y, key)
-        return {k: np.asarray(v) for k, v in out.items()}
+        outs, i = [], 0
+        for n in _pieces(len(a)):
+            outs.append(self._fn(state, jnp.asarray(a[i:i + n]), x, y, key))
+            i += n
+        return {k: np.concatenate([np.asarray(o[k]) for o in outs]) for k in outs[0]}
 
 
 def _train_clone(net: nnx.Module) -> nnx.Module:

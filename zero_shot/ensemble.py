@@ -20,12 +20,23 @@ import numpy as np
 from scipy import optimize, stats
 
 
-def ranks(values: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Ranks scaled to [0, 1] (ties share their average rank; NaN ranks as the worst)."""
+def ranks(values: Sequence[float] | np.ndarray, reference: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+    """Ranks scaled to [0, 1] (ties share their average rank; NaN ranks as the worst).
+
+    With `reference`, each value is placed among the reference values instead of among the others:
+    its mid-rank percentile `(#{ref < v} + #{ref == v} / 2) / #ref`. A value's rank then does not
+    depend on what else is in the batch, which is what an evaluator scoring one architecture at a
+    time (evolution) needs; `ranks(x, reference=x)` orders `x` as `ranks(x)` does.
+    """
     v = np.asarray(values, np.float64).reshape(-1)
     if v.size == 0:
         raise ValueError("cannot rank an empty score array")
     v = np.where(np.isnan(v), -np.inf, v)
+    if reference is not None:
+        ref = np.sort(np.where(np.isnan(r := np.asarray(reference, np.float64).reshape(-1)), -np.inf, r))
+        if ref.size == 0:
+            raise ValueError("cannot rank against an empty reference")
+        return (np.searchsorted(ref, v, "left") + np.searchsorted(ref, v, "right")) / (2.0 * ref.size)
     r = stats.rankdata(v, method="average") - 1.0
     return r / max(v.size - 1, 1)
 
@@ -69,13 +80,17 @@ def _weights(names: list[str], weights: Mapping[str, float] | Sequence[float] | 
 
 
 def rank_ensemble(scores: Mapping[str, Sequence[float] | np.ndarray], names: Sequence[str] | None = None,
-                  weights: Mapping[str, float] | Sequence[float] | None = None) -> np.ndarray:
+                  weights: Mapping[str, float] | Sequence[float] | None = None,
+                  reference: Mapping[str, Sequence[float] | np.ndarray] | None = None) -> np.ndarray:
     """The weighted average of each score's [0, 1] rank (higher is better), `[N]`.
 
     Args:
       scores: `{name: [N] scores}`, each higher-is-better (as `PROXIES` returns them).
       names: the scores to combine (default: all, or those with a weight).
       weights: non-negative weights, by name or in the order of `names` (default: equal).
+      reference: `{name: [M] scores}` of a fixed reference sample: rank each score among these
+        (`ranks(..., reference=)`) rather than within this batch, so that an architecture's value
+        is the same whichever batch it comes in.
 
     Raises:
       KeyError: a name or weight for a score that is not in `scores` (lists the available ones).
@@ -85,7 +100,11 @@ def rank_ensemble(scores: Mapping[str, Sequence[float] | np.ndarray], names: Seq
         names = list(weights)
     names = _select(scores, names)
     w = _weights(names, weights)
-    r = np.stack([ranks(scores[n]) for n in names])
+    if reference is not None:
+        missing = [n for n in names if n not in reference]
+        if missing:
+            raise KeyError(f"no reference scores for {missing}; the reference has {', '.join(sorted(reference))}")
+    r = np.stack([ranks(scores[n], None if reference is None else reference[n]) for n in names])
     return w @ r
 
 

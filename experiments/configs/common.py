@@ -77,6 +77,10 @@ def base() -> ml_collections.ConfigDict:
     # resume (`Workdir.open(defaults=...)`).
     e.supernet_bn = "running"  # evaluator "supernet": "running" BN statistics or per-"batch" ones
     e.eval_batches = 4  # evaluators "supernet"/"train": held-out batches per candidate
+    # guided mutation (Abdelfattah et al. 2021's zero-cost move proposal): "zero_shot" = the zero_shot
+    # scores pick the best neighbour with probability guide_prob (0.75 in their code); "" = unguided
+    e.guide = ""
+    e.guide_prob = 0.75
 
     r = c.retrain = ml_collections.ConfigDict()
     r.epochs = 30
