@@ -21,7 +21,9 @@ progressive removal on the supernet under the uniform distribution over the allo
 step's candidates by the sum of the scores' ranks, as TE-NAS does). `prune_oracle` gives the best
 survival any per-decision mask of that size can reach (`best_covering_mask` on the true top cells):
 the ceiling to read the scores' survival against. `--save FILE.npz` keeps the raw scores (for
-ensembles fitted on one split and reported on another).
+ensembles fitted on one split and reported on another, or a guide of `supernet.multishot`). Long
+runs (`--sample 0` scores all cells) show progress on stderr and, with `--save`, checkpoint every
+`--block` cells to `FILE.partial.npz`: rerunning the same command after a kill resumes there.
 
 This is a command-line entry point (the issue's interface); the library functions it calls do no I/O.
 """
@@ -70,6 +72,49 @@ def _kwargs(text: str) -> dict:
     return out
 
 
+def _score_resumably(args, names, net, archs, batch, key) -> tuple[dict, dict]:
+    """Scores `archs` with each score in blocks of `--block` cells, with a progress bar on stderr.
+
+    With `--save FILE`, `FILE.partial.npz` is rewritten (atomically) after every block: a killed run
+    rerun with the same command continues where it stopped. The partial file records the command's
+    arguments that decide the scores and the sampled cells; a different command refuses it.
+    Returns `({name: scores}, {name: seconds spent scoring, over all sessions})`."""
+    import zero_shot as Z
+    from tqdm import tqdm
+    part = f"{args.save}.partial.npz" if args.save else ""
+    sig = json.dumps({k: getattr(args, k) for k in ("space", "space_kwargs", "truth", "column", "arch_column",
+                                                   "sample", "seed", "no_unreachable", "batch_size", "init",
+                                                   "synthetic", "chunk", "data_dir")}, sort_keys=True)
+    done: dict[str, np.ndarray] = {}
+    seconds = {n: 0.0 for n in names}
+    if part and os.path.exists(part):
+        z = np.load(part)
+        if str(z["signature"]) != sig or not np.array_equal(z["archs"], archs):
+            raise SystemExit(f"error: {part} was written by a different command ({z['signature']}); rerun that "
+                             "command to finish it, or delete the file")
+        done = {n: z[f"score_{n}"] for n in names if f"score_{n}" in z.files}
+        seconds.update({n: float(z[f"seconds_{n}"]) for n in done})
+    kw = {"chunk": args.chunk} if args.chunk else {}
+    for name in names:
+        got = list(done.get(name, []))
+        bar = tqdm(total=len(archs), initial=len(got), desc=name, file=sys.stderr,
+                   disable=args.json and not sys.stderr.isatty())
+        for i in range(len(got), len(archs), args.block):
+            t0 = time.perf_counter()
+            got += list(np.asarray(Z.score_archs(net, archs[i:i + args.block], batch, key, proxies=(name,), **kw)[name]))
+            seconds[name] += time.perf_counter() - t0
+            done[name] = np.asarray(got, np.float32)
+            bar.update(len(got) - bar.n)
+            if part:
+                tmp = f"{part}.tmp.npz"
+                np.savez(tmp, signature=sig, archs=archs, **{f"score_{k}": v for k, v in done.items()},
+                         **{f"seconds_{k}": seconds[k] for k in done})
+                os.replace(tmp, part)
+        bar.close()
+        done[name] = np.asarray(got, np.float32)
+    return {n: done[n] for n in names}, seconds
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--space", default="nb201")
@@ -95,7 +140,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--prune-method", default="marginal", choices=("marginal", "progressive"),
                    help="marginal: from the scored sample; progressive: remove the least harmful choice "
                    "one at a time, scoring the supernet (no sample needed; slower)")
-    p.add_argument("--save", default="", help="write the sampled archs and their scores to this .npz")
+    p.add_argument("--save", default="", help="write the sampled archs and their scores to this .npz; until "
+                   "the run ends, FILE.partial.npz holds the scores so far and the same command resumes from it")
+    p.add_argument("--block", type=int, default=256, help="cells scored between progress updates and checkpoints")
     p.add_argument("--ranking", default="", help="write the sample's architecture strings, best first by "
                    "the last listed score (e.g. ensemble), to this text file (warm starts of evolution)")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
@@ -124,8 +171,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for path in (args.ranking, args.save):
             if path and os.path.exists(path):
                 raise ValueError(f"{path} exists; choose a new file (results are never overwritten)")
-        if args.sample < 0 or args.batch_size < 1:
-            raise ValueError("--sample must be >= 0 and --batch-size >= 1")
+        if args.sample < 0 or args.batch_size < 1 or args.block < 1:
+            raise ValueError("--sample must be >= 0, --batch-size and --block >= 1")
         space = make_space(args.space, **_kwargs(args.space_kwargs))
         strings, truth = _read_truth(args.truth, args.column, args.arch_column)
         all_archs = np.stack([space.decode(s) for s in strings])
@@ -155,13 +202,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
         p.exit(2, f"error: {e.args[0] if e.args else e}\n")
 
-    scores, seconds = {}, {}
-    it = base if args.json else __import__("tqdm").tqdm(base, desc="scores")
-    for name in it:
-        t0 = time.perf_counter()
-        kw = {"chunk": args.chunk} if args.chunk else {}
-        scores[name] = np.asarray(Z.score_archs(net, all_archs[idx], (x, y), key, proxies=(name,), **kw)[name])
-        seconds[name] = (time.perf_counter() - t0) / n
+    scores, seconds = _score_resumably(args, base, net, all_archs[idx], (x, y), key)
+    seconds = {k: v / n for k, v in seconds.items()}
     if "ensemble" in names:
         scores["ensemble"] = np.asarray(Z.rank_ensemble({k: scores[k] for k in base}, base))
         seconds["ensemble"] = sum(seconds[k] for k in base)
@@ -212,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         out["proxies"][name] = rec
     if args.save:
         np.savez(args.save, archs=all_archs[idx], truth=truth[idx], **scores)
+        if os.path.exists(f"{args.save}.partial.npz"):
+            os.remove(f"{args.save}.partial.npz")
     if args.ranking:
         order = np.argsort(-np.nan_to_num(scores[names[-1]], nan=-np.inf), kind="stable")
         with open(args.ranking, "x") as f:  # never overwrite earlier results
