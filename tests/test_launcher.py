@@ -23,6 +23,11 @@ def test_overrides_are_typed_and_typos_list_the_valid_keys():
         load_config(CFG, ["--config.seed=abc"])
     with pytest.raises(ConfigError, match="not found"):
         load_config("experiments/configs/nope.py")
+    with pytest.raises(ConfigError, match=r"unknown config argument\(s\) \['quikc'\]; valid: .*quick.*smoke"):
+        load_config(f"{CFG}:quikc")
+    for spec in ("experiments/configs/nb201/ablation.py:quick,guided", "experiments/configs/mobile/npu.py:baseline"):
+        load_config(spec)  # every documented argument is accepted
+    assert load_config("experiments/configs/nb201/ablation.py:smoke,guided").evolve.guide == "zero_shot"
 
 
 def test_stage_names_and_orders_are_checked_before_any_work():

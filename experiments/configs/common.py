@@ -5,7 +5,21 @@ Every key here can be overridden from the command line (`--config.single_shot.ep
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import ml_collections
+
+from experiments.config import ConfigError
+
+
+def config_args(arg: str | None, valid: Sequence[str], default: str = "") -> list[str]:
+    """The comma-separated words of `path.py:arg`; an unknown word (a typo such as `quikc`) is an
+    error listing the valid ones, before any work."""
+    args = [a for a in (arg or default).split(",") if a]
+    bad = [a for a in args if a not in valid]
+    if bad:
+        raise ConfigError(f"unknown config argument(s) {bad}; valid: {', '.join(valid)}")
+    return args
 
 
 def base() -> ml_collections.ConfigDict:

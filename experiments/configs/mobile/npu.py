@@ -11,13 +11,13 @@ latency at <= 1 point accuracy loss). Results: accuracy, analytic and surrogate 
 and peak-activation bytes in `results.json`.
 """
 
-from experiments.configs.common import base, smoke
+from experiments.configs.common import base, config_args, smoke
 
 
 
 
 def get_config(arg: str | None = None):
-    args = [a for a in (arg or "search").split(",") if a]
+    args = config_args(arg, ("search", "baseline", "smoke"), default="search")
     c = base()
     c.space.name = "mobile-curated"
     c.space.kwargs = {"parallelism": 16}

@@ -4,7 +4,8 @@ single-shot (supernet) and multishot (evolution), with and without a pixel3 late
 Commands:
     python -m experiments.sweep --config experiments/configs/nb201/ablation.py --workdir workdirs/ablation
     python -m experiments.report workdirs/ablation --out docs/ablation --group-by stages,cost.form --latency pixel3_latency_ms
-`:quick` is the CPU scale (a narrow 1-cell-per-stage supernet trained for 4 x 25 steps on 4,000
+Arguments (comma-separated): `quick`, `smoke`, `discrete` (latency of the argmax cell), `guided`
+(zero-shot scores guide the mutations of `evolve`). `:quick` is the CPU scale (a narrow 1-cell-per-stage supernet trained for 4 x 25 steps on 4,000
 CIFAR-10 images, 50 cells scored zero-shot on 16 images, evolution over the benchmark table): about an hour on a
 2-core CPU for all 70 runs. `:smoke` runs in minutes (synthetic data, 2 seeds).
 The full protocol (default) uses the benchmark's network for the supernet (50 epochs) and
@@ -22,7 +23,7 @@ found cell's table accuracy and measured pixel3 latency.
 
 import itertools
 
-from experiments.configs.common import base, smoke
+from experiments.configs.common import base, config_args, smoke
 
 COMBOS = {
     "zero": ["zero_shot"],
@@ -39,7 +40,7 @@ NO_LATENCY = {"cost.form": "none"}
 
 
 def get_config(arg: str | None = None):
-    args = [a for a in (arg or "").split(",") if a]
+    args = config_args(arg, ("quick", "smoke", "discrete", "guided"))
     c = base()
     c.space.name = "nb201"
     c.stages = ["zero_shot", "single_shot", "evolve"]
@@ -67,6 +68,8 @@ def get_config(arg: str | None = None):
         c.space.kwargs = {"channels": 8, "cells_per_stage": 1}
     if "discrete" in args:  # the latency of the argmax cell (straight-through), see supernet.objectives
         c.cost.discrete = True
+    if "guided" in args:  # the zero-shot scores guide evolution's mutations (supernet.multishot)
+        c.evolve.guide = "zero_shot"
     if "smoke" in args:
         smoke(c)
         c.space.kwargs = {"channels": 4, "cells_per_stage": 1}

@@ -13,7 +13,7 @@ Reproduces (issue 3): mean `cifar10_valid_acc` of the found cells over seeds; pu
 this column: DARTS 39.77, GDAS 89.89, DrNAS 91.55, best 91.57.
 """
 
-from experiments.configs.common import base, smoke
+from experiments.configs.common import base, config_args, smoke
 
 VARIANTS = {
     "darts": dict(relaxation="softmax"),
@@ -24,7 +24,7 @@ VARIANTS = {
 
 
 def get_config(arg: str | None = None):
-    args = [a for a in (arg or "drnas").split(",") if a]
+    args = config_args(arg, (*VARIANTS, "pixel3", "quick", "zero", "smoke"), default="drnas")
     c = base()
     c.space.name = "nb201"
     c.stages = ["single_shot"]
