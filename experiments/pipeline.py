@@ -60,7 +60,8 @@ class Context:
     ranking: list[str] = dataclasses.field(default_factory=list)
     #: The trained supernet of a `single_shot` stage of this run (for the `supernet` evaluator).
     supernet: Any = None
-    #: `(archs, {score name: raw scores})` of this run's `zero_shot` stage (reused as a reference).
+    #: `(archs, {score name: raw scores})` of this run's `zero_shot` stage or of the reference sample
+    #: of `search_stages.zero_shot_scorer` (shared, not scored twice).
     zero_shot_scores: Any = None
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
     _data: Any = None

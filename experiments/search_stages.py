@@ -96,8 +96,8 @@ def zero_shot_scorer(ctx: Context, inputs: tuple | None = None):
     as it is; several rank-averaged, each ranked among the scores of a fixed reference sample (the
     `zero_shot.sample` cells that a `zero_shot` stage draws from the whole space), so that a cell's
     value does not depend on the batch it is scored in (a batch of one would otherwise always rank
-    0). The reference is scored once per process, or taken from this run's `zero_shot` stage when it
-    scored the same cells. `inputs`: `_zero_shot_inputs(ctx)` when the caller already has them."""
+    0). The reference is scored once per process (shared by the evaluator and the guide), or taken
+    from this run's `zero_shot` stage when it scored the same cells. `inputs`: `_zero_shot_inputs(ctx)` when the caller already has them."""
     import zero_shot as Z
     inputs = inputs or _zero_shot_inputs(ctx)
     names, raw = inputs[0], _raw_scorer(inputs)
@@ -110,7 +110,9 @@ def zero_shot_scorer(ctx: Context, inputs: tuple | None = None):
         if not reference:
             ref = _distinct(np.asarray(ctx.space.sample(_sample_key(ctx), ctx.cfg.zero_shot.sample)))
             done = ctx.zero_shot_scores
-            reference.update(done[1] if done is not None and np.array_equal(done[0], ref) else raw(ref))
+            if done is None or not np.array_equal(done[0], ref):
+                done = ctx.zero_shot_scores = (ref, raw(ref))  # shared with the run's other scorers
+            reference.update(done[1])
         return np.asarray(Z.rank_ensemble(s, names, reference=reference), float)
 
     return score
