@@ -154,7 +154,7 @@ def test_zero_shot_evaluator_and_guide_score_a_cell_alike_in_any_batch(tmp_path,
     one at a time get real values (ranked within a batch of one they all used to get 0), and the
     zero-shot scores can guide the mutations."""
     args = ["--config", f"{ABL}:smoke", "--config.stages=['zero_shot', 'evolve']",
-            "--config.zero_shot.proxies=('synflow', 'params')", "--config.evolve.evaluator=zero_shot",
+            "--config.zero_shot.proxies=('params', 'flops')", "--config.evolve.evaluator=zero_shot",
             "--config.evolve.guide=zero_shot", "--config.evolve.budget_evals=20", "--workdir", str(tmp_path / "guided")]
     res = main(args)
     recs = [r for r in map(json.loads, open(tmp_path / "guided" / "metrics.jsonl")) if r.get("stage") == "evolve"]

@@ -412,14 +412,14 @@ def test_evaluate_cli_killed_and_rerun_resumes_from_its_partial_file(tmp_path, m
     archs = SPACE.sample(jax.random.key(6), 10)
     truth = tmp_path / "truth.csv"
     truth.write_text("arch_str,acc\n" + "".join(f"{SPACE.encode(a)},{i}\n" for i, a in enumerate(archs)))
-    args = ["--truth", str(truth), "--column", "acc", "--sample", "0", "--proxies", "synflow,params", "--batch-size",
+    args = ["--truth", str(truth), "--column", "acc", "--sample", "0", "--proxies", "params,flops", "--batch-size",
             "8", "--synthetic", "--json", "--space-kwargs", "channels=4,cells_per_stage=1", "--block", "4"]
     full = evaluate.main(args + ["--save", str(tmp_path / "full.npz")])
     real, calls = Z.score_archs, []
 
     def dies(*a, **k):
         calls.append(len(a[1]))
-        if len(calls) == 5:  # synflow's three blocks (4, 4, 2) and params' first are done
+        if len(calls) == 5:  # params' three blocks (4, 4, 2) and flops' first are done
             raise KeyboardInterrupt
         return real(*a, **k)
 
@@ -428,12 +428,12 @@ def test_evaluate_cli_killed_and_rerun_resumes_from_its_partial_file(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         evaluate.main(args + ["--save", str(tmp_path / "cut.npz")])
     z = np.load(part)
-    assert len(z["score_synflow"]) == 10 and len(z["score_params"]) == 4
+    assert len(z["score_params"]) == 10 and len(z["score_flops"]) == 4
     with pytest.raises(SystemExit, match="different command"):  # another seed may not finish it
         evaluate.main(args + ["--seed", "1", "--save", str(tmp_path / "cut.npz")])
     calls.clear()
     again = evaluate.main(args + ["--save", str(tmp_path / "cut.npz")])
-    assert calls == [4, 2]  # only params' last six cells were scored
+    assert calls == [4, 2]  # only flops' last six cells were scored
     assert not part.exists()
     strip = lambda o: {k: {n: {m: v for m, v in r.items() if m != "seconds_per_arch"} for n, r in o[k].items()}
                        if k == "proxies" else o[k] for k in o}
