@@ -48,7 +48,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from supernet import pareto  # noqa: E402
-from supernet.evaluators import ZeroShotEvaluator, make_evaluator  # noqa: E402
+from supernet.evaluators import ZeroShotEvaluator, arch_codes, make_evaluator  # noqa: E402
 from supernet.multishot import EvolutionConfig, evolve  # noqa: E402
 from supernet.spaces import make_space  # noqa: E402
 
@@ -177,7 +177,6 @@ def _part_a(a, space, ev, out) -> None:
         out["a_single_objective"]["rea"]["best_valid_acc"]["mean"] >= PUBLISHED["rea_valid"])
 
 
-
 def _part_b(a, space, ev, out, table, true_front) -> None:
     """Accuracy vs Pixel 3 latency."""
     objectives = (f"max:{ACC}", f"min:{LAT}")
@@ -200,7 +199,6 @@ def _part_b(a, space, ev, out, table, true_front) -> None:
                             "table_best_feasible_valid_acc": cap_best, **_single(space, ev, cons, a.seeds)}}
     out["b_accuracy_vs_latency"]["nsga2_meets_target"] = (
         out["b_accuracy_vs_latency"]["nsga2"]["hv_ratio"]["mean"] >= 0.98)
-
 
 
 def _part_c(a, space, ev, out) -> None:
@@ -227,16 +225,20 @@ def npz_scorer(path: str, name: str, space):
     z = np.load(path)
     if name not in z.files or "archs" not in z.files:
         raise SystemExit(f"{path} has no 'archs' or no score {name!r}; it has {', '.join(z.files)}")
-    lookup = {space.encode(x): float(v) for x, v in zip(z["archs"], z[name])}
+    values = np.full(space.size, np.nan)  # dense by arch_codes, as TableEvaluator indexes its rows
+    values[arch_codes(space, z["archs"])] = z[name]
+    known = np.zeros(space.size, bool)
+    known[arch_codes(space, z["archs"])] = True
 
     def score(archs: np.ndarray) -> np.ndarray:
-        try:
-            return np.asarray([lookup[space.encode(x)] for x in archs])
-        except KeyError as e:
-            raise KeyError(f"cell {e.args[0]} is not scored in {path}; score the whole space (--sample 0)") from None
+        codes = arch_codes(space, archs)
+        if not known[codes].all():
+            missing = space.encode(archs[np.flatnonzero(~known[codes])[0]])
+            raise KeyError(f"cell {missing} is not scored in {path}; score the whole space (--sample 0)")
+        return values[codes]
 
     order = np.argsort(-np.nan_to_num(z[name], nan=-np.inf), kind="stable")
-    return score, [space.encode(z["archs"][i]) for i in order], len(lookup)
+    return score, [space.encode(z["archs"][i]) for i in order], int(known.sum())
 
 
 def _part_d(a, space, ev, out) -> None:

@@ -11,8 +11,8 @@
   supernet, `train`: a short training from scratch, `zero_shot`: the configured scores), the
   latency target as a constraint, the space pruned by an earlier `zero_shot`, and the population
   warm-started from the ranking an earlier stage handed on; `evolve.guide = "zero_shot"` lets the
-  configured zero-shot scores pick the mutations (guided mutation, `supernet.multishot`). Every evaluation is logged to
-  `metrics.jsonl`; the search state is saved to `stages/evolve.state.json` so a killed run resumes
+  configured zero-shot scores pick the mutations (guided mutation, `supernet.multishot`). Every
+  evaluation is logged to `metrics.jsonl`; the search state is saved to `stages/evolve.state.json` so a killed run resumes
   where it stopped and ends where an uninterrupted one ends.
 """
 
@@ -83,6 +83,14 @@ def _raw_scorer(inputs: tuple):
     return raw
 
 
+def _combine(raw: dict[str, np.ndarray], names: list[str], reference: dict | None = None) -> np.ndarray:
+    """One score as it is; several rank-averaged (within `raw`, or against `reference`)."""
+    import zero_shot as Z
+    if len(names) == 1:
+        return raw[names[0]]
+    return np.asarray(Z.rank_ensemble(raw, names, reference=reference), float)
+
+
 def _sample_key(ctx: Context) -> jax.Array:
     return jax.random.fold_in(jax.random.key(ctx.cfg.seed), 11)
 
@@ -97,23 +105,21 @@ def zero_shot_scorer(ctx: Context, inputs: tuple | None = None):
     `zero_shot.sample` cells that a `zero_shot` stage draws from the whole space), so that a cell's
     value does not depend on the batch it is scored in (a batch of one would otherwise always rank
     0). The reference is scored once per process (shared by the evaluator and the guide), or taken
-    from this run's `zero_shot` stage when it scored the same cells. `inputs`: `_zero_shot_inputs(ctx)` when the caller already has them."""
-    import zero_shot as Z
+    from this run's `zero_shot` stage when it scored the same cells. `inputs`: `_zero_shot_inputs(ctx)`
+    when the caller already has them."""
     inputs = inputs or _zero_shot_inputs(ctx)
     names, raw = inputs[0], _raw_scorer(inputs)
     reference: dict[str, np.ndarray] = {}
 
     def score(archs: np.ndarray) -> np.ndarray:
         s = raw(archs)
-        if len(names) == 1:
-            return s[names[0]]
-        if not reference:
+        if len(names) > 1 and not reference:
             ref = _distinct(np.asarray(ctx.space.sample(_sample_key(ctx), ctx.cfg.zero_shot.sample)))
             done = ctx.zero_shot_scores
             if done is None or not np.array_equal(done[0], ref):
                 done = ctx.zero_shot_scores = (ref, raw(ref))  # shared with the run's other scorers
             reference.update(done[1])
-        return np.asarray(Z.rank_ensemble(s, names, reference=reference), float)
+        return _combine(s, names, reference)
 
     return score
 
@@ -134,11 +140,9 @@ def stage_zero_shot(ctx: Context) -> dict[str, Any]:
                                  mask=ctx.mask, log=lambda r: ctx.wd.log({"stage": "zero_shot", **r}))
     archs = _distinct(np.asarray(space.sample(_sample_key(ctx), z.sample,
                                               mask=mask if z.method == "progressive" else ctx.mask)))
-    import zero_shot as Z
     raw = _raw_scorer(inputs)(archs)
     ctx.zero_shot_scores = (archs, raw)
-    names = inputs[0]  # several scores: rank-averaged within the sample
-    scores = np.asarray(Z.rank_ensemble(raw, names) if len(names) > 1 else raw[names[0]], float)
+    scores = _combine(raw, inputs[0])  # several scores: rank-averaged within the sample
     bad = np.isnan(scores) | np.isposinf(scores)  # -inf ranks last (a score's verdict on a dead cell)
     if bad.any():
         raise FloatingPointError(f"{int(bad.sum())} zero-shot scores are NaN/+inf")
@@ -251,7 +255,8 @@ def stage_evolve(ctx: Context) -> dict[str, Any]:
     acc_key = "score" if ec.evaluator == "zero_shot" else "accuracy"
     out = {"arch": space.encode(ctx.arch), "search_seconds": search.seconds, acc_key: best["accuracy"],
            "evaluations": len(res.history), "distinct": len({r["arch"] for r in res.history}),
-           "warm_start": len(search.init), "guide_evals": search.guide_evals, "front": [{"arch": r["arch"], **r["objectives"]} for r in res.front]}
+           "warm_start": len(search.init), "guide_evals": search.guide_evals,
+           "front": [{"arch": r["arch"], **r["objectives"]} for r in res.front]}
     if target is not None:
         out["latency_objective"] = {lat_name: best[lat_name]}
     return out

@@ -427,9 +427,9 @@ class Evolution:
         out[np.arange(len(out)), d[keep]] = c[keep]
         return out
 
-    def _guide_values(self, archs: np.ndarray) -> np.ndarray:
-        """Guide values (larger is better; NaN as -inf) of architectures, evaluated once each."""
-        strs = [self.space.encode(a) for a in archs]
+    def _guide_values(self, archs: np.ndarray, strs: Sequence[str]) -> np.ndarray:
+        """Guide values (larger is better; NaN as -inf) of architectures (`strs`: their encodings),
+        evaluated once each."""
         new = [j for j, s in enumerate(strs) if s not in self._guide_cache]
         if new:
             name, direction = self.guide_objective
@@ -444,9 +444,10 @@ class Evolution:
         neigh = self._neighbours(base)
         if len(neigh) == 0 or float(self._ops["coin"](key)) >= self.cfg.guide_prob:
             return np.asarray(self._ops["mutate"](key, base)), False
-        fresh = [j for j, a in enumerate(neigh) if (s := self.space.encode(a)) not in self._cache and s not in taken]
-        cand = neigh[fresh] if fresh else neigh
-        return cand[int(np.argmax(self._guide_values(cand)))], True  # ties: the first in decision order
+        strs = [self.space.encode(a) for a in neigh]
+        fresh = [j for j, s in enumerate(strs) if s not in self._cache and s not in taken] or list(range(len(neigh)))
+        vals = self._guide_values(neigh[fresh], [strs[j] for j in fresh])
+        return neigh[fresh[int(np.argmax(vals))]], True  # ties: the first in decision order
 
     def _candidate(self, i: int, key: jax.Array, pop: np.ndarray | None, merit: np.ndarray | None,
                    taken: set[str]):

@@ -96,14 +96,14 @@ def _score_resumably(args, names, net, archs, batch, key) -> tuple[dict, dict]:
         seconds.update({n: float(z[f"seconds_{n}"]) for n in done})
     kw = {"chunk": args.chunk} if args.chunk else {}
     for name in names:
-        got = list(done.get(name, []))
+        got = done.get(name, np.zeros(0, np.float32))
         bar = tqdm(total=len(archs), initial=len(got), desc=name, file=sys.stderr,
                    disable=args.json and not sys.stderr.isatty())
         for i in range(len(got), len(archs), args.block):
             t0 = time.perf_counter()
-            got += list(np.asarray(Z.score_archs(net, archs[i:i + args.block], batch, key, proxies=(name,), **kw)[name]))
+            block = Z.score_archs(net, archs[i:i + args.block], batch, key, proxies=(name,), **kw)[name]
             seconds[name] += time.perf_counter() - t0
-            done[name] = np.asarray(got, np.float32)
+            done[name] = got = np.concatenate([got, np.asarray(block, np.float32)])
             bar.update(len(got) - bar.n)
             if part:
                 tmp = f"{part}.tmp.npz"
@@ -111,7 +111,6 @@ def _score_resumably(args, names, net, archs, batch, key) -> tuple[dict, dict]:
                          **{f"seconds_{k}": seconds[k] for k in done})
                 os.replace(tmp, part)
         bar.close()
-        done[name] = np.asarray(got, np.float32)
     return {n: done[n] for n in names}, seconds
 
 
