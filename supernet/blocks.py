@@ -98,7 +98,18 @@ class SharedConv(nnx.Module):
             w = w * group_mask[None, None]
         y = conv2d(x, w, self.stride, self.groups, None if self.bias is None else self.bias.get_value())
         taps = _ACTIVE.get()
-        return y if taps is None else taps.probe(y)
+        return y if taps is None else taps.probe(y, lambda: self.fan_in(x.shape[-1], kernel_mask, group_mask))
+
+    def fan_in(self, c_x: int, kernel_mask: Array | None = None, group_mask: Array | None = None) -> Float[Array, "o"]:
+        """Weights feeding each output channel in this call: `prod(weight.shape[1:])` of the equivalent
+        standalone PyTorch conv (kernel taps kept by `kernel_mask` x input channels per group, or the
+        non-zero rows of `group_mask`'s column). zero-cost-nas's Fisher counts each channel this often."""
+        taps = self.k * self.k if kernel_mask is None else jnp.sum(kernel_mask != 0)
+        if group_mask is not None:
+            per_out = jnp.sum(group_mask[:c_x] != 0, axis=0)
+        else:
+            per_out = jnp.full((self.c_out,), c_x if self.groups == 1 else self.c_in // self.groups)
+        return (taps * per_out).astype(jnp.float32)
 
 
 def conv2d(x: Float[Array, "b h w c"], w: Float[Array, "k k i o"], stride: int = 1, groups: int = 1,
@@ -231,7 +242,8 @@ class Taps:
       remove_bn: BatchNorm layers are the identity.
       normalize_chain: `chain_point` divides by the (stop-gradient) mean |x| and logs it in `log_scales`.
       probing: `SharedConv` outputs are multiplied by `1 + probes[i]` (`[batch, c_out]`, i in call
-        order); with `probes=None` their shapes are only collected in `probe_shapes`.
+        order); with `probes=None` their shapes are only collected in `probe_shapes`. A `"fan_in"`
+        reducer records each probed conv's weights per output channel (Fisher's weighting).
       select: `mixed` computes only the op with the largest weight (exact for one-hot weights; a
         `lax.switch`, so one compiled function still serves every architecture).
     """
@@ -264,11 +276,15 @@ class Taps:
         if kind in self.reducers:
             self.records.append((kind, self.reducers[kind](value), jnp.asarray(self.weight, jnp.float32)))
 
-    def probe(self, y: Float[Array, "b h w c"]) -> Float[Array, "b h w c"]:
+    def probe(self, y: Float[Array, "b h w c"], fan_in: Callable[[], Array]) -> Float[Array, "b h w c"]:
+        """Scales a conv output by `1 + probes[i]`; with a `"fan_in"` reducer also records the conv's
+        weights per output channel (`fan_in()`, `[c_out]`), one record per probe in probe order."""
         if not self.probing:
             return y
         i, shape = self.probe_index, (y.shape[0], y.shape[-1])
         self.probe_index += 1
+        if "fan_in" in self.reducers:
+            self.record("fan_in", fan_in())
         if self.probes is None:
             self.probe_shapes.append(shape)
             return y

@@ -206,10 +206,17 @@ def test_fisher_probes_agree_with_kernel_gradients(supernet, batch, subnet_score
     convs = sum(float(jnp.sum(k * d)) for (path, k), d in zip(
         nnx.to_flat_state(g["kernels"]), jax.tree.leaves(g["grads"])) if "head" not in path)
     np.testing.assert_allclose(probes, convs, rtol=1e-3, atol=1e-5)
+    # zero-cost-nas broadcasts each channel's Fisher over `weight.shape[1:]`: every conv is called
+    # once in the subnet, so the probes' (fan-in, c_out) are the kernels' (k * k * c_in, c_out).
+    kernels = sorted((k.shape[0] * k.shape[1] * k.shape[2], k.shape[3]) for path, k in
+                     nnx.to_flat_state(g["kernels"]) if "head" not in path)
+    fans = g["probe_fan_ins"]
+    assert all(np.all(np.asarray(f) == f[0]) for f in fans)
+    assert sorted((int(f[0]), f.shape[0]) for f in fans) == kernels
     logits = g["logits"]
     d = jax.nn.softmax(logits) - jax.nn.one_hot(y, 10)
-    linear = 0.5 * np.mean(np.square(np.asarray(logits * d / B)), 0).sum()
-    conv = sum(0.5 * np.mean(np.square(np.asarray(p)), 0).sum() for p in g["probe_grads"])
+    linear = 16 * 0.5 * np.mean(np.square(np.asarray(logits * d / B)), 0).sum()  # 4 * channels features
+    conv = sum(f[0] * 0.5 * np.mean(np.square(np.asarray(p)), 0).sum() for f, p in zip(fans, g["probe_grads"]))
     got = subnet_scores["fisher"]
     np.testing.assert_allclose(got, conv + linear, rtol=1e-4)
 

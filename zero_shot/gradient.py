@@ -47,7 +47,8 @@ def probe_shapes(net: Network, x: Array) -> list[tuple[int, int]]:
 
 def loss_grads(net: Network, x: Array, y: Array) -> dict[str, Any]:
     """Cross-entropy, its gradient w.r.t. the kernels and w.r.t. zero per-(sample, channel) scales of
-    every conv output, and the logits: one backward pass, cached on `net` for the other scores.
+    every conv output, each probed conv's weights per output channel (`probe_fan_ins`, `[c_out]`),
+    and the logits: one backward pass, cached on `net` for the other scores.
 
     The probe `y_conv * (1 + z[n, c])` has `dL/dz[n, c] = sum_hw act * dL/dact` (Fisher's `g_nk`).
     """
@@ -56,12 +57,16 @@ def loss_grads(net: Network, x: Array, y: Array) -> dict[str, Any]:
         probes = [jnp.zeros(s, jnp.float32) for s in probe_shapes(net, x)]
 
         def loss(k, p):
-            with Taps(probing=True, probes=p, select=net.select):
+            with Taps(probing=True, probes=p, select=net.select, reducers={"fan_in": lambda v: v}) as t:
                 logits = net.logits(x, net.merge(k, rest))
-            return cross_entropy(logits, y), logits
+            fans = [r[1] for r in t.records if r[0] == "fan_in"]
+            return cross_entropy(logits, y), (logits, fans)
 
-        (value, logits), (gk, gp) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(kern, probes)
-        return dict(loss=value, kernels=kern, rest=rest, grads=gk, probe_grads=gp, logits=logits)
+        (value, (logits, fans)), (gk, gp) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(kern, probes)
+        if len(fans) != len(gp):
+            raise AssertionError(f"{len(fans)} fan-in records for {len(gp)} conv probes")
+        return dict(loss=value, kernels=kern, rest=rest, grads=gk, probe_grads=gp, probe_fan_ins=fans,
+                    logits=logits)
 
     return net.cached(("loss_grads", x.shape), compute)
 
@@ -86,21 +91,26 @@ def grad_norm(net: Network, batch: Batch, key: jax.Array) -> Array:
 
 @PROXIES.register("fisher")
 def fisher(net: Network, batch: Batch, key: jax.Array) -> Array:
-    """Fisher (Theis et al. 2018; Turner et al., BlockSwap, ICLR 2020) per output channel, summed.
+    """Fisher (Theis et al. 2018; Turner et al., BlockSwap, ICLR 2020) as zero-cost-nas sums it.
 
-    For every conv and linear layer and output channel k: `0.5 * mean_n (sum_hw act * dL/dact)^2`
+    For every conv and linear layer and output channel k: `F_k = 0.5 * mean_n (sum_hw act * dL/dact)^2`
     with `act` the layer's output (before BN), as zero-cost-nas `fisher.py` hooks an identity after
-    each layer. Conv terms come from zero probes (`loss_grads`); the classifier's `act` is the
-    logits and `dL/dlogits` is exact. Assumes the model's output is its last linear layer's.
+    each layer. zero-cost-nas then broadcasts `F_k` to every weight of channel k
+    (`reshape_elements` over `weight.shape[1:]`) and sums over weights, so the score is
+    `sum_layers fan_in * sum_k F_k` with `fan_in = c_in / groups * kh * kw` (`SharedConv.fan_in`;
+    the classifier's: its input features). This weighting is what the published figures (Abdelfattah
+    et al. 2021) measure. Conv terms come from zero probes (`loss_grads`); the classifier's `act` is
+    the logits and `dL/dlogits` is exact. Assumes the model's output is its last linear layer's.
     Higher is better.
     """
     del key
     x, y = batch
     g = loss_grads(net, x, y)
-    conv = tree_sum(lambda d: 0.5 * jnp.mean(jnp.square(d), 0), g["probe_grads"])
+    conv = sum(jnp.sum(f * 0.5 * jnp.mean(jnp.square(d), 0)) for f, d in zip(g["probe_fan_ins"], g["probe_grads"]))
     logits = g["logits"]
     d_logits = jax.grad(lambda z: cross_entropy(z, y))(logits)
-    linear = jnp.sum(0.5 * jnp.mean(jnp.square(logits * d_logits), 0))
+    in_features = jax.eval_shape(net.features, x).shape[-1]
+    linear = in_features * jnp.sum(0.5 * jnp.mean(jnp.square(logits * d_logits), 0))
     return conv + linear
 
 
