@@ -375,6 +375,17 @@ def test_clear_errors(supernet, batch):
     with pytest.raises(ValueError, match="needs `arch`"):
         Z.score(supernet, batch, jax.random.key(0), ("naswot",))
 
+    class Plain(nnx.Module):  # a classifier that reports nothing to `Taps`
+        def __init__(self):
+            self.fc = nnx.Linear(3, 10, rngs=nnx.Rngs(0))
+
+        def __call__(self, x):
+            return self.fc(jnp.mean(x, (1, 2)))
+
+    for name in ("fisher", "naswot"):
+        with pytest.raises(ValueError, match=f"score '{name}' reads activations"):
+            Z.score(Plain(), batch, jax.random.key(0), (name,))
+
 
 def test_evaluate_cli_reports_correlations(tmp_path, capsys):
     from zero_shot import evaluate

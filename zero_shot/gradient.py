@@ -101,9 +101,11 @@ def fisher(net: Network, batch: Batch, key: jax.Array) -> Array:
     the classifier's: its input features). This weighting is what the published figures (Abdelfattah
     et al. 2021) measure. Conv terms come from zero probes (`loss_grads`); the classifier's `act` is
     the logits and `dL/dlogits` is exact. Assumes the model's output is its last linear layer's.
-    Higher is better.
+    Higher is better. Needs a network that reports to `Taps` (NB201): the FBNet supernet computes
+    its mixed convs outside `SharedConv`, so their outputs would be missing from the sum.
     """
     del key
+    net.require_taps("fisher")
     x, y = batch
     g = loss_grads(net, x, y)
     conv = sum(jnp.sum(f * 0.5 * jnp.mean(jnp.square(d), 0)) for f, d in zip(g["probe_fan_ins"], g["probe_grads"]))
