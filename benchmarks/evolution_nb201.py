@@ -225,10 +225,11 @@ def npz_scorer(path: str, name: str, space):
     z = np.load(path)
     if name not in z.files or "archs" not in z.files:
         raise SystemExit(f"{path} has no 'archs' or no score {name!r}; it has {', '.join(z.files)}")
+    codes = arch_codes(space, z["archs"])
     values = np.full(space.size, np.nan)  # dense by arch_codes, as TableEvaluator indexes its rows
-    values[arch_codes(space, z["archs"])] = z[name]
-    known = np.zeros(space.size, bool)
-    known[arch_codes(space, z["archs"])] = True
+    values[codes] = z[name]
+    known = np.zeros(space.size, bool)  # a score may itself be NaN, so NaN does not mark "unscored"
+    known[codes] = True
 
     def score(archs: np.ndarray) -> np.ndarray:
         codes = arch_codes(space, archs)

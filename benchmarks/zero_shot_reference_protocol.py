@@ -32,16 +32,15 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from scipy import stats
 from tqdm import tqdm
 
 import zero_shot as Z
 from experiments import data as D
-from supernet import make_supernet
 from supernet.spaces import make_space
-from zero_shot.gradient import loss_grads
-from zero_shot.network import Network, cross_entropy
+from zero_shot.evaluate import _read_truth, draw_inputs
+from zero_shot.gradient import fisher_per_channel
+from zero_shot.network import Network
 from zero_shot.registry import PROXIES
 
 ARMS = ("shared", "fresh_init", "fresh_batch", "fresh_both")
@@ -50,14 +49,9 @@ PUBLISHED = {"snip": 0.60, "grad_norm": 0.59, "fisher": 0.36, "synflow": 0.74, "
 
 
 def fisher_channel(net: Network, batch, key):
-    """Fisher per output channel, summed without the per-weight broadcast (diagnostic only)."""
+    """Fisher summed per output channel, without the per-weight broadcast (diagnostic only)."""
     del key
-    x, y = batch
-    g = loss_grads(net, x, y)
-    conv = sum(jnp.sum(0.5 * jnp.mean(jnp.square(d), 0)) for d in g["probe_grads"])
-    logits = g["logits"]
-    d_logits = jax.grad(lambda z: cross_entropy(z, y))(logits)
-    return conv + jnp.sum(0.5 * jnp.mean(jnp.square(logits * d_logits), 0))
+    return sum(jnp.sum(f) for _, f in fisher_per_channel(net, batch))
 
 
 if "fisher_channel" not in PROXIES:
@@ -87,20 +81,13 @@ def main(argv=None) -> dict:
     if not os.path.exists(truth_path):
         p.error(f"{truth_path} not found; pass --truth or --data-dir")
 
-    from zero_shot.evaluate import _read_truth
     space = make_space("nb201")
     strings, truth = _read_truth(truth_path, args.column)
     all_archs = np.stack([space.decode(s) for s in strings])
-    # the same cells, batch and init as `zero_shot.evaluate --sample N --seed S` (all 15,625 cells)
-    rng = np.random.default_rng(args.seed)
-    idx = np.sort(rng.choice(len(strings), args.sample, replace=False))
+    # the same cells, batch and init as `zero_shot.evaluate --sample N --seed S --init torch`
     d = D.load_cifar10(args.data_dir)
-    pick = rng.choice(len(d.x_train), args.batch_size, replace=False)
-    x0 = D.normalize(jnp.asarray(D.random_crops(d.x_train[pick], None, rng)))
-    y0 = jnp.asarray(d.y_train[pick])
-    key = jax.random.key(args.seed)
-    base = make_supernet(space, rngs=nnx.Rngs(args.seed))
-    net0 = Z.initialise(base, "torch", jax.random.fold_in(key, 1))
+    idx, (x0, y0), net0, key = draw_inputs(space, np.arange(len(strings)), args.sample, d, args.batch_size,
+                                           args.seed, "torch", np.random.default_rng(args.seed))
     archs = all_archs[idx]
 
     sig = json.dumps(vars(args), sort_keys=True)
@@ -115,7 +102,7 @@ def main(argv=None) -> dict:
         for j, i in enumerate(tqdm(todo, desc=a, file=sys.stderr)):
             # per-cell draws depend only on (seed, cell position), so a resumed run draws the same
             k_cell = jax.random.fold_in(jax.random.fold_in(key, 7), i)
-            net = Z.initialise(base, "torch", k_cell) if a in ("fresh_init", "fresh_both") else net0
+            net = Z.initialise(net0, "torch", k_cell) if a in ("fresh_init", "fresh_both") else net0
             if a in ("fresh_batch", "fresh_both"):
                 r = np.random.default_rng([args.seed, 2021, i])
                 b = r.choice(len(d.x_train), args.batch_size, replace=False)

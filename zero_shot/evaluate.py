@@ -55,6 +55,26 @@ def _read_truth(path: str, column: str, arch_column: str = "arch_str") -> tuple[
     return [a for a, _ in rows], np.asarray([v for _, v in rows])
 
 
+def draw_inputs(space, pool: np.ndarray, n: int, data, batch_size: int, seed: int, init: str,
+                rng: np.random.Generator):
+    """What `main` scores, drawn from `rng` (seeded with `seed`) in a fixed order: `n` sorted cells of
+    `pool`, one batch of `batch_size` training images of `data` (cropped to the space's input size,
+    normalised) and the supernet re-initialised by `init`. Returns `(idx, (x, y), supernet, key)`."""
+    import jax
+    from flax import nnx
+
+    import zero_shot as Z
+    from experiments import data as D
+    from supernet.model import make_supernet
+    idx = np.sort(rng.choice(pool, n, replace=False))
+    pick = rng.choice(len(data.x_train), batch_size, replace=False)
+    x = D.normalize(jax.numpy.asarray(D.random_crops(data.x_train[pick], getattr(space, "input_size", None), rng)))
+    y = jax.numpy.asarray(data.y_train[pick])
+    key = jax.random.key(seed)
+    net = Z.initialise(make_supernet(space, rngs=nnx.Rngs(seed)), init, jax.random.fold_in(key, 1))
+    return idx, (x, y), net, key
+
+
 def _kwargs(text: str) -> dict:
     """`"channels=8,cells_per_stage=1"` -> `{"channels": 8, "cells_per_stage": 1}` (ints, floats or strings)."""
     out = {}
@@ -152,8 +172,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     import zero_shot as Z
     from experiments import data as D
-    from flax import nnx
-    from supernet.model import make_supernet
     from supernet.spaces import make_space
     from zero_shot.prune import (best_covering_mask, prune_marginal, prune_progressive, survival, top_archs,
                                  weight_scorer)
@@ -187,17 +205,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         n = len(pool) if args.sample == 0 else args.sample
         if n > len(pool):
             raise ValueError(f"--sample {n} exceeds the {len(pool)} architectures to sample from in {args.truth}")
-        idx = np.sort(rng.choice(pool, n, replace=False))
         if args.synthetic:
             d = D.synthetic_cifar10(max(args.batch_size, 256), 10, seed=args.seed)
         else:
             d = D.load_cifar10(args.data_dir)
-        pick = rng.choice(len(d.x_train), args.batch_size, replace=False)
-        x = D.normalize(jax.numpy.asarray(D.random_crops(d.x_train[pick], getattr(space, "input_size", None), rng)))
-        y = jax.numpy.asarray(d.y_train[pick])
-        key = jax.random.key(args.seed)
         # an unknown --init fails here with the valid names (zero_shot.INITS)
-        net = Z.initialise(make_supernet(space, rngs=nnx.Rngs(args.seed)), args.init, jax.random.fold_in(key, 1))
+        idx, (x, y), net, key = draw_inputs(space, pool, n, d, args.batch_size, args.seed, args.init, rng)
     except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
         p.exit(2, f"error: {e.args[0] if e.args else e}\n")
 

@@ -106,15 +106,20 @@ def fisher(net: Network, batch: Batch, key: jax.Array) -> Array:
     its mixed convs outside `SharedConv`, so their outputs would be missing from the sum.
     """
     del key
+    return sum(jnp.sum(fan * f) for fan, f in fisher_per_channel(net, batch))
+
+
+def fisher_per_channel(net: Network, batch: Batch) -> list[tuple[Array, Array]]:
+    """`(fan_in, F)` per conv and for the classifier: each output channel's `F_k = 0.5 * mean_n
+    (sum_hw act * dL/dact)^2` and its layer's weights per channel (`fisher`'s docstring)."""
     net.require_taps("fisher")
     x, y = batch
     g = loss_grads(net, x, y)
-    conv = sum(jnp.sum(f * 0.5 * jnp.mean(jnp.square(d), 0)) for f, d in zip(g["probe_fan_ins"], g["probe_grads"]))
+    out = [(fan, 0.5 * jnp.mean(jnp.square(d), 0)) for fan, d in zip(g["probe_fan_ins"], g["probe_grads"])]
     logits = g["logits"]
     d_logits = jax.grad(lambda z: cross_entropy(z, y))(logits)
     in_features = jax.eval_shape(net.features, x).shape[-1]
-    linear = in_features * jnp.sum(0.5 * jnp.mean(jnp.square(logits * d_logits), 0))
-    return conv + linear
+    return out + [(jnp.float32(in_features), 0.5 * jnp.mean(jnp.square(logits * d_logits), 0))]
 
 
 @PROXIES.register("grasp")
