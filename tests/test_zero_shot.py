@@ -460,6 +460,32 @@ def test_evaluate_cli_killed_and_rerun_resumes_from_its_partial_file(tmp_path, m
     for k in a.files:
         np.testing.assert_array_equal(a[k], b[k])
 
+    # --joint scores the listed scores together, and finishes a partial file of the one-by-one mode:
+    # cut after params' first block, then each joint call scores what every score still lacks
+    calls.clear()
+
+    def first_block_only(*a, **k):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(len(a[1]))
+        return real(*a, **k)
+
+    def record(*a, **k):
+        calls.append((len(a[1]), k["proxies"]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(Z, "score_archs", first_block_only)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.main(args + ["--save", str(tmp_path / "mixed.npz")])
+    calls.clear()
+    monkeypatch.setattr(Z, "score_archs", record)
+    joint = evaluate.main(args + ["--joint", "--save", str(tmp_path / "mixed.npz")])
+    assert calls == [(4, ("flops",)), (4, ("params", "flops")), (2, ("params", "flops"))]
+    assert strip(joint) == strip(full)
+    c = np.load(tmp_path / "mixed.npz")
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], c[k])
+
 
 def test_evaluate_crops_images_to_the_space_input_size(tmp_path):
     """TE-NAS counts linear regions on small random crops: a space with a smaller input_size gets

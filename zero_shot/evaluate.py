@@ -93,7 +93,8 @@ def _kwargs(text: str) -> dict:
 
 
 def _score_resumably(args, names, net, archs, batch, key) -> tuple[dict, dict]:
-    """Scores `archs` with each score in blocks of `--block` cells, with a progress bar on stderr.
+    """Scores `archs` in blocks of `--block` cells, each score alone or, with `--joint`, all of them in
+    one call, with a progress bar on stderr.
 
     With `--save FILE`, `FILE.partial.npz` is rewritten (atomically) after every block: a killed run
     rerun with the same command continues where it stopped. The partial file records the command's
@@ -115,16 +116,25 @@ def _score_resumably(args, names, net, archs, batch, key) -> tuple[dict, dict]:
         done = {n: z[f"score_{n}"] for n in names if f"score_{n}" in z.files}
         seconds.update({n: float(z[f"seconds_{n}"]) for n in done})
     kw = {"chunk": args.chunk} if args.chunk else {}
-    for name in names:
-        got = done.get(name, np.zeros(0, np.float32))
-        bar = tqdm(total=len(archs), initial=len(got), desc=name, file=sys.stderr,
+    # one group per score, or with --joint all scores in one compiled call (their shared work, e.g.
+    # the one backward of snip/grad_norm/fisher/grasp, done once); each group starts at the fewest
+    # cells any of its scores has done, so a resumed run never scores a cell twice per score
+    groups = [list(names)] if args.joint else [[n] for n in names]
+    for group in groups:
+        start = min(len(done.get(n, ())) for n in group)
+        bar = tqdm(total=len(archs), initial=start, desc="+".join(group), file=sys.stderr,
                    disable=args.json and not sys.stderr.isatty())
-        for i in range(len(got), len(archs), args.block):
+        while start < len(archs):
+            todo = [n for n in group if len(done.get(n, ())) == start]
+            stop = min([start + args.block] + [len(done[n]) for n in group if len(done.get(n, ())) > start])
             t0 = time.perf_counter()
-            block = Z.score_archs(net, archs[i:i + args.block], batch, key, proxies=(name,), **kw)[name]
-            seconds[name] += time.perf_counter() - t0
-            done[name] = got = np.concatenate([got, np.asarray(block, np.float32)])
-            bar.update(len(got) - bar.n)
+            block = Z.score_archs(net, archs[start:stop], batch, key, proxies=tuple(todo), **kw)
+            dt = (time.perf_counter() - t0) / len(todo)  # a joint call's time is shared equally
+            for n in todo:
+                seconds[n] += dt
+                done[n] = np.concatenate([done.get(n, np.zeros(0, np.float32)), np.asarray(block[n], np.float32)])
+            start = stop
+            bar.update(start - bar.n)
             if part:
                 tmp = f"{part}.tmp.npz"
                 np.savez(tmp, signature=sig, archs=archs, **{f"score_{k}": v for k, v in done.items()},
@@ -162,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--save", default="", help="write the sampled archs and their scores to this .npz; until "
                    "the run ends, FILE.partial.npz holds the scores so far and the same command resumes from it")
     p.add_argument("--block", type=int, default=256, help="cells scored between progress updates and checkpoints")
+    p.add_argument("--joint", action="store_true",
+                   help="score all --proxies in one compiled call per block, sharing their common work (e.g. "
+                   "snip, grad_norm, fisher: one backward); seconds_per_arch is then the joint time split "
+                   "equally; the scores are the same, so a run resumes from the other mode's partial file")
     p.add_argument("--ranking", default="", help="write the sample's architecture strings, best first by "
                    "the last listed score (e.g. ensemble), to this text file (warm starts of evolution)")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
