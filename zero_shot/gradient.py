@@ -99,8 +99,16 @@ def fisher(net: Network, batch: Batch, key: jax.Array) -> Array:
     (`reshape_elements` over `weight.shape[1:]`) and sums over weights, so the score is
     `sum_layers fan_in * sum_k F_k` with `fan_in = c_in / groups * kh * kw` (`SharedConv.fan_in`;
     the classifier's: its input features). That is what the reference code computes; on NB201 it
-    ranks cells better than the per-channel sum (seed 0's 300 cells: Spearman 0.583 vs 0.458), and
-    neither reproduces the published 0.36 (README). Conv terms come from zero probes (`loss_grads`); the classifier's `act` is
+    ranks cells better than the per-channel sum (seed 0's 300 cells: Spearman 0.583 vs 0.458).
+
+    Why the published NB201 figure (0.36) is lower than ours (0.51-0.54 on 1,000 cells): zero-cost-nas
+    scores its own copy of the network whose cells are search cells with `affine=False`, hence
+    `nn.Conv2d(..., bias=not affine)`: every cell conv has a bias, and `act` includes it. The bias
+    changes nothing else (a train-mode BN follows), so only Fisher sees it. With PyTorch and the
+    reference's hooks on the same 300 cells and init draws, Fisher is 0.427 with those biases and
+    0.573 with them set to zero (`benchmarks/zero_shot_torch_crosscheck.py`, which also checks that
+    this function equals the hook-based computation on the same weights). Here the network is the
+    benchmark's (no conv bias). Conv terms come from zero probes (`loss_grads`); the classifier's `act` is
     the logits and `dL/dlogits` is exact. Assumes the model's output is its last linear layer's.
     Higher is better. Needs a network that reports to `Taps` (NB201): the FBNet supernet computes
     its mixed convs outside `SharedConv`, so their outputs would be missing from the sum.
