@@ -58,14 +58,40 @@ if "fisher_channel" not in PROXIES:
     PROXIES.register("fisher_channel")(fisher_channel)
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_sample_args(p: argparse.ArgumentParser) -> None:
+    """The options that pick the cells, batch and init (those of `zero_shot.evaluate`)."""
     p.add_argument("--data-dir", default=os.environ.get("HWNAS_DATA_DIR", "../shared/data"))
     p.add_argument("--truth", default=None, help="default: DATA_DIR/nas-bench-201/nb201_cifar10.csv")
     p.add_argument("--column", default="cifar10_valid_acc")
     p.add_argument("--sample", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
+
+
+def draw_sample(p: argparse.ArgumentParser, args):
+    """The same cells, batch and init as `zero_shot.evaluate --sample N --seed S --init torch`:
+    `(archs, truth, data, (x, y), supernet, key)` (`truth` of the sampled cells)."""
+    truth_path = args.truth or os.path.join(args.data_dir, "nas-bench-201", "nb201_cifar10.csv")
+    if not os.path.exists(truth_path):
+        p.error(f"{truth_path} not found; pass --truth or --data-dir")
+    space = make_space("nb201")
+    strings, truth = _read_truth(truth_path, args.column)
+    d = D.load_cifar10(args.data_dir)
+    idx, batch, net, key = draw_inputs(space, np.arange(len(strings)), args.sample, d, args.batch_size,
+                                       args.seed, "torch", np.random.default_rng(args.seed))
+    return np.stack([space.decode(strings[i]) for i in idx]), truth[idx], d, batch, net, key
+
+
+def correlations(s: np.ndarray, t: np.ndarray) -> dict:
+    """Spearman and Kendall of scores `s` (non-finite ranks last) with the truth `t`."""
+    s = np.where(np.isfinite(s), s, -np.inf)
+    return {"spearman": round(float(stats.spearmanr(s, t)[0]), 4),
+            "kendall": round(float(stats.kendalltau(s, t)[0]), 4)}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_sample_args(p)
     p.add_argument("--proxies", default="snip,grad_norm,fisher,fisher_channel,synflow")
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--save", default="", help="checkpoint .npz (resumed by the same command)")
@@ -77,18 +103,8 @@ def main(argv=None) -> dict:
     bad = [a for a in arms if a not in ARMS]
     if bad:
         p.error(f"unknown arms {bad}; valid: {', '.join(ARMS)}")
-    truth_path = args.truth or os.path.join(args.data_dir, "nas-bench-201", "nb201_cifar10.csv")
-    if not os.path.exists(truth_path):
-        p.error(f"{truth_path} not found; pass --truth or --data-dir")
-
-    space = make_space("nb201")
-    strings, truth = _read_truth(truth_path, args.column)
-    all_archs = np.stack([space.decode(s) for s in strings])
-    # the same cells, batch and init as `zero_shot.evaluate --sample N --seed S --init torch`
-    d = D.load_cifar10(args.data_dir)
-    idx, (x0, y0), net0, key = draw_inputs(space, np.arange(len(strings)), args.sample, d, args.batch_size,
-                                           args.seed, "torch", np.random.default_rng(args.seed))
-    archs = all_archs[idx]
+    archs, t, d, (x0, y0), net0, key = draw_sample(p, args)
+    idx = np.arange(len(archs))
 
     sig = json.dumps(vars(args), sort_keys=True)
     scores = {a: {n: np.full(len(idx), np.nan, np.float32) for n in names} for a in arms}
@@ -118,14 +134,7 @@ def main(argv=None) -> dict:
                 np.savez(tmp, signature=sig, **{f"{aa}/{n}": scores[aa][n] for aa in arms for n in names})
                 os.replace(tmp, args.save)
 
-    t = truth[idx]
-    res = {}
-    for a in arms:
-        res[a] = {}
-        for n in names:
-            s = np.where(np.isfinite(scores[a][n]), scores[a][n], -np.inf)
-            res[a][n] = {"spearman": round(float(stats.spearmanr(s, t)[0]), 4),
-                         "kendall": round(float(stats.kendalltau(s, t)[0]), 4)}
+    res = {a: {n: correlations(scores[a][n], t) for n in names} for a in arms}
     out = {"n": int(len(idx)), "seed": args.seed, "batch_size": args.batch_size, "column": args.column,
            "device": jax.devices()[0].device_kind, "arms": res, "published": PUBLISHED,
            "command": "PYTHONPATH=. python benchmarks/zero_shot_reference_protocol.py " + " ".join(

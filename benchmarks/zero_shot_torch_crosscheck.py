@@ -53,7 +53,6 @@ import sys
 import time
 
 import numpy as np
-from scipy import stats
 from tqdm import tqdm
 
 try:
@@ -65,10 +64,10 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 
 import zero_shot as Z
-from experiments import data as D
-from supernet.spaces import make_space
 from supernet.spaces.nb201 import CONV1X1, CONV3X3, EDGES, NONE, NUM_NODES, OPS, POOL3X3, SKIP
-from zero_shot.evaluate import _read_truth, draw_inputs
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from zero_shot_reference_protocol import add_sample_args, correlations, draw_sample  # noqa: E402
 
 NAMES = ("snip", "grad_norm", "fisher")
 
@@ -279,38 +278,21 @@ def reference_scores(tnet: TinyNetwork, x: torch.Tensor, y: torch.Tensor) -> dic
     return out
 
 
-def _corr(s, t) -> dict:
-    s = np.where(np.isfinite(s), s, -np.inf)
-    return {"spearman": round(float(stats.spearmanr(s, t)[0]), 4), "kendall": round(float(stats.kendalltau(s, t)[0]), 4)}
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=os.environ.get("HWNAS_DATA_DIR", "../shared/data"))
-    p.add_argument("--truth", default=None, help="default: DATA_DIR/nas-bench-201/nb201_cifar10.csv")
-    p.add_argument("--column", default="cifar10_valid_acc")
-    p.add_argument("--sample", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    add_sample_args(p)
     p.add_argument("--exact", type=int, default=20, help="cells compared with copied weights")
     p.add_argument("--torch-seed", type=int, default=42, help="nasbench2_pred.py's default --seed")
     p.add_argument("--save", default="", help="also write every cell's scores to this .npz (never overwritten)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: PyTorch's default)")
     args = p.parse_args(argv)
-    truth_path = args.truth or os.path.join(args.data_dir, "nas-bench-201", "nb201_cifar10.csv")
-    if not os.path.exists(truth_path):
-        p.error(f"{truth_path} not found; pass --truth or --data-dir")
     if args.save and os.path.exists(args.save):
         p.error(f"{args.save} exists; choose a new file (results are never overwritten)")
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    space = make_space("nb201")
-    strings, truth = _read_truth(truth_path, args.column)
-    d = D.load_cifar10(args.data_dir)
-    idx, (x, y), supernet, key = draw_inputs(space, np.arange(len(strings)), args.sample, d, args.batch_size,
-                                             args.seed, "torch", np.random.default_rng(args.seed))
-    archs = np.stack([space.decode(strings[i]) for i in idx])
+    archs, t, _, (x, y), supernet, key = draw_sample(p, args)
+    idx = np.arange(len(archs))
     xt, yt = _t(np.asarray(x)).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(np.array(y)).long()
 
     t0 = time.perf_counter()
@@ -339,21 +321,20 @@ def main(argv=None) -> dict:
                 ref[arm][n][i] = r[n]
         seconds[arm] = round(time.perf_counter() - t0, 1)
 
-    t = truth[idx]
     rel = {n: max(abs(a - b) / max(abs(b), 1e-30) for a, b in exact[n]) if exact[n] else None for n in NAMES}
     out = {"n": int(len(idx)), "seed": args.seed, "batch_size": args.batch_size, "column": args.column,
            "torch": torch.__version__, "torch_seed": args.torch_seed,
            "same_weights": {"cells": len(exact["snip"]), "max_relative_difference": rel,
                             "fisher_hooks_fired_share": min(hooked) if hooked else None,
                             "first_cells": {n: exact[n][:3] for n in NAMES}},
-           **{arm: {n: _corr(ref[arm][n], t) for n in NAMES} for arm in arms},
-           "ours_same_cells": {n: _corr(ours[n], t) for n in NAMES},
+           **{arm: {n: correlations(ref[arm][n], t) for n in NAMES} for arm in arms},
+           "ours_same_cells": {n: correlations(ours[n], t) for n in NAMES},
            "seconds": seconds,
            "command": "PYTHONPATH=. python benchmarks/zero_shot_torch_crosscheck.py " + " ".join(
                sys.argv[1:] if argv is None else argv)}
     if args.save:
         with open(args.save, "xb") as f:  # never overwrite earlier results
-            np.savez(f, cells=idx, truth=t, **{f"ours/{n}": ours[n] for n in NAMES},
+            np.savez(f, archs=archs, truth=t, **{f"ours/{n}": ours[n] for n in NAMES},
                      **{f"{arm}/{n}": ref[arm][n] for arm in arms for n in NAMES})
     print(json.dumps(out, indent=1))
     return out
