@@ -104,17 +104,17 @@ def main(argv=None) -> dict:
     if bad:
         p.error(f"unknown arms {bad}; valid: {', '.join(ARMS)}")
     archs, t, d, (x0, y0), net0, key = draw_sample(p, args)
-    idx = np.arange(len(archs))
+    n_cells = len(archs)
 
     sig = json.dumps(vars(args), sort_keys=True)
-    scores = {a: {n: np.full(len(idx), np.nan, np.float32) for n in names} for a in arms}
+    scores = {a: {n: np.full(n_cells, np.nan, np.float32) for n in names} for a in arms}
     if args.save and os.path.exists(args.save):
         z = np.load(args.save)
         if str(z["signature"]) != sig:
             p.error(f"{args.save} was written by a different command: {z['signature']}")
         scores = {a: {n: z[f"{a}/{n}"] for n in names} for a in arms}
     for a in arms:
-        todo = [i for i in range(len(idx)) if np.isnan(scores[a][names[0]][i])]
+        todo = [i for i in range(n_cells) if np.isnan(scores[a][names[0]][i])]
         for j, i in enumerate(tqdm(todo, desc=a, file=sys.stderr)):
             # per-cell draws depend only on (seed, cell position), so a resumed run draws the same
             k_cell = jax.random.fold_in(jax.random.fold_in(key, 7), i)
@@ -135,7 +135,7 @@ def main(argv=None) -> dict:
                 os.replace(tmp, args.save)
 
     res = {a: {n: correlations(scores[a][n], t) for n in names} for a in arms}
-    out = {"n": int(len(idx)), "seed": args.seed, "batch_size": args.batch_size, "column": args.column,
+    out = {"n": n_cells, "seed": args.seed, "batch_size": args.batch_size, "column": args.column,
            "device": jax.devices()[0].device_kind, "arms": res, "published": PUBLISHED,
            "command": "PYTHONPATH=. python benchmarks/zero_shot_reference_protocol.py " + " ".join(
                sys.argv[1:] if argv is None else argv)}

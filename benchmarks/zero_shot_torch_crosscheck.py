@@ -51,6 +51,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 from tqdm import tqdm
@@ -112,26 +113,6 @@ class Cell(nn.Module):
         return nodes[-1]
 
 
-class TinyNetwork(nn.Module):
-    def __init__(self, ops: tuple[int, ...], c: int = 16, n: int = 5, num_classes: int = 10):
-        super().__init__()
-        w = [c, 2 * c, 4 * c]
-        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
-        self.stages = nn.ModuleList([nn.ModuleList([Cell(ops, wi) for _ in range(n)]) for wi in w])
-        self.reductions = nn.ModuleList([Reduction(w[0], w[1]), Reduction(w[1], w[2])])
-        self.last = nn.Sequential(nn.BatchNorm2d(w[2]), nn.ReLU())
-        self.classifier = nn.Linear(w[2], num_classes)
-
-    def forward(self, x):
-        x = self.stem(x)
-        for s, cells in enumerate(self.stages):
-            if s:
-                x = self.reductions[s - 1](x)
-            for cell in cells:
-                x = cell(x)
-        return self.classifier(self.last(x).mean((2, 3)))
-
-
 class SearchCell(nn.Module):
     """zero-cost-nas's cell (`nasbench2_ops.SearchCell`): every operation of every edge instantiated
     (in its OPS order, which sets the random draws), the chosen one summed; biased, non-affine convs."""
@@ -169,23 +150,48 @@ class SearchCell(nn.Module):
         return nodes[-1]
 
 
-class ZCNetwork(TinyNetwork):
-    """zero-cost-nas's NAS-Bench-201 network (`nasbench2.NAS201Model`): the benchmark's stem,
-    reductions and head around `SearchCell`s, modules created in its order (stem, stage 1,
-    reduction 1 with the shortcut conv first, ...)."""
+class TinyNetwork(nn.Module):
+    """The benchmark's network; subclasses swap the cell and the order the modules are created in
+    (which decides PyTorch's random draws)."""
 
-    def __init__(self, ops: tuple[int, ...], c: int = 16, n: int = 5, num_classes: int = 10, bias: bool = True):
-        nn.Module.__init__(self)
+    cell = Cell
+    reductions_between_stages = False  # zero-cost-nas creates each reduction before the next stage
+
+    def __init__(self, ops: tuple[int, ...], c: int = 16, n: int = 5, num_classes: int = 10):
+        super().__init__()
         w = [c, 2 * c, 4 * c]
         self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
         stages, reds = [], []
         for s, wi in enumerate(w):
-            if s:
+            if s and self.reductions_between_stages:
                 reds.append(Reduction(w[s - 1], wi))
-            stages.append(nn.ModuleList([SearchCell(ops, wi) for _ in range(n)]))
+            stages.append(nn.ModuleList([self.cell(ops, wi) for _ in range(n)]))
+        if not self.reductions_between_stages:
+            reds = [Reduction(w[0], w[1]), Reduction(w[1], w[2])]
         self.stages, self.reductions = nn.ModuleList(stages), nn.ModuleList(reds)
         self.last = nn.Sequential(nn.BatchNorm2d(w[2]), nn.ReLU())
         self.classifier = nn.Linear(w[2], num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for s, cells in enumerate(self.stages):
+            if s:
+                x = self.reductions[s - 1](x)
+            for cell in cells:
+                x = cell(x)
+        return self.classifier(self.last(x).mean((2, 3)))
+
+
+class ZCNetwork(TinyNetwork):
+    """zero-cost-nas's NAS-Bench-201 network (`nasbench2.NAS201Model`): the benchmark's stem,
+    reductions and head around `SearchCell`s, modules created in its order (stem, stage 1,
+    reduction 1 with the shortcut conv first, ...). `bias=False` zeroes the cell convs' biases."""
+
+    cell = SearchCell
+    reductions_between_stages = True
+
+    def __init__(self, ops: tuple[int, ...], *, bias: bool = True, **kw):
+        super().__init__(ops, **kw)
         if not bias:
             for m in self.stages.modules():
                 if isinstance(m, nn.Conv2d):
@@ -255,7 +261,6 @@ def reference_scores(tnet: TinyNetwork, x: torch.Tensor, y: torch.Tensor) -> dic
             fisher[layer] = fisher.get(layer, 0) + 0.5 * g.pow(2).mean(0)
         return hook
 
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # register_backward_hook is deprecated; the reference uses it
         for layer in layers:
@@ -292,7 +297,6 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
 
     archs, t, _, (x, y), supernet, key = draw_sample(p, args)
-    idx = np.arange(len(archs))
     xt, yt = _t(np.asarray(x)).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(np.array(y)).long()
 
     t0 = time.perf_counter()
@@ -301,7 +305,7 @@ def main(argv=None) -> dict:
 
     exact = {n: [] for n in NAMES}
     hooked = []
-    for i in tqdm(range(min(args.exact, len(idx))), desc="same_weights", file=sys.stderr):
+    for i in tqdm(range(min(args.exact, len(archs))), desc="same_weights", file=sys.stderr):
         tnet = load_supernet_weights(TinyNetwork(tuple(int(o) for o in archs[i])), supernet)
         r = reference_scores(tnet, xt, yt)
         hooked.append(r["fisher_layers_hooked"])
@@ -310,19 +314,19 @@ def main(argv=None) -> dict:
 
     arms = {"benchmark_net": TinyNetwork, "zc_net": ZCNetwork,
             "zc_net_no_bias": lambda ops: ZCNetwork(ops, bias=False)}
-    ref = {a: {n: np.zeros(len(idx)) for n in NAMES} for a in arms}
+    ref = {a: {n: np.zeros(len(archs)) for n in NAMES} for a in arms}
     seconds = {"ours": round(t_ours, 1)}
     for arm, build in arms.items():
         torch.manual_seed(args.torch_seed)  # the same draws for every arm's k-th cell where shapes agree
         t0 = time.perf_counter()
-        for i in tqdm(range(len(idx)), desc=arm, file=sys.stderr):
+        for i in tqdm(range(len(archs)), desc=arm, file=sys.stderr):
             r = reference_scores(build(tuple(int(o) for o in archs[i])), xt, yt)
             for n in NAMES:
                 ref[arm][n][i] = r[n]
         seconds[arm] = round(time.perf_counter() - t0, 1)
 
     rel = {n: max(abs(a - b) / max(abs(b), 1e-30) for a, b in exact[n]) if exact[n] else None for n in NAMES}
-    out = {"n": int(len(idx)), "seed": args.seed, "batch_size": args.batch_size, "column": args.column,
+    out = {"n": len(archs), "seed": args.seed, "batch_size": args.batch_size, "column": args.column,
            "torch": torch.__version__, "torch_seed": args.torch_seed,
            "same_weights": {"cells": len(exact["snip"]), "max_relative_difference": rel,
                             "fisher_hooks_fired_share": min(hooked) if hooked else None,

@@ -125,8 +125,9 @@ def _score_resumably(args, names, net, archs, batch, key) -> tuple[dict, dict]:
         bar = tqdm(total=len(archs), initial=start, desc="+".join(group), file=sys.stderr,
                    disable=args.json and not sys.stderr.isatty())
         while start < len(archs):
-            todo = [n for n in group if len(done.get(n, ())) == start]
-            stop = min([start + args.block] + [len(done[n]) for n in group if len(done.get(n, ())) > start])
+            have = {n: len(done.get(n, ())) for n in group}
+            todo = [n for n in group if have[n] == start]
+            stop = min([start + args.block] + [h for h in have.values() if h > start])
             t0 = time.perf_counter()
             block = Z.score_archs(net, archs[start:stop], batch, key, proxies=tuple(todo), **kw)
             dt = (time.perf_counter() - t0) / len(todo)  # a joint call's time is shared equally
