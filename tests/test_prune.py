@@ -139,3 +139,40 @@ def test_minus_infinity_ranks_last_and_nan_is_refused():
     assert eff[0, 0] == np.nanmin(eff[0]) and eff[0, 0] < choice_effects(SPACE, archs, s)[0, 0]
     with pytest.raises(ValueError, match="NaN"):
         choice_effects(SPACE, archs, np.where(dead, np.nan, s))
+
+
+def test_prune_ceiling_shows_marginal_pruning_missing_cells_good_only_in_combination(tmp_path):
+    """benchmarks/prune_ceiling.py on a table whose best cells need a choice that is bad on average
+    (as NAS-Bench-201's top cells need skip_connect on edge_3_0): marginal pruning, even with the
+    truth of every cell, removes that choice; the oracle mask keeps it."""
+    import importlib.util
+    import os
+    spec = importlib.util.spec_from_file_location(
+        "prune_ceiling", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "prune_ceiling.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    full = all_archs()
+    value = VALUE.copy()
+    value[3, 1] = -4.0  # choice 1 of decision 3 is the worst on average ...
+    combo = (full[:, 3] == 1) & (full[:, 0] == 3)  # ... but the 625 cells with it and this are the best
+    truth = value[np.arange(6)[None, :], full].sum(-1) + 20.0 * combo
+    csv = tmp_path / "truth.csv"
+    csv.write_text("arch_str,acc\n" + "".join(f"{SPACE.encode(a)},{t}\n" for a, t in zip(full, truth)))
+    idx = np.random.default_rng(0).choice(len(full), 500, replace=False)
+    np.savez(tmp_path / "s.npz", archs=full[idx], truth=truth[idx], perfect=truth[idx], anti=-truth[idx])
+    out = bench.main(["--scores", str(tmp_path / "s.npz"), "--truth", str(csv), "--column", "acc",
+                      "--fractions", "0.2", "--cover-top", "0.03"])
+    assert out["n"] == 500 and set(out["scores"]) == {"perfect", "anti", "truth_on_sample"}
+    oracle = out["oracle"]["0.2"]
+    assert oracle["top1_survival"] == 1.0  # fixing decision 3 to choice 1 (20 %) keeps all 625
+    assert out["truth_on_all"]["0.2"]["top1_survival"] == 0.0  # the 156 top-1 % cells are all lost
+    perfect = out["scores"]["perfect"]["0.2"]
+    assert perfect == out["scores"]["truth_on_sample"]["0.2"]  # the score is the sample's truth
+    # the sample's top 3 % (15 cells) are combination cells: covering them keeps the choice
+    assert perfect["cover_top0.03"]["top1_survival"] == 1.0 and perfect["marginal"]["top1_survival"] == 0.0
+    for rec in out["scores"].values():
+        for r in rec["0.2"].values():
+            assert 0 < r["kept_fraction"] <= 0.2 and r["top1_survival"] <= oracle["top1_survival"]
+    assert out["scores"]["anti"]["0.2"]["marginal"]["top1_survival"] == 0.0
+    with pytest.raises(SystemExit):
+        bench.main(["--scores", str(tmp_path / "missing.npz"), "--truth", str(csv), "--column", "acc"])

@@ -526,6 +526,11 @@ def test_evaluate_cli_pruning_never_beats_the_oracle(tmp_path, method):
     for f in ("0.5", "0.2"):
         oracle = out["prune_oracle"][f]
         assert oracle["top5_kept_fraction"] <= float(f)
+        # marginal pruning with the truth as the score: a mask of that size, so never above the oracle
+        perfect = oracle["marginal_with_truth"]
+        assert 0 < perfect["kept_fraction"] <= float(f)
+        assert perfect["top1_survival"] <= oracle["top1_survival"] + 1e-9
+        assert perfect["top5_survival"] <= oracle["top5_survival"] + 1e-9
         for rec in out["proxies"].values():
             got = rec[f"prune_{f}"]
             assert 0 < got["kept_fraction"] <= float(f)

@@ -20,7 +20,9 @@ progressive removal on the supernet under the uniform distribution over the allo
 (`--prune-method progressive`, `prune_progressive` with a size target; the ensemble ranks each
 step's candidates by the sum of the scores' ranks, as TE-NAS does). `prune_oracle` gives the best
 survival any per-decision mask of that size can reach (`best_covering_mask` on the true top cells):
-the ceiling to read the scores' survival against. `--save FILE.npz` keeps the raw scores (for
+the ceiling to read the scores' survival against; its `marginal_with_truth` is what marginal pruning
+reaches with a perfect score, the truth itself on every architecture of the file (on NAS-Bench-201
+far below the ceiling: the best cells take choices that are good only together, below). `--save FILE.npz` keeps the raw scores (for
 ensembles fitted on one split and reported on another, or a guide of `supernet.multishot`). Long
 runs (`--sample 0` scores all cells) show progress on stderr and, with `--save`, checkpoint every
 `--block` cells to `FILE.partial.npz`: rerunning the same command after a kill resumes there.
@@ -258,6 +260,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 m, share = best_covering_mask(space, best, f)
                 out["prune_oracle"][f"{f:g}"].update({f"top{round(top * 100)}_survival": share,
                                                       f"top{round(top * 100)}_kept_fraction": m.size / space.size})
+        for f in fracs:
+            # the marginal method's own ceiling: a perfect score (the truth) on every architecture
+            m = prune_marginal(space, all_archs, truth, target_fraction=f)
+            out["prune_oracle"][f"{f:g}"]["marginal_with_truth"] = {
+                "kept_fraction": m.size / space.size, "top1_survival": survival(m, all_archs, truth, 0.01),
+                "top5_survival": survival(m, all_archs, truth, 0.05)}
     clean = None if unreachable is None else ~unreachable[idx]
     for name in names:
         s = scores[name]

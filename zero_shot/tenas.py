@@ -8,11 +8,14 @@ The reference scores each indicator on its own small network, not on the benchma
 C = 3, N = 1 supernet with stem and batch 16; linear regions on a thin C = 1, N = 1 network over
 3 x 1000 random 3x3 crops. On NAS-Bench-201 that protocol is (measured numbers in README.md)::
 
-    python -m zero_shot.evaluate ... --proxies ntk --space-kwargs channels=3,cells_per_stage=1 --batch-size 16
+    python -m zero_shot.evaluate ... --proxies ntk --space-kwargs channels=3,cells_per_stage=1 \
+        --batch-size 16 --init model
     python -m zero_shot.evaluate ... --proxies linear_regions \
-        --space-kwargs channels=1,cells_per_stage=1,input_size=4 --batch-size 3000
+        --space-kwargs channels=1,cells_per_stage=1,input_size=4 --batch-size 3000 --init model
 
-(4x4 crops of all three channels through the stem: our NB201 network needs multiples of 4.)
+(4x4 crops of all three channels through the stem: our NB201 network needs multiples of 4.
+`--init model` keeps our convs' Kaiming-normal init, which is TE-NAS's; evaluate's default,
+`--init torch`, is the zero-cost-nas protocol.)
 
 Example:
     >>> PROXIES["ntk"](network_of(subnet), (x, y), jax.random.key(0))
