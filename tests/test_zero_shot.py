@@ -221,6 +221,39 @@ def test_fisher_probes_agree_with_kernel_gradients(supernet, batch, subnet_score
     np.testing.assert_allclose(got, conv + linear, rtol=1e-4)
 
 
+# node 1 only gets `none`: the convs on edges 2-1 and 3-1 see zeros, so their BNs' batch variance is 0
+ZERO_FED = "|none~0|+|skip_connect~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|"
+
+
+@pytest.mark.parametrize("cell", ["ARCH", ZERO_FED])
+def test_zen_reads_the_running_variance_after_two_train_forwards(supernet, batch, cell):
+    """Zen-NAS's `compute_zen_score.py` on the derived subnet, done as the reference does it: Gaussian
+    weights, two train-mode forwards of random inputs (x, x + 0.01 eps) that update every BN's running
+    variance (from 1, momentum 0.1), then `log mean_b sum |f0 - f1| + sum_BN log sqrt(mean running_var)`
+    read off the modules. A BN fed only zeros keeps a running variance of 0.81: finite, not -inf."""
+    from supernet.blocks import BatchNorm
+    from zero_shot.network import gaussian_init, network_of
+    sub = supernet.derive(ARCH if cell == "ARCH" else SPACE.decode(cell))
+    key = jax.random.key(5)
+    got = Z.PROXIES["zen"](network_of(sub), batch, key)
+    k_init, k_x, k_eps = jax.random.split(key, 3)
+    graphdef, state = nnx.split(sub)
+    model = nnx.merge(graphdef, gaussian_init(state, k_init), copy=True)
+    model.train()
+    x0 = jax.random.normal(k_x, batch[0].shape)
+    f0 = model.backbone(x0)[-1]  # no Taps: BN updates its running statistics, as PyTorch's does
+    f1 = model.backbone(x0 + 0.01 * jax.random.normal(k_eps, batch[0].shape))[-1]
+    bns = [m for _, m in nnx.iter_graph(model) if isinstance(m, BatchNorm)]
+    assert bns and all(not np.allclose(m.var.get_value(), 1.0) for m in bns)  # every BN ran twice
+    if cell != "ARCH":
+        # the two zero-fed convs' BNs in each of the 3 cells (one per stage)
+        assert sum(np.allclose(m.var.get_value(), 0.81) for m in bns) == 6
+    want = np.log(np.mean(np.abs(np.asarray(f0) - np.asarray(f1)).reshape(B, -1).sum(-1)))
+    want += sum(0.5 * np.log(np.mean(np.asarray(m.var.get_value(), np.float64))) for m in bns)
+    assert np.isfinite(want)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 def test_jacob_cov_matches_numpy_corrcoef(supernet, batch, subnet_scores):
     sub = supernet.derive(ARCH)
     net = Z.network_of(sub)
