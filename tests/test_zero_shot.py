@@ -254,6 +254,23 @@ def test_zen_reads_the_running_variance_after_two_train_forwards(supernet, batch
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def test_repeats_average_the_score_over_keys_on_a_sub_batch(supernet, batch):
+    """`repeats={"zen": 3}, batch_sizes={"zen": 4}` (the reference protocol's shape, Zen-NAS: batch 16,
+    32 repeats) is the mean of the score at keys `fold_in(k_zen, r)` on the first 4 images, where
+    `k_zen = fold_in(key, crc32("zen"))`."""
+    import zlib
+
+    from zero_shot.network import network_of
+    key = jax.random.key(7)
+    got = Z.score_archs(supernet, ARCH[None], batch, key, proxies=("zen",), batch_sizes={"zen": 4},
+                        repeats={"zen": 3})["zen"]
+    k = jax.random.fold_in(key, zlib.crc32(b"zen"))
+    net = network_of(supernet, jnp.asarray(ARCH))
+    each = [float(Z.PROXIES["zen"](net, (batch[0][:4], batch[1][:4]), jax.random.fold_in(k, r))) for r in range(3)]
+    assert len(set(np.round(each, 4))) == 3  # the keys differ, so the repeats do
+    np.testing.assert_allclose(got, [np.mean(each)], rtol=1e-5)
+
+
 def test_jacob_cov_matches_numpy_corrcoef(supernet, batch, subnet_scores):
     sub = supernet.derive(ARCH)
     net = Z.network_of(sub)
