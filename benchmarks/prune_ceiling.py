@@ -33,12 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from supernet.spaces import make_space  # noqa: E402
 from zero_shot.evaluate import _read_truth  # noqa: E402
-from zero_shot.prune import best_covering_mask, prune_marginal, survival, top_archs  # noqa: E402
-
-
-def _shares(space, mask, all_archs, truth) -> dict:
-    return {"kept_fraction": mask.size / space.size, "top1_survival": survival(mask, all_archs, truth, 0.01),
-            "top5_survival": survival(mask, all_archs, truth, 0.05)}
+from zero_shot.prune import best_covering_mask, mask_quality, prune_marginal, survival, top_archs  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -74,16 +69,16 @@ def main(argv=None) -> dict:
         m5, _ = best_covering_mask(space, top_archs(all_archs, truth, 0.05), f)
         out["oracle"][f"{f:g}"] = {"top1_survival": survival(m1, all_archs, truth, 0.01),
                                    "top5_survival": survival(m5, all_archs, truth, 0.05)}
-        out["truth_on_all"][f"{f:g}"] = _shares(space, prune_marginal(space, all_archs, truth, target_fraction=f),
+        out["truth_on_all"][f"{f:g}"] = mask_quality(space, prune_marginal(space, all_archs, truth, target_fraction=f),
                                                 all_archs, truth)
     for name, s in scores.items():
         s = np.nan_to_num(np.asarray(s, float), nan=-np.inf)  # NaN ranks last, like -inf
         rec = {}
         for f in fracs:
-            r = {"marginal": _shares(space, prune_marginal(space, archs, s, target_fraction=f), all_archs, truth)}
+            r = {"marginal": mask_quality(space, prune_marginal(space, archs, s, target_fraction=f), all_archs, truth)}
             for q in tops:
                 m, _ = best_covering_mask(space, top_archs(archs, s, q), f)
-                r[f"cover_top{q:g}"] = _shares(space, m, all_archs, truth)
+                r[f"cover_top{q:g}"] = mask_quality(space, m, all_archs, truth)
             rec[f"{f:g}"] = r
         out["scores"][name] = rec
     print(json.dumps(out))

@@ -95,7 +95,7 @@ def _score_all(net: Network, names: tuple[str, ...], x: Array, y: Array, key: ja
             continue
         # A loop over the repeats, not an unrolled Python list: Zen's 32 repeats unrolled made XLA:CPU
         # compile 32 copies of the network (over 20 min and 10 GB for the NB201 supernet).
-        vals = jax.lax.map(lambda r, name=name, b=b: PROXIES[name](net, (x[:b], y[:b]), jax.random.fold_in(k, r)),
+        vals = jax.lax.map(lambda r: PROXIES[name](net, (x[:b], y[:b]), jax.random.fold_in(k, r)),
                            jnp.arange(n_rep))
         out[name] = jnp.mean(vals).astype(jnp.float32)
     return out

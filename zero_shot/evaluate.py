@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import zero_shot as Z
     from experiments import data as D
     from supernet.spaces import make_space
-    from zero_shot.prune import (best_covering_mask, prune_marginal, prune_progressive, survival, top_archs,
+    from zero_shot.prune import (best_covering_mask, mask_quality, prune_marginal, prune_progressive, top_archs,
                                  weight_scorer)
 
     names = [n for n in args.proxies.split(",") if n]
@@ -263,9 +263,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for f in fracs:
             # the marginal method's own ceiling: a perfect score (the truth) on every architecture
             m = prune_marginal(space, all_archs, truth, target_fraction=f)
-            out["prune_oracle"][f"{f:g}"]["marginal_with_truth"] = {
-                "kept_fraction": m.size / space.size, "top1_survival": survival(m, all_archs, truth, 0.01),
-                "top5_survival": survival(m, all_archs, truth, 0.05)}
+            out["prune_oracle"][f"{f:g}"]["marginal_with_truth"] = mask_quality(space, m, all_archs, truth)
     clean = None if unreachable is None else ~unreachable[idx]
     for name in names:
         s = scores[name]
@@ -279,9 +277,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for f in fracs:
             mask = (progressive_masks[name][f] if progressive_masks else
                     prune_marginal(space, all_archs[idx][ok], s[ok], target_fraction=f))
-            rec[f"prune_{f:g}"] = {"kept_fraction": mask.size / space.size,
-                                   "top1_survival": survival(mask, all_archs, truth, 0.01),
-                                   "top5_survival": survival(mask, all_archs, truth, 0.05)}
+            rec[f"prune_{f:g}"] = mask_quality(space, mask, all_archs, truth)
         if clean is not None:
             keep = ok & clean
             rec["spearman_no_unreachable"] = float(spearmanr(s[keep], truth[idx][keep])[0])

@@ -264,3 +264,9 @@ def top_archs(archs: np.ndarray, truth: np.ndarray, top: float) -> np.ndarray:
 def survival(mask: SpaceMask, archs: np.ndarray, truth: np.ndarray, top: float) -> float:
     """Share of the true top-`top` fraction of `archs` (by `truth`, higher better) inside `mask`."""
     return float(mask.contains(top_archs(archs, truth, top)).mean())
+
+
+def mask_quality(space: SearchSpace, mask: SpaceMask, archs: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """What a pruned space is reported by: its share of the space and of the true top-1 % / top-5 %."""
+    return {"kept_fraction": mask.size / space.size, "top1_survival": survival(mask, archs, truth, 0.01),
+            "top5_survival": survival(mask, archs, truth, 0.05)}
