@@ -537,6 +537,44 @@ def test_evaluate_cli_killed_and_rerun_resumes_from_its_partial_file(tmp_path, m
         np.testing.assert_array_equal(a[k], c[k])
 
 
+def test_evaluate_cli_per_score_batch_and_repeats_reach_score_archs(tmp_path, capsys, monkeypatch):
+    """`--score-batch zen=4 --repeats zen=2` hands zen, and only zen, those options of `score_archs`
+    (ZenNAS's protocol: batch 16, 32 repeats; what they compute is tested on `score_archs` above), the
+    JSON echoes them and a resumed run must repeat them; bad values stop with a message naming the flag."""
+    from zero_shot import evaluate
+    archs = SPACE.sample(jax.random.key(8), 6)
+    truth = tmp_path / "truth.csv"
+    truth.write_text("arch_str,acc\n" + "".join(f"{SPACE.encode(a)},{i}\n" for i, a in enumerate(archs)))
+    args = ["--truth", str(truth), "--column", "acc", "--sample", "5", "--proxies", "zen,params", "--batch-size",
+            "8", "--synthetic", "--json", "--space-kwargs", "channels=4,cells_per_stage=1", "--block", "3"]
+    real, calls = Z.score_archs, []
+
+    def record(*a, **k):
+        calls.append((k["proxies"], k["batch_sizes"], k["repeats"]))
+        if len(calls) == 3:  # killed after zen's two blocks, as params starts
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(Z, "score_archs", record)
+    opts = ["--score-batch", "zen=4", "--repeats", "zen=2", "--save", str(tmp_path / "r.npz")]
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.main(args + opts)
+    with pytest.raises(SystemExit, match="different command"):  # the partial scores used the options
+        evaluate.main(args + ["--save", str(tmp_path / "r.npz")])
+    out = evaluate.main(args + opts)
+    assert calls == [(("zen",), {"zen": 4}, {"zen": 2})] * 2 + [(("params",), {}, {})] * 3
+    assert out["score_batch"] == {"zen": 4} and out["repeats"] == {"zen": 2}
+    for extra, msg in ((["--repeats", "naswot=2"], "--repeats names 'naswot'"),
+                       (["--repeats", "zen=0"], "must be >= 1"),
+                       (["--score-batch", "zen=x"], "score=int pairs"),
+                       (["--score-batch", "zen=16"], "exceeds --batch-size 8"),
+                       (["--repeats", "zen=2", "--prune", "0.5", "--prune-method", "progressive"], "progressive")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(args + extra)
+        assert e.value.code == 2 and msg in capsys.readouterr().err, extra
+
+
 def test_evaluate_crops_images_to_the_space_input_size(tmp_path):
     """TE-NAS counts linear regions on small random crops: a space with a smaller input_size gets
     one random window of each image (no padding, no resampling); the full size passes unchanged."""

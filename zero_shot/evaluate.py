@@ -13,7 +13,8 @@ the subset of the published rank-average figure. The scored supernet starts from
 initialisation (`--init torch`, what the reference implementations score; `--init model` keeps the
 supernet's own He-normal init, the protocol of the results recorded before 2026-11-24). `ensemble` is the rank
 average of the other listed scores (Abdelfattah et al. 2021's vote / NAS-Bench-Suite-Zero's
-rank-average). With `--prune 0.5,0.2,0.1` each score also prunes the space to those fractions and
+rank-average). A score can follow its reference's protocol: `--score-batch zen=16` scores it on the
+first 16 of the `--batch-size` images, `--repeats zen=32` averages it over 32 keys (ZenNAS). With `--prune 0.5,0.2,0.1` each score also prunes the space to those fractions and
 reports the share of the truth file's top-1% and top-5% architectures that survive: by marginal
 effects from the scored sample (`--prune-method marginal`, `zero_shot.prune.prune_marginal`) or by
 progressive removal on the supernet under the uniform distribution over the allowed choices
@@ -94,6 +95,23 @@ def _kwargs(text: str) -> dict:
     return out
 
 
+def _per_score(text: str, flag: str, names: Sequence[str]) -> dict[str, int]:
+    """`"zen=16,ntk=16"` -> `{"zen": 16, "ntk": 16}`: a positive int per score, each among `names`."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        k, _, v = item.partition("=")
+        k = k.strip()
+        if k not in names:
+            raise ValueError(f"{flag} names {k!r}, which is not among the scores in --proxies {list(names)}")
+        try:
+            out[k] = int(v)
+        except ValueError:
+            raise ValueError(f"{flag} expects score=int pairs separated by commas, got {item!r}") from None
+        if out[k] < 1:
+            raise ValueError(f"{flag} {item!r}: the number must be >= 1")
+    return out
+
+
 def _score_resumably(args, names, net, archs, batch, key) -> tuple[dict, dict]:
     """Scores `archs` in blocks of `--block` cells, each score alone or, with `--joint`, all of them in
     one call, with a progress bar on stderr.
@@ -107,7 +125,8 @@ def _score_resumably(args, names, net, archs, batch, key) -> tuple[dict, dict]:
     part = f"{args.save}.partial.npz" if args.save else ""
     sig = json.dumps({k: getattr(args, k) for k in ("space", "space_kwargs", "truth", "column", "arch_column",
                                                    "sample", "seed", "no_unreachable", "batch_size", "init",
-                                                   "synthetic", "chunk", "data_dir")}, sort_keys=True)
+                                                   "synthetic", "chunk", "data_dir", "score_batch", "repeats")},
+                     sort_keys=True)
     done: dict[str, np.ndarray] = {}
     seconds = {n: 0.0 for n in names}
     if part and os.path.exists(part):
@@ -118,6 +137,7 @@ def _score_resumably(args, names, net, archs, batch, key) -> tuple[dict, dict]:
         done = {n: z[f"score_{n}"] for n in names if f"score_{n}" in z.files}
         seconds.update({n: float(z[f"seconds_{n}"]) for n in done})
     kw = {"chunk": args.chunk} if args.chunk else {}
+    sizes, reps = _per_score(args.score_batch, "--score-batch", names), _per_score(args.repeats, "--repeats", names)
     # one group per score, or with --joint all scores in one compiled call (their shared work, e.g.
     # the one backward of snip/grad_norm/fisher/grasp, done once); each group starts at the fewest
     # cells any of its scores has done, so a resumed run never scores a cell twice per score
@@ -131,7 +151,9 @@ def _score_resumably(args, names, net, archs, batch, key) -> tuple[dict, dict]:
             todo = [n for n in group if have[n] == start]
             stop = min([start + args.block] + [h for h in have.values() if h > start])
             t0 = time.perf_counter()
-            block = Z.score_archs(net, archs[start:stop], batch, key, proxies=tuple(todo), **kw)
+            block = Z.score_archs(net, archs[start:stop], batch, key, proxies=tuple(todo), **kw,
+                                  batch_sizes={n: sizes[n] for n in todo if n in sizes},
+                                  repeats={n: reps[n] for n in todo if n in reps})
             dt = (time.perf_counter() - t0) / len(todo)  # a joint call's time is shared equally
             for n in todo:
                 seconds[n] += dt
@@ -165,6 +187,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--init", default="torch",
                    help="weights scored: torch = PyTorch's default init, as the reference implementations "
                    "score (default); model = the supernet's own init (zero_shot.INITS, zero_shot.initialise)")
+    p.add_argument("--score-batch", default="",
+                   help="per score, use only the first N images of the batch, e.g. zen=16,ntk=16 (the reference "
+                   "implementations' batch sizes); the others use --batch-size")
+    p.add_argument("--repeats", default="",
+                   help="per score, average over N keys, e.g. zen=32 (ZenNAS's repeats; only random scores differ)")
     p.add_argument("--chunk", type=int, default=0, help="architectures per compiled call (0: default)")
     p.add_argument("--data-dir", default=None, help="folder with cifar10/ (default: $HWNAS_DATA_DIR or ../shared/data)")
     p.add_argument("--synthetic", action="store_true", help="random images instead of CIFAR-10 (smoke tests)")
@@ -207,6 +234,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 raise ValueError(f"{path} exists; choose a new file (results are never overwritten)")
         if args.sample < 0 or args.batch_size < 1 or args.block < 1:
             raise ValueError("--sample must be >= 0, --batch-size and --block >= 1")
+        score_batch = _per_score(args.score_batch, "--score-batch", base)
+        repeats = _per_score(args.repeats, "--repeats", base)
+        for k, v in score_batch.items():
+            if v > args.batch_size:
+                raise ValueError(f"--score-batch {k}={v} exceeds --batch-size {args.batch_size}")
+        if (score_batch or repeats) and args.prune and args.prune_method == "progressive":
+            raise ValueError("--score-batch and --repeats apply to the sampled cells' scores; progressive pruning "
+                             "scores the supernet with the whole --batch-size and one key: drop them or use "
+                             "--prune-method marginal")
         space = make_space(args.space, **_kwargs(args.space_kwargs))
         strings, truth = _read_truth(args.truth, args.column, args.arch_column)
         all_archs = np.stack([space.decode(s) for s in strings])
@@ -237,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         scores["ensemble"] = np.asarray(Z.rank_ensemble({k: scores[k] for k in base}, base))
         seconds["ensemble"] = sum(seconds[k] for k in base)
     out = {"n": int(n), "no_unreachable": bool(args.no_unreachable), "seed": args.seed,
-           "batch_size": args.batch_size, "init": args.init, "space": space.name, "column": args.column, "device": jax.devices()[0].device_kind, "proxies": {}}
+           "batch_size": args.batch_size, "score_batch": score_batch, "repeats": repeats, "init": args.init,
+           "space": space.name, "column": args.column, "device": jax.devices()[0].device_kind, "proxies": {}}
     fracs = sorted((float(f) for f in args.prune.split(",") if f), reverse=True)
     progressive_masks = {}
     if fracs and args.prune_method == "progressive":
