@@ -48,7 +48,10 @@ def zen(net: Network, batch: Batch, key: jax.Array, alpha: float = 1e-2) -> jax.
     are not used), `alpha = 0.01` (`mixup_gamma`), every weight re-drawn from N(0, 1) with biases 0
     and BN scale 1 / shift 0 (`network_weight_gaussian_init`, here `network.gaussian_init`, keyed
     by each tensor's values so derived subnets get the same weights), BN in train mode.
-    Reference defaults: batch 16, 32 repeats (average over keys for repeats). Higher is better.
+    Reference defaults: batch 16, 32 repeats averaged (`score_archs(..., batch_sizes={"zen": 16},
+    repeats={"zen": 32})`, `evaluate --score-batch zen=16 --repeats zen=32`; on seed 0's 1,000
+    NAS-Bench-201 cells it ranks them as batch 64 with one repeat does, Spearman 0.9995 between the
+    two). Higher is better.
 
     The BN term reads what the reference reads: PyTorch's `running_var` after its two train-mode
     forwards (momentum 0.1, starting at 1), i.e. `0.81 + 0.09 s_0 + 0.1 s_1` per channel with `s_0`,
