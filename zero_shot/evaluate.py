@@ -14,10 +14,10 @@ initialisation (`--init torch`, what the reference implementations score; `--ini
 supernet's own He-normal init, the protocol of the results recorded before 2026-11-24). `ensemble` is the rank
 average of the other listed scores (Abdelfattah et al. 2021's vote / NAS-Bench-Suite-Zero's
 rank-average). A score can follow its reference's protocol: `--score-batch zen=16` scores it on the
-first 16 of the `--batch-size` images, `--repeats zen=32` averages it over 32 keys (ZenNAS). With `--prune 0.5,0.2,0.1` each score also prunes the space to those fractions and
-reports the share of the truth file's top-1% and top-5% architectures that survive: by marginal
-effects from the scored sample (`--prune-method marginal`, `zero_shot.prune.prune_marginal`) or by
-progressive removal on the supernet under the uniform distribution over the allowed choices
+first 16 of the `--batch-size` images, `--repeats zen=32` averages it over 32 keys (ZenNAS). With
+`--prune 0.5,0.2,0.1` each score also prunes the space to those fractions and reports the share of
+the truth file's top-1% and top-5% architectures that survive: by marginal effects from the scored
+sample (`--prune-method marginal`, `zero_shot.prune.prune_marginal`) or by progressive removal on the supernet under the uniform distribution over the allowed choices
 (`--prune-method progressive`, `prune_progressive` with a size target; the ensemble ranks each
 step's candidates by the sum of the scores' ranks, as TE-NAS does). `prune_oracle` gives the best
 survival any per-decision mask of that size can reach (`best_covering_mask` on the true top cells):
@@ -112,9 +112,10 @@ def _per_score(text: str, flag: str, names: Sequence[str]) -> dict[str, int]:
     return out
 
 
-def _score_resumably(args, names, net, archs, batch, key) -> tuple[dict, dict]:
+def _score_resumably(args, names, net, archs, batch, key, sizes: dict, reps: dict) -> tuple[dict, dict]:
     """Scores `archs` in blocks of `--block` cells, each score alone or, with `--joint`, all of them in
-    one call, with a progress bar on stderr.
+    one call, with a progress bar on stderr; `sizes` and `reps` are the parsed `--score-batch` and
+    `--repeats`.
 
     With `--save FILE`, `FILE.partial.npz` is rewritten (atomically) after every block: a killed run
     rerun with the same command continues where it stopped. The partial file records the command's
@@ -137,7 +138,6 @@ def _score_resumably(args, names, net, archs, batch, key) -> tuple[dict, dict]:
         done = {n: z[f"score_{n}"] for n in names if f"score_{n}" in z.files}
         seconds.update({n: float(z[f"seconds_{n}"]) for n in done})
     kw = {"chunk": args.chunk} if args.chunk else {}
-    sizes, reps = _per_score(args.score_batch, "--score-batch", names), _per_score(args.repeats, "--repeats", names)
     # one group per score, or with --joint all scores in one compiled call (their shared work, e.g.
     # the one backward of snip/grad_norm/fisher/grasp, done once); each group starts at the fewest
     # cells any of its scores has done, so a resumed run never scores a cell twice per score
@@ -267,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
         p.exit(2, f"error: {e.args[0] if e.args else e}\n")
 
-    scores, seconds = _score_resumably(args, base, net, all_archs[idx], (x, y), key)
+    scores, seconds = _score_resumably(args, base, net, all_archs[idx], (x, y), key, score_batch, repeats)
     seconds = {k: v / n for k, v in seconds.items()}
     if "ensemble" in names:
         scores["ensemble"] = np.asarray(Z.rank_ensemble({k: scores[k] for k in base}, base))
