@@ -17,8 +17,8 @@ rank-average). A score can follow its reference's protocol: `--score-batch zen=1
 first 16 of the `--batch-size` images, `--repeats zen=32` averages it over 32 keys (ZenNAS). With
 `--prune 0.5,0.2,0.1` each score also prunes the space to those fractions and reports the share of
 the truth file's top-1% and top-5% architectures that survive: by marginal effects from the scored
-sample (`--prune-method marginal`, `zero_shot.prune.prune_marginal`) or by progressive removal on the supernet under the uniform distribution over the allowed choices
-(`--prune-method progressive`, `prune_progressive` with a size target; the ensemble ranks each
+sample (`--prune-method marginal`, `zero_shot.prune.prune_marginal`) or by progressive removal on
+the supernet under the uniform distribution over the allowed choices (`--prune-method progressive`, `prune_progressive` with a size target; the ensemble ranks each
 step's candidates by the sum of the scores' ranks, as TE-NAS does). `prune_oracle` gives the best
 survival any per-decision mask of that size can reach (`best_covering_mask` on the true top cells):
 the ceiling to read the scores' survival against; its `marginal_with_truth` is what marginal pruning
