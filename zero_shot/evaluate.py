@@ -6,27 +6,29 @@
 
 Scores a random sample of the truth file's architectures (seeded) on one batch of real CIFAR-10
 training images with one compiled function per score (`zero_shot.score_archs`), and prints one JSON
-object: per score `spearman`, `kendall`, `seconds_per_arch` (wall time of scoring the sample, compile
-included, divided by its size), plus `n`, `device`, `seed`, `batch_size`. On NAS-Bench-201 also
-`spearman_no_unreachable`: on the sampled cells without unreachable branches (`n_no_unreachable`),
-the subset of the published rank-average figure. The scored supernet starts from PyTorch's default
-initialisation (`--init torch`, what the reference implementations score; `--init model` keeps the
-supernet's own He-normal init, the protocol of the results recorded before 2026-11-24). `ensemble` is the rank
-average of the other listed scores (Abdelfattah et al. 2021's vote / NAS-Bench-Suite-Zero's
-rank-average). A score can follow its reference's protocol: `--score-batch zen=16` scores it on the
-first 16 of the `--batch-size` images, `--repeats zen=32` averages it over 32 keys (ZenNAS). With
-`--prune 0.5,0.2,0.1` each score also prunes the space to those fractions and reports the share of
-the truth file's top-1% and top-5% architectures that survive: by marginal effects from the scored
-sample (`--prune-method marginal`, `zero_shot.prune.prune_marginal`) or by progressive removal on
-the supernet under the uniform distribution over the allowed choices (`--prune-method progressive`, `prune_progressive` with a size target; the ensemble ranks each
-step's candidates by the sum of the scores' ranks, as TE-NAS does). `prune_oracle` gives the best
-survival any per-decision mask of that size can reach (`best_covering_mask` on the true top cells):
-the ceiling to read the scores' survival against; its `marginal_with_truth` is what marginal pruning
-reaches with a perfect score, the truth itself on every architecture of the file (on NAS-Bench-201
-far below the ceiling: the best cells take choices that are good only together, below). `--save FILE.npz` keeps the raw scores (for
-ensembles fitted on one split and reported on another, or a guide of `supernet.multishot`). Long
-runs (`--sample 0` scores all cells) show progress on stderr and, with `--save`, checkpoint every
-`--block` cells to `FILE.partial.npz`: rerunning the same command after a kill resumes there.
+object: per score `spearman`, `kendall`, `seconds_per_arch` (wall time of scoring the sample,
+compile included, divided by its size), plus `n`, `device`, `seed`, `batch_size`. On NAS-Bench-201
+also `spearman_no_unreachable`: on the sampled cells without unreachable branches
+(`n_no_unreachable`), the subset of the published rank-average figure. The scored supernet starts
+from PyTorch's default initialisation (`--init torch`, what the reference implementations score;
+`--init model` keeps the supernet's own He-normal init, the protocol of the results recorded before
+2026-11-24). `ensemble` is the rank average of the other listed scores (Abdelfattah et al. 2021's
+vote / NAS-Bench-Suite-Zero's rank-average). A score can follow its reference's protocol:
+`--score-batch zen=16` scores it on the first 16 of the `--batch-size` images, `--repeats zen=32`
+averages it over 32 keys (ZenNAS). With `--prune 0.5,0.2,0.1` each score also prunes the space to
+those fractions and reports the share of the truth file's top-1% and top-5% architectures that
+survive: by marginal effects from the scored sample (`--prune-method marginal`,
+`zero_shot.prune.prune_marginal`) or by progressive removal on the supernet under the uniform
+distribution over the allowed choices (`--prune-method progressive`, `prune_progressive` with a size
+target; the ensemble ranks each step's candidates by the sum of the scores' ranks, as TE-NAS does).
+`prune_oracle` gives the best survival any per-decision mask of that size can reach
+(`best_covering_mask` on the true top cells): the ceiling to read the scores' survival against; its
+`marginal_with_truth` is what marginal pruning reaches with a perfect score, the truth itself on
+every architecture of the file (on NAS-Bench-201 far below the ceiling: the best cells take choices
+that are good only together, below). `--save FILE.npz` keeps the raw scores (for ensembles fitted on
+one split and reported on another, or a guide of `supernet.multishot`). Long runs (`--sample 0`
+scores all cells) show progress on stderr and, with `--save`, checkpoint every `--block` cells to
+`FILE.partial.npz`: rerunning the same command after a kill resumes there.
 
 This is a command-line entry point (the issue's interface); the library functions it calls do no I/O.
 """
