@@ -34,7 +34,7 @@ from supernet.objectives import CostConfig, make_cost_fn
 from supernet.single_shot import SearchConfig, SingleShot
 from supernet.space import SearchSpace, SpaceMask
 from supernet.spaces import make_space
-from supernet.training import DeviceData, OptimConfig, TrainConfig, Trainer, evaluate, make_mesh
+from supernet.training import DeviceData, OptimConfig, TrainConfig, Trainer, evaluate, make_mesh, recalibrate_bn
 from experiments import data as D
 from experiments.config import ConfigError
 from experiments.workdir import Workdir
@@ -196,18 +196,39 @@ def stage_baseline(ctx: Context) -> dict[str, Any]:
     return {"arch": ctx.space.encode(ctx.arch)}
 
 
+def search_config(cfg: Any, space: SearchSpace) -> SearchConfig:
+    """The `SearchConfig` of `cfg.single_shot` and `cfg.cost`; a bad value is a `ConfigError`."""
+    sc = cfg.single_shot
+    try:
+        return SearchConfig(
+            epochs=sc.epochs, batch_size=sc.batch_size, optim=OptimConfig(**dict(sc.optim)), arch_lr=sc.arch_lr,
+            arch_weight_decay=sc.arch_weight_decay, relaxation=sc.relaxation, tau=tuple(sc.tau), hard=sc.hard,
+            dirichlet_kl=sc.dirichlet_kl, beta_decay=sc.beta_decay, warmup_epochs=sc.warmup_epochs,
+            path_sampling=sc.path_sampling, estimator=sc.estimator, reward_momentum=sc.reward_momentum,
+            entropy_weight=sc.entropy_weight, single_path=sc.single_path, cost=cost_config(cfg, space),
+            seed=cfg.seed, steps_per_epoch=sc.steps_per_epoch or None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config single_shot / cost: {e}") from None
+
+
+def check_config(cfg: Any) -> None:
+    """Values the stages will need, checked before the workdir is touched (one message each)."""
+    if "single_shot" in cfg.stages:
+        if cfg.single_shot.steps_per_epoch < 0:
+            raise ConfigError(f"single_shot.steps_per_epoch must be >= 1 (or 0 for full epochs), "
+                              f"got {cfg.single_shot.steps_per_epoch}")
+        if cfg.single_shot.bn_recalibration < 0:
+            raise ConfigError(f"single_shot.bn_recalibration must be >= 0 batches, got {cfg.single_shot.bn_recalibration}")
+        search_config(cfg, make_space(cfg.space.name, **dict(cfg.space.kwargs)))
+
+
 def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]:
     """The configured search, restored from its latest checkpoint when there is one."""
     cfg, sc = ctx.cfg, ctx.cfg.single_shot
-    cost = cost_config(cfg, ctx.space)
+    search_cfg = search_config(cfg, ctx.space)
+    cost = search_cfg.cost
     surrogate = fitted_surrogate(ctx) if cost.model == "surrogate" and cost.uses_latency else None
     net = make_supernet(ctx.space, rngs=nnx.Rngs(cfg.seed), **dict(sc.supernet))
-    search_cfg = SearchConfig(
-        epochs=sc.epochs, batch_size=sc.batch_size, optim=OptimConfig(**dict(sc.optim)), arch_lr=sc.arch_lr,
-        arch_weight_decay=sc.arch_weight_decay, relaxation=sc.relaxation, tau=tuple(sc.tau), hard=sc.hard,
-        dirichlet_kl=sc.dirichlet_kl, beta_decay=sc.beta_decay, warmup_epochs=sc.warmup_epochs,
-        path_sampling=sc.path_sampling, cost=cost,
-        seed=cfg.seed, steps_per_epoch=sc.steps_per_epoch or None)
     search = SingleShot(ctx.space, net, search_cfg, mask=ctx.mask,
                         cost_fn=make_cost_fn(ctx.space, cost, surrogate) if cost.uses_latency else None,
                         augment=D.augment, mesh=ctx.mesh)
@@ -246,10 +267,37 @@ def stage_single_shot(ctx: Context) -> dict[str, Any]:
     ctx.arch, ctx.supernet = search.derive_arch(), search.model
     # the most probable architectures seed a later evolution (single-shot -> multishot)
     ctx.ranking = [ctx.space.encode(a) for a in search.top_k(ctx.cfg.single_shot.top_k)]
-    onehot = ctx.space.one_hot(ctx.arch)
-    acc = evaluate(search.model, val, lambda k, x: D.normalize(x), arch_weights=onehot, mesh=ctx.mesh)
     return {"arch": ctx.space.encode(ctx.arch), "search_seconds": search.seconds,
-            "supernet_val_accuracy": acc, "probs": search.probs().tolist(), "ranking": ctx.ranking}
+            "steps_per_epoch": min(len(train) // sc.batch_size, sc.steps_per_epoch or 10**9),
+            **inherited_accuracies(ctx, search.model, ctx.arch, train, val),
+            "search_val_accuracy": _last_metric(ctx, "single_shot", "val_acc"),
+            "probs": search.probs().tolist(), "ranking": ctx.ranking}
+
+
+def inherited_accuracies(ctx: Context, net: Any, arch: np.ndarray, train: DeviceData,
+                         val: DeviceData) -> dict[str, float]:
+    """Validation accuracy (fraction) of `arch` with the supernet's weights, two ways:
+
+    - `inherited_val_accuracy`: BatchNorm statistics recomputed on `single_shot.bn_recalibration`
+      training batches under `arch` alone (SPOS), the number that means something;
+    - `supernet_val_accuracy`: the supernet's own running statistics (accumulated under the search's
+      mixture or sampled paths; near chance for a mixture-trained supernet), kept for comparison.
+    """
+    prepare = lambda k, x: D.normalize(x)  # noqa: E731
+    onehot = ctx.space.one_hot(arch)
+    out = {"supernet_val_accuracy": evaluate(net, val, prepare, arch_weights=onehot, mesh=ctx.mesh)}
+    n = ctx.cfg.single_shot.bn_recalibration
+    if n:
+        sub = net.derive(arch)
+        recalibrate_bn(sub, train, prepare, batches=n, batch_size=ctx.cfg.single_shot.batch_size,
+                       seed=ctx.cfg.seed, mesh=ctx.mesh)
+        out["inherited_val_accuracy"] = evaluate(sub, val, prepare, mesh=ctx.mesh)
+    return out
+
+
+def _last_metric(ctx: Context, stage: str, key: str) -> float | None:
+    vals = [m[key] for m in ctx.wd.metrics() if m.get("stage") == stage and key in m]
+    return vals[-1] if vals else None
 
 
 @STAGES.register("retrain")
@@ -292,6 +340,9 @@ def table_lookup(ctx: Context, arch: np.ndarray) -> dict[str, Any]:
         return {}
     path = _data_path(t.csv)
     if not os.path.isfile(path):
+        if ctx.cfg.data.name == "auto":  # the quickstart runs on whatever data is there
+            print(f"lookup table {path!r} not found: no table accuracy (set HWNAS_DATA_DIR)")
+            return {}
         raise ConfigError(f"lookup table {path!r} not found (config table.csv)")
     key = ctx.space.encode(arch)
     with open(path, newline="") as f:
@@ -302,6 +353,18 @@ def table_lookup(ctx: Context, arch: np.ndarray) -> dict[str, Any]:
                     out.setdefault("table_latency_ms", {})[c] = float(row[c])
                 return out
     raise ConfigError(f"architecture {key} not in {path}")
+
+
+#: What `results.json`'s `accuracy` is, by the stage and key it was taken from.
+ACCURACY_SOURCES = {
+    ("retrain", "test_accuracy"): "retrain: test accuracy (fraction) of the found network trained from scratch",
+    ("evolve", "accuracy"): "evolve: the evaluator's accuracy of the best candidate (the table's percent for "
+                            "evolve.evaluator=table, else a fraction)",
+    ("single_shot", "inherited_val_accuracy"): "single_shot: validation accuracy (fraction) of the derived subnet "
+                                               "of the searched supernet, inherited weights, BN recalibrated",
+    ("single_shot", "supernet_val_accuracy"): "single_shot: validation accuracy (fraction) of the supernet with the "
+                                              "found architecture, its own running BN statistics",
+}
 
 
 def run_pipeline(cfg: Any, wd: Workdir) -> dict[str, Any]:
@@ -325,9 +388,11 @@ def run_pipeline(cfg: Any, wd: Workdir) -> dict[str, Any]:
         outputs[stage] = done
     res: dict[str, Any] = {"architecture": space.encode(ctx.arch), "space": space.name}
     res["search_seconds"] = sum(o.get("search_seconds", 0.0) for o in outputs.values())
-    res["accuracy"] = next((outputs[s][k] for s, k in (("retrain", "test_accuracy"), ("evolve", "accuracy"),
-                                                       ("single_shot", "supernet_val_accuracy"))
-                            if k in outputs.get(s, {})), None)  # a zero-shot-scored evolve has no accuracy
+    src = next(((s, k) for s, k in (("retrain", "test_accuracy"), ("evolve", "accuracy"),
+                                    ("single_shot", "inherited_val_accuracy"), ("single_shot", "supernet_val_accuracy"))
+                if k in outputs.get(s, {})), None)  # a zero-shot-scored evolve has no accuracy
+    res["accuracy"] = None if src is None else outputs[src[0]][src[1]]
+    res["accuracy_source"] = None if src is None else ACCURACY_SOURCES[src]
     res.update(hardware_costs(ctx, ctx.arch))
     res.update(table_lookup(ctx, ctx.arch))
     res["stages"] = {s: {k: v for k, v in o.items() if k not in ("probs", "mask", "ranking", "history")}

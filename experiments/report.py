@@ -11,7 +11,10 @@ per method), and each group reports mean +- std over its runs of
 Writes `PREFIX.md` (a Markdown table), `PREFIX.csv` (one row per run), `PREFIX_pareto.png`
 (accuracy vs latency of every run, with the Pareto front over all of them) and
 `PREFIX_trajectories.png` (best-so-far accuracy per evaluation of `evolve` stages and supernet
-validation accuracy per epoch of `single_shot` stages, from `metrics.jsonl`).
+validation accuracy per epoch of `single_shot` stages, from `metrics.jsonl`) and, for runs whose
+config has a lookup table, `PREFIX_search_length.png`: the table accuracy of the architecture each
+`single_shot` epoch would have returned (its argmax, logged per epoch) against the search steps so far,
+per run (`search_length` in the JSON printed with `--out`).
 
 Example:
     python -m experiments.report workdirs/ablation --out docs/ablation --latency pixel3_latency_ms
@@ -161,6 +164,43 @@ def plot(runs: list[dict[str, Any]], prefix: str, latency_name: str) -> list[str
     out.append(f"{prefix}_trajectories.png")
     fig.savefig(out[1], dpi=130)
     plt.close(fig)
+
+    curves = search_length_curves(runs)
+    if curves:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for i, (r, (steps, acc)) in enumerate(curves.items()):
+            lab = f"{runs[r]['label']} seed {runs[r]['config'].get('seed')}"
+            ax.plot(steps, acc, marker=".", lw=1, label=lab, color=plt.cm.tab10(i % 10))
+        ax.set(xlabel="search steps (architecture + weight step pairs)", ylabel="table accuracy of the argmax cell",
+               title="single_shot: found cell vs search length")
+        ax.legend(fontsize=6, loc="lower right")
+        fig.tight_layout()
+        out.append(f"{prefix}_search_length.png")
+        fig.savefig(out[-1], dpi=130)
+        plt.close(fig)
+    return out
+
+
+def search_length_curves(runs: list[dict[str, Any]]) -> dict[int, tuple[list[int], list[float]]]:
+    """Run index -> (steps after each `single_shot` epoch, table accuracy of that epoch's argmax cell),
+    for runs whose config names a lookup table that exists (NAS-Bench-201)."""
+    from experiments.pipeline import _data_path
+    tables: dict[tuple[str, str, str], dict[str, float]] = {}
+    out = {}
+    for i, r in enumerate(runs):
+        c = r["config"]
+        path = _data_path(c.get("table.csv") or "")
+        ss = [m for m in r["metrics"] if m.get("stage") == "single_shot" and "arch" in m]
+        if not ss or not c.get("table.csv") or not os.path.isfile(path):
+            continue
+        key = (path, c.get("table.arch_column", "arch_str"), c.get("table.column", ""))
+        if key not in tables:
+            with open(path, newline="") as f:
+                tables[key] = {row[key[1]]: float(row[key[2]]) for row in csv.DictReader(f)}
+        spe = c.get("single_shot.steps_per_epoch") or None
+        n_train = r["results"].get("stages", {}).get("single_shot", {}).get("steps_per_epoch")
+        per = spe or n_train or 1
+        out[i] = ([(m["epoch"] + 1) * per for m in ss], [tables[key].get(m["arch"], float("nan")) for m in ss])
     return out
 
 

@@ -29,8 +29,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args, overrides = p.parse_known_args(argv)
     try:
         cfg = load_config(args.config, overrides)
-        from experiments.pipeline import check_stages, run_pipeline  # heavy imports after the config parses
+        from experiments.pipeline import check_config, check_stages, run_pipeline  # heavy imports after parsing
         check_stages(list(cfg.stages))
+        check_config(cfg)
         import jax
         jax.config.update("jax_default_matmul_precision", cfg.get("matmul_precision", "default"))
         from experiments.workdir import Workdir
@@ -39,7 +40,26 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except (ConfigError, KeyError, FileNotFoundError, WorkdirError) as e:
         p.exit(2, f"error: {e.args[0] if e.args else e}\n")
     print(json.dumps(results, indent=1, sort_keys=True))
+    print(summary(results, args.workdir))
     return results
+
+
+def summary(res: dict, workdir: str) -> str:
+    """A few lines a person reads: what was found, which accuracy is which, costs, time, where."""
+    lines = [f"found ({res.get('space')}): {res.get('architecture')}"]
+    if res.get("accuracy") is not None:
+        lines.append(f"  accuracy {res['accuracy']:.4g}: {res.get('accuracy_source')}")
+    if "table_accuracy" in res:
+        lines.append(f"  table accuracy {res['table_accuracy']:.2f} %: the same cell in the benchmark's own network "
+                     "(NAS-Bench-201 lookup)")
+    lat = dict(res.get("latency_ms", {}), **{f"table:{k}": v for k, v in res.get("table_latency_ms", {}).items()})
+    if lat:
+        lines.append("  latency ms: " + ", ".join(f"{k} {v:.3g}" for k, v in sorted(lat.items())))
+    if "params_bytes" in res:
+        lines.append(f"  memory: params {res['params_bytes'] / 1e3:.1f} kB, peak activations "
+                     f"{res['peak_activation_bytes'] / 1e3:.1f} kB")
+    lines.append(f"  search time {res.get('search_seconds', 0.0):.0f} s; everything is in {workdir}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -179,9 +179,13 @@ def _accuracy_evaluator(ctx: Context):
         return E.TableEvaluator(space, _data_path(cfg.table.csv), {"accuracy": cfg.table.column},
                                 cfg.table.arch_column)
     if name == "supernet":
-        _, val = _splits(ctx)
+        train, val = _splits(ctx)
+        if ec.supernet_bn not in E.BN_MODES:
+            raise ConfigError(f"unknown evolve.supernet_bn {ec.supernet_bn!r}; valid: {', '.join(E.BN_MODES)}")
         return E.SupernetEvaluator(space, trained_supernet(ctx), val, prepare=lambda k, x: D.normalize(x),
-                                   mesh=ctx.mesh, bn=ec.supernet_bn)
+                                   mesh=ctx.mesh, bn=ec.supernet_bn, calib=train,
+                                   calib_batches=cfg.single_shot.bn_recalibration or 10,
+                                   calib_batch_size=cfg.single_shot.batch_size)
     if name == "train":
         train, val = _splits(ctx)
         return E.TrainEvaluator(space, train, val, steps=ec.train_steps, batch_size=cfg.single_shot.batch_size,

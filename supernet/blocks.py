@@ -24,6 +24,15 @@ blocks that every path crosses (synflow in float32), and `mixed` computes a mixe
 `sum_k w[k] op_k(x)` with each op's records weighted by its `w[k]`, or, for one-hot weights, only the
 chosen op (`lax.switch`). While a collector is active, BatchNorm running statistics are not updated.
 
+Single-path execution (`with single_path():`, at trace time): for one-hot architecture weights a mixed
+operation computes only its chosen op (`nnx.switch`, so one compiled function still serves every
+architecture and the chosen op's BatchNorm statistics update), as single-path one-shot search runs
+it (SPOS, Guo et al. 2020; GDAS, Dong & Yang 2019, computes only the sampled op). The result is
+`w[k*] * op_{k*}(x)` with `k* = argmax w`: exactly the mixture for one-hot weights, and its gradient
+with respect to `w` is GDAS's (only `w[k*]` gets one; a straight-through sample passes it on to every
+logit through the softmax). Ops not chosen are not run, so their BatchNorm statistics stay as they
+are, where the mixture would update them with a zero-weighted batch.
+
 Example:
     >>> conv = SharedConv(8, 16, kernel=5, rngs=nnx.Rngs(0))
     >>> y = conv(jnp.ones((2, 8, 8, 8)), kernel_mask=kernel_mask(5, jnp.array([1.0, 0.0]), (3, 5)))
@@ -33,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 from typing import Any, Callable, Mapping, Sequence
@@ -116,7 +126,7 @@ def conv2d(x: Float[Array, "b h w c"], w: Float[Array, "k k i o"], stride: int =
            bias: Float[Array, "o"] | None = None) -> Float[Array, "b h2 w2 o"]:
     """NHWC convolution with symmetric 'same' padding `k // 2` (PyTorch's `padding=k//2`)."""
     taps = _ACTIVE.get()
-    if (taps is not None and taps.select and jax.default_backend() == "cpu"
+    if (((taps is not None and taps.select) or _IN_SWITCH.get()) and jax.default_backend() == "cpu"
             and nested_conv.supported(w, groups, x.shape[-1])):
         # inside lax.switch XLA:CPU's conv gradients are 8-20x slower (supernet/nested_conv.py)
         y = nested_conv.conv2d_matmul_grads(x, w, stride, groups)
@@ -373,13 +383,89 @@ def relu(x: Array) -> Array:
     return jax.nn.relu(x)
 
 
+_SINGLE_PATH: contextvars.ContextVar[bool] = contextvars.ContextVar("supernet_single_path", default=False)
+
+
+@contextlib.contextmanager
+def single_path(on: bool = True):
+    """Within (at trace time), mixed operations run only their chosen op (module docstring).
+
+    Only valid for one-hot architecture weights (a soft weight vector would be cut to its largest
+    entry). Supernets that do not implement it (the FBNet supernet) still compute the mixture,
+    which for one-hot weights is the same function, only slower.
+    """
+    token = _SINGLE_PATH.set(on)
+    try:
+        yield
+    finally:
+        _SINGLE_PATH.reset(token)
+
+
+def is_single_path() -> bool:
+    """Whether the current trace runs one-hot mixed operations single-path (`single_path`)."""
+    return _SINGLE_PATH.get()
+
+
+_IN_SWITCH: contextvars.ContextVar[bool] = contextvars.ContextVar("supernet_in_switch", default=False)
+
+
+def choose(w: Float[Array, "k"], branches: Sequence[Callable[..., Array]], *operands: Any) -> Array:
+    """`w[k*] * branches[k*](*operands)` with `k* = argmax w`, running only that branch.
+
+    Modules the branches use must be passed in `operands` (not closed over), so that `nnx.switch`
+    carries their state updates (BatchNorm statistics) out of the chosen branch. Convolutions
+    inside a branch use matrix-product gradients on the CPU (`nested_conv`: XLA:CPU's own conv
+    gradients inside a conditional are 8-20x slower).
+    """
+    def traced(f):
+        def g(*args):
+            token = _IN_SWITCH.set(True)
+            try:
+                return f(*args)
+            finally:
+                _IN_SWITCH.reset(token)
+        return g
+
+    idx = jnp.argmax(w)
+    fns = [traced(f) for f in branches]
+    if _writes_batch_stats(operands):  # train mode: carry the chosen branch's statistics out
+        return w[idx] * nnx.switch(idx, fns, *operands)
+    # eval mode writes nothing: a plain switch, which also works inside loop bodies (where NNX
+    # refuses to write back variables created outside the loop)
+    return w[idx] * jax.lax.switch(idx, [lambda _, f=f: f(*operands) for f in fns], 0)
+
+
+def _writes_batch_stats(operands: Sequence[Any]) -> bool:
+    """Whether a module among `operands` (or inside lists of them) is a train-mode BatchNorm."""
+    for op in operands:
+        items = op if isinstance(op, (list, tuple)) else [op]
+        for item in items:
+            if isinstance(item, nnx.Module) and any(
+                    isinstance(m, BatchNorm) and not m.use_running_average for _, m in nnx.iter_modules(item)):
+                return True
+    return False
+
+
 def mixed(w: Float[Array, "k"], ops: Sequence[Callable[[Array], Array] | None], x: Array) -> Array:
     """A mixed operation `sum_k w[k] * ops[k](x)` (`None`: the zero op) (DARTS).
 
-    Without an active `Taps` this is the plain weighted sum; with one, records inside op k are
+    Without an active `Taps` this is the plain weighted sum, or, under `single_path()`, only the op
+    with the largest weight (exact for one-hot weights); with a `Taps`, records inside op k are
     weighted by `w[k]`, or (`Taps.select`) only the op with the largest weight is computed.
     """
     taps = _ACTIVE.get()
+    if taps is None and _SINGLE_PATH.get():
+        mods = [op if isinstance(op, nnx.Module) else None for op in ops]
+
+        def branch(k: int):
+            op = ops[k]
+            if op is None:
+                return lambda ms, v: jnp.zeros_like(v)
+            if mods[k] is not None:
+                return lambda ms, v: ms[k](v)
+            return lambda ms, v: op(v)  # a stateless function (skip, pooling)
+
+        return choose(w, [branch(k) for k in range(len(ops))], mods, x)
     if taps is None:
         y = None
         for k, op in enumerate(ops):

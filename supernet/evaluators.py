@@ -47,9 +47,10 @@ from hwmodel import analytic, memory as hwmemory
 from hwmodel.accelerators import ACCELERATORS
 from hwmodel.layers import prune_dead
 from hwmodel.registry import Registry
+from supernet.blocks import single_path
 from supernet.space import SearchSpace
-from supernet.training import (AugmentFn, DeviceData, OptimConfig, cross_entropy, identity_input, make_mesh,
-                               weight_tx)
+from supernet.training import (AugmentFn, BNRecalibrator, DeviceData, OptimConfig, cross_entropy, identity_input,
+                               make_mesh, weight_tx)
 
 Objectives = dict[str, np.ndarray]
 """Named objective values, each `float64 [N]`."""
@@ -244,24 +245,32 @@ class SupernetEvaluator(Evaluator):
     The weights are a snapshot taken when the evaluator is made. `bn="running"`: BatchNorm uses its
     running statistics (eval mode), so the accuracy equals that of `net.derive(arch)` evaluated in
     eval mode. Those statistics were accumulated under the search's mixture of operations, not under
-    the candidate alone, which biases one-shot accuracies; `bn="batch"` normalises every held-out
-    batch by its own statistics under the candidate's architecture (train-mode BatchNorm, nothing
-    stored), the large-batch limit of SPOS's per-subnet BN recalibration (Guo et al., ECCV 2020,
-    sec. 3.3: statistics recomputed on training images before evaluating a subnet). Use batches of
-    a few hundred images for it. `traces` counts compilations of the evaluation function (1 for
-    any number of architectures).
+    the candidate alone, which biases one-shot accuracies (a mixture-trained supernet's derived
+    subnets score at chance with them). `bn="recalibrate"` recomputes them for each candidate on
+    `calib_batches` batches of `calib` (training images) under the candidate's architecture, then
+    evaluates in eval mode: SPOS's per-subnet BN recalibration (Guo et al., ECCV 2020, sec. 3.3;
+    `training.BNRecalibrator`). `bn="batch"` normalises every held-out batch by its own statistics
+    (train-mode BatchNorm, nothing stored), the large-batch limit of the recalibration; use
+    batches of a few hundred images for it. `traces` counts compilations of the evaluation function
+    (1 for any number of architectures).
     """
 
     def __init__(self, space: SearchSpace, net: nnx.Module, data: DeviceData,
                  prepare: AugmentFn = identity_input, batch_size: int = 500,
-                 mesh: jax.sharding.Mesh | None = None, name: str = "accuracy", bn: str = "running"):
+                 mesh: jax.sharding.Mesh | None = None, name: str = "accuracy", bn: str = "running",
+                 calib: DeviceData | None = None, calib_batches: int = 10, calib_batch_size: int = 128):
         super().__init__(space)
-        if bn not in ("running", "batch"):
-            raise ValueError(f"unknown bn {bn!r}; valid: running (eval-mode statistics), batch (per-batch)")
+        if bn not in BN_MODES:
+            raise ValueError(f"unknown bn {bn!r}; valid: running (eval-mode statistics), recalibrate "
+                             "(recomputed per candidate on training batches), batch (per-batch)")
+        if bn == "recalibrate" and calib is None:
+            raise ValueError("bn='recalibrate' needs calib, the training images to recompute the statistics on")
         self.names, self.data, self.traces = (name,), data, 0
         mesh = mesh or make_mesh()
         bs = _eval_batch(batch_size, len(data), mesh)
-        if bn == "running":
+        self._calib = (BNRecalibrator(net, calib, prepare, batches=calib_batches, batch_size=calib_batch_size,
+                                      mesh=mesh) if bn == "recalibrate" else None)
+        if bn != "batch":
             net.eval()
         graphdef, self._state = nnx.split(net)  # train mode: BN computes (and drops) batch statistics
         net.train()
@@ -269,15 +278,23 @@ class SupernetEvaluator(Evaluator):
         def correct(state, data, arch):
             self.traces += 1
             model = nnx.merge(graphdef, state)
-            return _held_out_correct(model, data, space.one_hot(arch), prepare, bs, mesh,
-                                     unroll=bn == "batch")
+            with single_path():  # one-hot weights: only the candidate's operations run
+                return _held_out_correct(model, data, space.one_hot(arch), prepare, bs, mesh,
+                                         unroll=bn == "batch")
 
         self._correct = jax.jit(correct)
 
     def evaluate(self, archs: np.ndarray) -> Objectives:
         n = len(self.data)
-        acc = [int(self._correct(self._state, self.data, jnp.asarray(a))) / n for a in archs]
+        acc = []
+        for a in archs:
+            state = self._state if self._calib is None else self._calib(self._state, self.space.one_hot(a))
+            acc.append(int(self._correct(state, self.data, jnp.asarray(a))) / n)
         return {self.names[0]: np.asarray(acc)}
+
+
+#: BatchNorm statistics of `SupernetEvaluator` (and the launcher's `evolve.supernet_bn`).
+BN_MODES = ("running", "recalibrate", "batch")
 
 
 # ------------------------------------------------------------------ multishot (train each candidate)

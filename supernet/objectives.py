@@ -13,6 +13,9 @@ Loss forms (`LOSS_FORMS`), with CE the task loss, LAT the expected latency in ms
   ICLR 2019, Eq. 6: CE + l * E[LAT]) normalised by the target so that l is unit-free.
 - `tunas`: CE + b * |LAT / T - 1|, TuNAS's absolute reward (Bender et al., CVPR 2020, Eq. 4) as a
   loss (their b = -0.07 in reward terms): penalises being slower *and* faster than the target.
+- `hinge`: CE + b * max(0, LAT / T - 1): only being slower than the target costs, a soft form of
+  MnasNet's hard constraint (Tan et al., CVPR 2019, Eq. 2 with alpha = 0 below T); the search then
+  looks for the most accurate architecture that meets the target, not for one at the target.
 Optional memory penalty: + m * relu(M / budget - 1) with M the peak activation or parameter bytes.
 
 `discrete=True` costs the most probable architecture instead of the expected layer table, with a
@@ -43,7 +46,7 @@ from hwmodel.surrogate import Surrogate, predict
 from supernet.relax import straight_through
 from supernet.space import ArchProbs, SearchSpace
 
-LOSS_FORMS = ("none", "fbnet", "proxyless", "tunas")
+LOSS_FORMS = ("none", "fbnet", "proxyless", "tunas", "hinge")
 COST_MODELS = ("analytic", "surrogate")
 MEMORY_KINDS = ("peak_activation", "params")
 
@@ -81,7 +84,7 @@ class CostConfig:
             raise ValueError(f"unknown latency loss form {self.form!r}; valid forms: {', '.join(LOSS_FORMS)}")
         if self.model not in COST_MODELS:
             raise ValueError(f"unknown cost model {self.model!r}; valid models: {', '.join(COST_MODELS)}")
-        if self.form in ("proxyless", "tunas") and (self.target_ms is None or not self.target_ms > 0):
+        if self.form in ("proxyless", "tunas", "hinge") and (self.target_ms is None or not self.target_ms > 0):
             raise ValueError(f"latency loss {self.form!r} needs a latency target target_ms > 0, "
                              f"got {self.target_ms!r}")
         if self.target_ms is not None and not self.target_ms > 0:
@@ -144,6 +147,8 @@ def combine(task_loss: jax.Array, latency_ms: jax.Array | None, memory_bytes: ja
         loss = task_loss + cfg.weight * (latency_ms - cfg.target_ms) / cfg.target_ms
     elif cfg.form == "tunas":
         loss = task_loss + cfg.weight * jnp.abs(latency_ms / cfg.target_ms - 1.0)
+    elif cfg.form == "hinge":
+        loss = task_loss + cfg.weight * jax.nn.relu(latency_ms / cfg.target_ms - 1.0)
     if cfg.memory is not None and memory_bytes is not None:
         loss = loss + cfg.memory_weight * jax.nn.relu(memory_bytes / cfg.memory_budget_bytes - 1.0)
     return loss

@@ -2,15 +2,36 @@
 
 Alternating first-order updates (DARTS, Liu et al. ICLR 2019, first-order variant, which NAS-Bench-201
 and most follow-ups use): per step,
-1. architecture step on a batch of the held-out split: loss = task CE + hardware cost of the expected
-   architecture (`supernet.objectives`), gradient w.r.t. the `ArchLogits` only, Adam
-   (lr 3e-4, betas (0.5, 0.999), L2 1e-3, DARTS's settings);
+1. architecture step on a batch of the held-out split: loss = task CE + hardware cost
+   (`supernet.objectives`), gradient w.r.t. the `ArchLogits` only, Adam (lr 3e-4, betas (0.5, 0.999),
+   L2 1e-3, DARTS's settings);
 2. weight step on a batch of the training split: CE under sampled/relaxed architecture weights,
    gradient w.r.t. the `nnx.Param`s only, SGD (`training.OptimConfig`).
 The relaxation (`supernet.relax`: softmax / gumbel / dirichlet) turns logits into the weights the
 supernet mixes with. Choices removed by a `SpaceMask` (zero-shot pruning) get weight zero and can
 never be derived. `warmup_epochs` train the weights only (uniform weights over the allowed choices)
 before the architecture moves, which avoids DARTS's early rich-get-richer collapse.
+
+Two gradient estimators for the architecture step (`estimator`):
+- `relaxed`: the pathwise gradient through the relaxation (DARTS, GDAS, DrNAS). With `hard=True`
+  the forward weights are a one-hot sample (straight-through Gumbel, GDAS / FBNetV2).
+- `reinforce`: TuNAS (Bender et al., CVPR 2020): sample one architecture `a ~ p`, score it on the
+  batch, reward `R = -combine(1 - accuracy, LAT(a), ...)` (with the `tunas` form TuNAS's absolute
+  reward `Q(a) - b |LAT(a) / T - 1|`), and ascend `(R - baseline) grad log p(a)` with an exponential
+  moving-average baseline (`reward_momentum`). No backward pass through the network.
+
+Honest costs. With one-hot forward weights (`hard`, `reinforce`) the hardware cost in the loss is the
+cost of the *sampled* architecture (straight-through for `hard`), as GDAS / FBNetV2 / TuNAS use it, not
+that of the expected layer table: with a spread distribution the expected table's cost can be far from
+any architecture the search returns (docs/ablation.md: 12 ms optimised, 2 ms derived). Every epoch
+logs the optimised cost (`latency_ms`, the epoch's mean), the cost of the current argmax
+architecture (`latency_ms_argmax`) and their relative gap (`latency_gap`), and the mean entropy of
+the choice distributions (`arch_entropy`); `entropy_weight` (ramped up from 0 like beta-decay)
+concentrates the distribution so that the samples become the architecture that is derived.
+
+Single-path steps. One-hot forward weights (hard samples, `path_sampling`, `reinforce`) run only the
+chosen operation of every mixed op (`blocks.single_path`, `single_path=True`): the same outputs and
+weight gradients as the one-hot mixture, at the cost of one subnet.
 
 One jitted step serves the whole search: the architecture is an array, the data sit on the devices
 and each batch is gathered inside the step; with a mesh of several devices the batch is sharded over
@@ -36,6 +57,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from supernet import relax as R
+from supernet.blocks import single_path
 from supernet.model import ArchLogits, Supernet
 from supernet.objectives import CostConfig, CostFn, combine
 from supernet.space import SearchSpace, SpaceMask
@@ -65,6 +87,15 @@ class SearchConfig:
         mixture-trained supernet ranks one-hot subnets poorly (their operations were trained at
         weight ~1/C beside the others); single-path weights are what the multishot `supernet`
         evaluator (inherited weights) needs. The architecture step is unchanged.
+      estimator: `relaxed` (pathwise, through the relaxation) or `reinforce` (TuNAS); see the module
+        docstring. With `reinforce` (and with `hard`) the weight step trains the path sampled from
+        the current distribution (uniform during warm-up) unless `path_sampling` asks for uniform.
+      reward_momentum: momentum of `reinforce`'s moving-average reward baseline (TuNAS: 0.95).
+      entropy_weight: final weight of the mean per-decision entropy of the choice distribution in
+        the architecture loss, ramped linearly from 0 over the search (concentrates the
+        distribution, so that the sampled and the derived architectures agree at the end).
+      single_path: one-hot forward weights run only the chosen operations (module docstring);
+        False computes the one-hot mixture (same function, every op run: for tests and benchmarks).
       cost: the hardware cost in the architecture loss.
       seed: drives initialisation-independent streams (data order, augmentation, sampling).
       steps_per_epoch: cap on steps per epoch (smoke runs); None = full epochs.
@@ -83,6 +114,10 @@ class SearchConfig:
     beta_decay: float = 0.0
     warmup_epochs: int = 0
     path_sampling: bool = False
+    estimator: str = "relaxed"
+    reward_momentum: float = 0.95
+    entropy_weight: float = 0.0
+    single_path: bool = True
     cost: CostConfig = CostConfig()
     seed: int = 0
     steps_per_epoch: int | None = None
@@ -95,6 +130,43 @@ class SearchConfig:
                              f"{self.warmup_epochs}")
         if not self.arch_lr > 0 or min(self.tau) <= 0:
             raise ValueError("arch_lr and the temperatures must be > 0")
+        if len(self.tau) != 2 or self.tau[1] > self.tau[0]:
+            raise ValueError(f"the temperature schedule tau=(start, end) must not increase (annealing: "
+                             f"start >= end), got {tuple(self.tau)}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1 (or None for full epochs), got {self.steps_per_epoch}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}; valid: {', '.join(ESTIMATORS)}")
+        if not 0 <= self.reward_momentum < 1:
+            raise ValueError(f"reward_momentum must be in [0, 1), got {self.reward_momentum}")
+        if self.entropy_weight < 0 or self.beta_decay < 0:
+            raise ValueError("entropy_weight and beta_decay must be >= 0")
+
+    @property
+    def one_hot_forward(self) -> bool:
+        """Whether the architecture step runs a one-hot sample (hard Gumbel or REINFORCE)."""
+        return self.hard or self.estimator == "reinforce"
+
+
+ESTIMATORS = ("relaxed", "reinforce")
+
+
+class RewardBaseline(nnx.Module):
+    """REINFORCE's moving-average reward baseline (state of the search, checkpointed with it)."""
+
+    def __init__(self):
+        self.value = nnx.Variable(jnp.zeros((), jnp.float32))
+        self.count = nnx.Variable(jnp.zeros((), jnp.int32))
+
+    def advantage(self, reward: jax.Array, momentum: float) -> jax.Array:
+        """`reward - baseline` (0 on the first step, whose reward starts the average), then update."""
+        first = self.count.get_value() == 0
+        base = jnp.where(first, reward, self.value.get_value())
+        self.value.set_value(momentum * base + (1 - momentum) * reward)
+        self.count.set_value(self.count.get_value() + 1)
+        return reward - base
 
 
 class SingleShot:
@@ -120,7 +192,11 @@ class SingleShot:
         self.seconds = 0.0
         self._weight_tx, self._total_steps = weight_optimizer, total_steps
         self._opts: tuple[nnx.Optimizer, nnx.Optimizer] | None = None
+        # REINFORCE's reward baseline is state; other estimators keep the (model, opt, opt) layout
+        # of earlier checkpoints.
+        self._extra: tuple[nnx.Module, ...] = (RewardBaseline(),) if cfg.estimator == "reinforce" else ()
         self._step_fns: dict[bool, Callable] = {}
+        self._argmax_cost: Callable | None = None
 
     # ----------------------------------------------------------------- optimizers and state
     def _setup(self, steps_per_epoch: int) -> None:
@@ -133,79 +209,126 @@ class SingleShot:
         self._opts = (nnx.Optimizer(self.model, wtx, wrt=nnx.Param),
                       nnx.Optimizer(self.model, atx, wrt=ArchLogits))
 
+    def _modules(self) -> tuple:
+        return (self.model, *self._opts, *self._extra)
+
     def state(self) -> dict[str, Any]:
         """Everything needed to resume: module + optimizer states and counters (a pytree)."""
         if self._opts is None:
             raise RuntimeError("nothing to save before the first epoch")
-        return {"nnx": nnx.state((self.model, *self._opts)), "epoch": self.epoch, "seconds": self.seconds}
+        return {"nnx": nnx.state(self._modules()), "epoch": self.epoch, "seconds": self.seconds}
 
     def load_state(self, state: dict[str, Any], steps_per_epoch: int) -> None:
         self._setup(steps_per_epoch)
-        nnx.update((self.model, *self._opts), state["nnx"])
+        nnx.update(self._modules(), state["nnx"])
         self.epoch, self.seconds = int(state["epoch"]), float(state["seconds"])
 
     # ----------------------------------------------------------------- the step
     def _make_step(self, arch_on: bool, steps: int, val_steps: int):
-        graphdef, _ = nnx.split((self.model, *self._opts))
+        graphdef, _ = nnx.split(self._modules())
         cfg, mesh, allowed = self.cfg, self.mesh, self.allowed
         bs, aug, cost_fn = cfg.batch_size, self.augment, self.cost_fn
         total = cfg.epochs * steps
+        n_choices = allowed.shape[-1]
 
         def weights_of(logits, key, gstep):
             tau = R.temperature(cfg.tau, gstep, total)
             return R.relax(cfg.relaxation, logits, key, allowed=allowed, tau=tau, hard=cfg.hard)
 
+        def sample_one_hot(logits, key):  # a ~ p (the relaxation's expected probabilities)
+            p = R.probabilities(cfg.relaxation, logits, allowed)
+            pick = jax.random.categorical(key, jnp.where(allowed, jnp.log(jnp.maximum(p, 1e-30)), -jnp.inf))
+            return jax.nn.one_hot(pick, n_choices, dtype=jnp.float32), p
+
+        def forward(m, x, w, one_hot: bool):
+            with single_path(one_hot and cfg.single_path):
+                return m(x, w)
+
+        def regularisers(logits, gstep):
+            ramp = jnp.asarray(gstep, jnp.float32) / max(total - 1, 1)
+            reg = 0.0
+            if cfg.relaxation == "dirichlet" and cfg.dirichlet_kl:
+                reg = reg + cfg.dirichlet_kl * R.dirichlet_kl(logits, allowed)
+            if cfg.beta_decay:
+                reg = reg + cfg.beta_decay * ramp * R.beta_decay(logits, allowed)
+            if cfg.entropy_weight:
+                reg = reg + cfg.entropy_weight * ramp * mean_entropy(
+                    R.probabilities(cfg.relaxation, logits, allowed), allowed)
+            return reg
+
         def step(state, train, val, perm_t, perm_v, i, gstep, key):
-            model, wopt, aopt = nnx.merge(graphdef, state)
+            model, wopt, aopt, *extra = nnx.merge(graphdef, state)
             k_at, k_av, k_rt, k_rv = jax.random.split(jax.random.fold_in(key, gstep), 4)
             metrics = {}
             if arch_on:  # 1. architecture step on the held-out split
                 xv, yv = gather_batch(val, perm_v, i % val_steps, bs, mesh)
                 xv = aug(k_av, xv)
+                if cfg.estimator == "reinforce":
+                    a, _ = sample_one_hot(model.arch_logits.get_value(), k_rv)
+                    logits = jax.lax.stop_gradient(forward(model, xv, a, True))
+                    ce_v, acc_v = cross_entropy(logits, yv), accuracy(logits, yv)
+                    cost = cost_fn(a) if cost_fn is not None else {}
+                    # TuNAS's reward: quality (batch accuracy) minus the cost terms of the loss form
+                    reward = -combine(1.0 - acc_v, cost.get("latency_ms"), cost.get("memory_bytes"), cfg.cost)
+                    adv = extra[0].advantage(jax.lax.stop_gradient(reward), cfg.reward_momentum)
 
-                def arch_loss(m):
-                    w, p = weights_of(m.arch_logits.get_value(), k_rv, gstep)
-                    logits = m(xv, w)
-                    ce = cross_entropy(logits, yv)
-                    cost = cost_fn(p) if cost_fn is not None else {}
-                    loss = combine(ce, cost.get("latency_ms"), cost.get("memory_bytes"), cfg.cost)
-                    if cfg.relaxation == "dirichlet" and cfg.dirichlet_kl:
-                        loss = loss + cfg.dirichlet_kl * R.dirichlet_kl(m.arch_logits.get_value(), allowed)
-                    if cfg.beta_decay:
-                        ramp = jnp.asarray(gstep, jnp.float32) / max(total - 1, 1)
-                        loss = loss + cfg.beta_decay * ramp * R.beta_decay(m.arch_logits.get_value(), allowed)
-                    return loss, (ce, accuracy(logits, yv), cost)
+                    def arch_loss(m):
+                        lg = m.arch_logits.get_value()
+                        logp = jnp.log(jnp.maximum(R.probabilities(cfg.relaxation, lg, allowed), 1e-30))
+                        return -adv * jnp.sum(a * logp) + regularisers(lg, gstep)
 
-                grads, (ce_v, acc_v, cost) = nnx.grad(arch_loss, argnums=nnx.DiffState(0, ArchLogits),
-                                                      has_aux=True)(model)
+                    grads = nnx.grad(arch_loss, argnums=nnx.DiffState(0, ArchLogits))(model)
+                    metrics.update(reward=reward)
+                else:
+                    def arch_loss(m):
+                        lg = m.arch_logits.get_value()
+                        w, p = weights_of(lg, k_rv, gstep)
+                        logits = forward(m, xv, w, cfg.hard)
+                        ce = cross_entropy(logits, yv)
+                        # one-hot forward: the cost of the sampled architecture (straight-through)
+                        cost = cost_fn(w if cfg.hard else p) if cost_fn is not None else {}
+                        loss = combine(ce, cost.get("latency_ms"), cost.get("memory_bytes"), cfg.cost)
+                        return loss + regularisers(lg, gstep), (ce, accuracy(logits, yv), cost)
+
+                    grads, (ce_v, acc_v, cost) = nnx.grad(arch_loss, argnums=nnx.DiffState(0, ArchLogits),
+                                                          has_aux=True)(model)
                 aopt.update(model, grads)
-                metrics.update(val_ce=ce_v, val_acc=acc_v, **cost)
+                metrics.update(val_ce=ce_v, val_acc=acc_v, **jax.lax.stop_gradient(cost))
             # 2. weight step on the training split
             xt, yt = gather_batch(train, perm_t, i, bs, mesh)
             xt = aug(k_at, xt)
-            if cfg.path_sampling:  # SPOS: one uniformly sampled allowed path
+            uniform_path = cfg.path_sampling or (cfg.one_hot_forward and not arch_on)
+            if uniform_path:  # SPOS: one uniformly sampled allowed path (also one-hot warm-ups)
                 pick = jax.random.categorical(k_rt, jnp.where(allowed, 0.0, -jnp.inf), axis=-1)
-                w = jax.nn.one_hot(pick, allowed.shape[-1], dtype=jnp.float32)
+                w, one_hot = jax.nn.one_hot(pick, n_choices, dtype=jnp.float32), True
+            elif arch_on and cfg.estimator == "reinforce":
+                w, one_hot = sample_one_hot(jax.lax.stop_gradient(model.arch_logits.get_value()), k_rt)[0], True
             elif arch_on:
                 w, _ = weights_of(jax.lax.stop_gradient(model.arch_logits.get_value()), k_rt, gstep)
+                one_hot = cfg.hard
             else:  # warm-up: uniform over the allowed choices
-                w = allowed / allowed.sum(-1, keepdims=True)
+                w, one_hot = allowed / allowed.sum(-1, keepdims=True), False
 
             def weight_loss(m):
-                logits = m(xt, w)
+                logits = forward(m, xt, w, one_hot)
                 return cross_entropy(logits, yt), accuracy(logits, yt)
 
             (ce_t, acc_t), grads = nnx.value_and_grad(weight_loss, argnums=nnx.DiffState(0, nnx.Param),
                                                       has_aux=True)(model)
             wopt.update(model, grads)
             metrics.update(train_ce=ce_t, train_acc=acc_t)
-            return nnx.state((model, wopt, aopt)), metrics
+            return nnx.state((model, wopt, aopt, *extra)), metrics
 
         return jax.jit(step, donate_argnums=0)
 
     # ----------------------------------------------------------------- public API
     def run_epoch(self, train: DeviceData, val: DeviceData, progress: Callable | None = None) -> dict[str, float]:
-        """One epoch of alternating updates; returns the epoch's mean metrics and current choices."""
+        """One epoch of alternating updates; returns the epoch's mean metrics and current choices.
+
+        With a cost function the record also holds `latency_ms_argmax` (the cost of the architecture
+        `derive_arch()` returns now) and `latency_gap` (`latency_ms / latency_ms_argmax - 1`, the
+        optimised cost's relative distance from it); always `arch_entropy` (mean per decision, nats).
+        """
         cfg = self.cfg
         steps = check_batch(cfg.batch_size, self.mesh, len(train), "training split")
         val_steps = check_batch(cfg.batch_size, self.mesh, len(val), "validation split")
@@ -220,21 +343,30 @@ class SingleShot:
         ek = jax.random.fold_in(key, self.epoch)
         perm_t = jax.random.permutation(jax.random.fold_in(ek, 0), len(train))
         perm_v = jax.random.permutation(jax.random.fold_in(ek, 1), len(val))
-        state = jax.device_put(nnx.state((self.model, *self._opts)), NamedSharding(self.mesh, P()))
+        state = jax.device_put(nnx.state(self._modules()), NamedSharding(self.mesh, P()))
         sums: dict[str, jax.Array] = {}
         it = range(steps) if progress is None else progress(range(steps))
         for i in it:
             state, m = step(state, train, val, perm_t, perm_v, jnp.int32(i),
                             jnp.int32(self.epoch * steps + i), key)
             sums = {k: sums.get(k, 0.0) + v for k, v in m.items()}
-        nnx.update((self.model, *self._opts), state)
+        nnx.update(self._modules(), state)
         rec = {k: float(v) / steps for k, v in sums.items()}
         self.seconds += time.perf_counter() - t0
         bad = [k for k, v in rec.items() if not np.isfinite(v)]
         if bad:
             raise FloatingPointError(f"non-finite {bad} in search epoch {self.epoch}; lower the learning "
                                      "rates or the latency weight")
-        rec.update(epoch=self.epoch, seconds=self.seconds, arch=self.space.encode(self.derive_arch()))
+        arch = self.derive_arch()
+        rec.update(epoch=self.epoch, seconds=self.seconds, arch=self.space.encode(arch),
+                   arch_entropy=float(mean_entropy(jnp.asarray(self.probs()), self.allowed)))
+        if self.cost_fn is not None:
+            if self._argmax_cost is None:
+                self._argmax_cost = jax.jit(self.cost_fn)
+            lat = float(self._argmax_cost(jnp.asarray(self.space.one_hot(arch)))["latency_ms"])
+            rec["latency_ms_argmax"] = lat
+            if "latency_ms" in rec:
+                rec["latency_gap"] = rec["latency_ms"] / lat - 1.0
         self.epoch += 1
         return rec
 
@@ -256,3 +388,9 @@ class SingleShot:
                     if np.isfinite(logp[d, c])]
             beams = sorted(cand, key=lambda t: -t[0])[:k]
         return [np.asarray(a, np.int32) for _, a in beams]
+
+
+def mean_entropy(probs: jax.Array, allowed) -> jax.Array:
+    """Mean over decisions of the entropy (nats) of the choice distribution among allowed choices."""
+    p = jnp.where(jnp.asarray(allowed), probs, 0.0)
+    return -jnp.mean(jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.maximum(p, 1e-30)), 0.0), -1))

@@ -9,6 +9,8 @@
   batch is sharded on the `data` axis, state replicated, and XLA inserts the all-reduces. BatchNorm
   statistics are computed over the global batch, so 1 and N devices compute the same function.
 - `Trainer`: trains a standalone network (a derived `Subnet`) with a fixed schedule and evaluates it.
+- `recalibrate_bn`: recomputes a network's BatchNorm running statistics on a few training batches
+  before an inherited-weight evaluation (SPOS, Guo et al. 2020).
 
 Example:
     >>> tx = weight_tx(OptimConfig(lr=0.1), total_steps=100)
@@ -26,6 +28,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxtyping import Array, Float, Int
+
+from supernet.blocks import BatchNorm, single_path
 
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 """`(key, uint8 images [B, H, W, C]) -> float32 network input` (jittable)."""
@@ -210,12 +214,88 @@ class Trainer:
         return history
 
 
+class BNRecalibrator:
+    """Recomputes BatchNorm running statistics on a few training batches (SPOS's BN recalibration).
+
+    Why: the running statistics of a weight-sharing supernet were accumulated under other
+    architectures (the mixture, or other sampled paths), so a derived subnet evaluated with them
+    can be at chance although its weights are good. Single-path one-shot methods recompute them on
+    training batches before every inherited-weight evaluation (SPOS, Guo et al. 2020, Sec. 3.3),
+    as PyTorch's cumulative average (`momentum=None`) does: the new running mean and variance are
+    the means of the `batches` batch means and batch variances. Only `nnx.BatchStat` variables
+    change. The batches are the first of a permutation of `data` fixed by `seed`, so every
+    architecture is calibrated on the same images.
+
+    `model(x)` for a standalone network, `model(x, arch_weights)` for a supernet (one-hot weights
+    run single-path, so BatchNorms of ops not chosen keep their statistics). One compiled function
+    serves every architecture of a supernet (`traces` counts compilations).
+
+    Example:
+        >>> # calib = BNRecalibrator(net, train, prepare, batches=10)
+        >>> # state = calib(nnx.state(net), space.one_hot(arch))  # then evaluate with `state`
+    """
+
+    def __init__(self, model: nnx.Module, data: DeviceData, prepare: AugmentFn, *, batches: int = 10,
+                 batch_size: int = 128, seed: int = 0, mesh: jax.sharding.Mesh | None = None):
+        if batches < 1:
+            raise ValueError(f"BN recalibration needs batches >= 1, got {batches}")
+        mesh = mesh or make_mesh()
+        d = mesh.devices.size
+        bs = max(d, (min(batch_size, len(data)) // d) * d)
+        self.batches = max(1, min(batches, len(data) // bs))
+        self.data, self.traces, self._mesh = data, 0, mesh
+        self._perm = jax.random.permutation(jax.random.key(seed), len(data))
+        was_training = [getattr(m, "use_running_average", None) for _, m in nnx.iter_modules(model)]
+        model.train()
+        self._graphdef = nnx.graphdef(model)
+        for (_, m), v in zip(nnx.iter_modules(model), was_training):  # leave the caller's mode as it was
+            if v is not None:
+                m.use_running_average = v
+        n = self.batches
+
+        def stats(state, data, perm, w, one_hot: bool):
+            self.traces += 1
+            m = nnx.merge(self._graphdef, state)
+            for _, mod in nnx.iter_modules(m):
+                if isinstance(mod, BatchNorm):
+                    mod.momentum = 0.0  # after one forward the running statistics are that batch's
+            total = None
+            for i in range(n):  # unrolled: NNX refuses BatchStat writes inside a loop body's trace
+                xb, _ = gather_batch(data, perm, jnp.int32(i), bs, mesh)
+                xb = prepare(None, xb)
+                with single_path(one_hot):
+                    m(xb) if w is None else m(xb, w)
+                st = nnx.state(m, nnx.BatchStat)
+                total = st if total is None else jax.tree.map(jnp.add, total, st)
+            return jax.tree.map(lambda v: v / n, total)
+
+        self._stats = jax.jit(stats, static_argnums=4)
+
+    def __call__(self, state: nnx.State, arch_weights: jax.Array | None = None) -> nnx.State:
+        """`state` (of the model this was built from) with recalibrated BatchNorm statistics."""
+        rep = NamedSharding(self._mesh, P())
+        w = None if arch_weights is None else jax.device_put(jnp.asarray(arch_weights), rep)
+        one_hot = w is not None and bool(jnp.all((w == 0) | (w == 1)))
+        new = self._stats(jax.device_put(state, rep), self.data, jax.device_put(self._perm, rep), w, one_hot)
+        return nnx.merge_state(state, new)
+
+
+def recalibrate_bn(model: nnx.Module, data: DeviceData, prepare: AugmentFn, *, batches: int = 10,
+                   batch_size: int = 128, arch_weights: jax.Array | None = None, seed: int = 0,
+                   mesh: jax.sharding.Mesh | None = None) -> int:
+    """Recalibrates `model`'s BatchNorm statistics in place (`BNRecalibrator`); returns the batches used."""
+    calib = BNRecalibrator(model, data, prepare, batches=batches, batch_size=batch_size, seed=seed, mesh=mesh)
+    nnx.update(model, calib(nnx.state(model), arch_weights))
+    return calib.batches
+
+
 def evaluate(model: nnx.Module, data: DeviceData, prepare: AugmentFn, arch_weights: jax.Array | None = None,
              batch_size: int = 500, mesh: jax.sharding.Mesh | None = None) -> float:
     """Top-1 accuracy over `data` with `model` in eval mode (BatchNorm running statistics).
 
-    `model(x)` for a standalone network, `model(x, arch_weights)` for a supernet. The last partial
-    batch is included (indices clamped, the repeats not counted). The model is left in train mode.
+    `model(x)` for a standalone network, `model(x, arch_weights)` for a supernet (one-hot weights
+    run single-path). The last partial batch is included (indices clamped, the repeats not
+    counted). The model is left in train mode.
     """
     mesh = mesh or make_mesh()
     d = mesh.devices.size
@@ -223,6 +303,7 @@ def evaluate(model: nnx.Module, data: DeviceData, prepare: AugmentFn, arch_weigh
     n = len(data)
     model.eval()
     graphdef, state = nnx.split(model)
+    one_hot = arch_weights is not None and bool(jnp.all((arch_weights == 0) | (arch_weights == 1)))
 
     @jax.jit
     def correct(state, data, start, w):
@@ -231,7 +312,8 @@ def evaluate(model: nnx.Module, data: DeviceData, prepare: AugmentFn, arch_weigh
         idx = jnp.minimum(pos, n - 1)
         xb = jax.lax.with_sharding_constraint(data.x[idx], NamedSharding(mesh, P("data")))
         xb = prepare(None, xb)
-        logits = m(xb) if w is None else m(xb, w)
+        with single_path(one_hot):
+            logits = m(xb) if w is None else m(xb, w)
         return jnp.sum((jnp.argmax(logits, -1) == data.y[idx]) & (pos < n))
 
 

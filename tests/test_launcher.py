@@ -63,12 +63,18 @@ def test_keys_added_to_the_code_at_their_default_still_resume(tmp_path):
         Workdir.open(str(tmp_path), new)
 
 
-def test_smoke_run_end_to_end_and_rerun_resumes(tmp_path, data_dir):
+def test_smoke_run_end_to_end_and_rerun_resumes(tmp_path, data_dir, capsys):
     wd = str(tmp_path / "run")
     res = main(["--config", f"{CFG}:smoke", "--workdir", wd])
-    for key in ("architecture", "accuracy", "latency_ms", "params_bytes", "peak_activation_bytes",
-                "search_seconds", "table_accuracy"):
+    for key in ("architecture", "accuracy", "accuracy_source", "latency_ms", "params_bytes",
+                "peak_activation_bytes", "search_seconds", "table_accuracy"):
         assert key in res, key
+    ss = res["stages"]["single_shot"]
+    # the reported accuracy is the derived subnet's with recalibrated BN, beside the supernet's own
+    assert res["accuracy"] == ss["inherited_val_accuracy"] and "BN recalibrated" in res["accuracy_source"]
+    assert {"supernet_val_accuracy", "search_val_accuracy"} <= ss.keys()
+    out = capsys.readouterr().out
+    assert "table accuracy" in out and "inherited weights" in out and wd in out  # the summary says which is which
     assert set(res["latency_ms"]) == {"analytic:npu", "analytic:edgetpu", "analytic:mobile-cpu"}
     with open(os.path.join(wd, "config.json")) as f:
         meta = json.load(f)
@@ -81,9 +87,11 @@ def test_smoke_run_end_to_end_and_rerun_resumes(tmp_path, data_dir):
         main(["--config", f"{CFG}:smoke", "--workdir", wd, "--config.seed=5"])
 
 
-def test_search_killed_mid_way_and_resumed_ends_like_an_uninterrupted_one(tmp_path, data_dir, monkeypatch):
+@pytest.mark.parametrize("estimator", ["relaxed", "reinforce"])
+def test_search_killed_mid_way_and_resumed_ends_like_an_uninterrupted_one(tmp_path, data_dir, monkeypatch, estimator):
     from supernet.single_shot import SingleShot
-    full = main(["--config", f"{CFG}:smoke", "--workdir", str(tmp_path / "full")])
+    over = [f"--config.single_shot.estimator={estimator}"]  # reinforce: its reward baseline is state too
+    full = main(["--config", f"{CFG}:smoke", "--workdir", str(tmp_path / "full"), *over])
     real = SingleShot.run_epoch
     calls = {"n": 0}
 
@@ -96,10 +104,10 @@ def test_search_killed_mid_way_and_resumed_ends_like_an_uninterrupted_one(tmp_pa
     monkeypatch.setattr(SingleShot, "run_epoch", dies_in_epoch_two)
     wd = str(tmp_path / "killed")
     with pytest.raises(KeyboardInterrupt):
-        main(["--config", f"{CFG}:smoke", "--workdir", wd])
+        main(["--config", f"{CFG}:smoke", "--workdir", wd, *over])
     assert not os.path.exists(os.path.join(wd, "results.json"))
     monkeypatch.setattr(SingleShot, "run_epoch", real)
-    resumed = main(["--config", f"{CFG}:smoke", "--workdir", wd])
+    resumed = main(["--config", f"{CFG}:smoke", "--workdir", wd, *over])
     epochs = [json.loads(l)["epoch"] for l in open(os.path.join(wd, "metrics.jsonl"))]
     assert epochs == [0, 1]  # the second run restored epoch 0's checkpoint and ran only epoch 1
     strip = lambda r: {k: v for k, v in r.items() if not k.endswith("seconds") and k != "stages"}

@@ -47,6 +47,11 @@ def base() -> ml_collections.ConfigDict:
     s.beta_decay = 0.0
     s.warmup_epochs = 0
     s.path_sampling = False  # weight steps on one uniformly sampled path (SPOS), not the mixture
+    s.estimator = "relaxed"  # architecture gradient: "relaxed" (pathwise) or "reinforce" (TuNAS)
+    s.reward_momentum = 0.95  # reinforce: moving-average reward baseline (TuNAS)
+    s.entropy_weight = 0.0  # final weight of the choice entropy in the architecture loss (ramped from 0)
+    s.single_path = True  # one-hot forward weights run only the chosen ops (same function, faster)
+    s.bn_recalibration = 10  # training batches that recompute the derived subnet's BN statistics (SPOS)
     s.supernet = ml_collections.ConfigDict()  # extra kwargs of the supernet class
     s.top_k = 10  # most probable architectures handed on (warm start of a later `evolve`)
 
@@ -89,7 +94,9 @@ def base() -> ml_collections.ConfigDict:
     e.train_steps = 100  # evaluator "train": steps of training per candidate
     # New keys must default to the old behaviour: workdirs made before a key existed then still
     # resume (`Workdir.open(defaults=...)`).
-    e.supernet_bn = "running"  # evaluator "supernet": "running" BN statistics or per-"batch" ones
+    # evaluator "supernet": BN statistics "recalibrate"d per candidate on single_shot.bn_recalibration
+    # training batches (SPOS), the supernet's "running" ones, or per-"batch" ones
+    e.supernet_bn = "recalibrate"
     e.eval_batches = 4  # evaluators "supernet"/"train": held-out batches per candidate
     # guided mutation (Abdelfattah et al. 2021's zero-cost move proposal): "zero_shot" = the zero_shot
     # scores pick the best neighbour with probability guide_prob (0.75 in their code); "" = unguided

@@ -42,7 +42,8 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float
 
-from supernet.blocks import BatchNorm, SharedConv, batch_norm, channel_mask, kernel_mask, slice_bn, slice_conv
+from supernet.blocks import (BatchNorm, SharedConv, batch_norm, channel_mask, choose, is_single_path, kernel_mask,
+                             slice_bn, slice_conv)
 from supernet.heads import ClassificationHead
 from supernet.model import SUPERNETS, Supernet
 from supernet.space import Architecture, ArchProbs
@@ -136,17 +137,33 @@ class SearchBlock(nnx.Module):
     def __call__(self, x: Float[Array, "b h w ci"], w_type: Float[Array, "t"], kmask: Array,
                  m_hidden: Float[Array, "hid"], m_expanded: Float[Array, "hid"], p_e1: Array,
                  m_out: Float[Array, "co"]) -> Float[Array, "b h2 w2 co"]:
-        """`x` is already masked to its width; masks are soft for distributions, 0/1 for one-hot."""
-        # IBN: e == 1 feeds the (zero-padded) input to the depthwise conv, e > 1 the expansion.
-        h = p_e1 * jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.hidden - x.shape[-1])))
-        if self.ibn_expand is not None:
-            h = h + m_expanded * self.ibn_expand(x)
-        ibn = m_out * self.ibn_project(m_hidden * self.ibn_dw(h, kmask))
-        fused = m_out * self.fused_project(m_hidden * self.fused_conv(x, kmask))
+        """`x` is already masked to its width; masks are soft for distributions, 0/1 for one-hot.
+
+        Under `blocks.single_path()` (one-hot `w_type`) only the chosen type is computed.
+        """
+        def ibn(blk: "SearchBlock", x: Array) -> Array:
+            # IBN: e == 1 feeds the (zero-padded) input to the depthwise conv, e > 1 the expansion.
+            h = p_e1 * jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, blk.hidden - x.shape[-1])))
+            if blk.ibn_expand is not None:
+                h = h + m_expanded * blk.ibn_expand(x)
+            return m_out * blk.ibn_project(m_hidden * blk.ibn_dw(h, kmask))
+
+        def fused(blk: "SearchBlock", x: Array) -> Array:
+            return m_out * blk.fused_project(m_hidden * blk.fused_conv(x, kmask))
+
+        if is_single_path():  # w[k*] * (op_k*(x) [+ x]): the one-hot mixture below, one type run
+            res = (lambda y, x: y) if self.first else (lambda y, x: y + x)
+            stride, b, h, w_ = self.ibn_dw.conv.stride, *x.shape[:3]
+            out_shape = (b, (h - 1) // stride + 1, (w_ - 1) // stride + 1, self.c_out)
+            # a first block has no skip choice (masked): its branch is never taken
+            skip = (lambda blk, x: jnp.zeros(out_shape, x.dtype)) if self.first else (lambda blk, x: x)
+            return choose(w_type[:3], [lambda blk, x: res(ibn(blk, x), x), lambda blk, x: res(fused(blk, x), x),
+                                       skip], self, x)
+        y_ibn, y_fused = ibn(self, x), fused(self, x)
         if self.first:
-            return w_type[IBN] * ibn + w_type[FUSED] * fused
+            return w_type[IBN] * y_ibn + w_type[FUSED] * y_fused
         # residual on IBN and fused, so w_ibn (ibn + x) + w_fused (fused + x) + w_skip x
-        return w_type[IBN] * ibn + w_type[FUSED] * fused + (w_type[IBN] + w_type[FUSED] + w_type[SKIP]) * x
+        return w_type[IBN] * y_ibn + w_type[FUSED] * y_fused + (w_type[IBN] + w_type[FUSED] + w_type[SKIP]) * x
 
     def derive(self, op: int, c_in: int, c_out: int, kernel: int, e: int) -> nnx.Module:
         """The standalone block of type `op` (IBN or FUSED) at the given sizes."""

@@ -23,8 +23,13 @@ VARIANTS = {
 }
 
 
+#: The CPU protocol (`:cpu`, see the docstring): beta-DARTS on a narrow one-cell-per-stage supernet.
+CPU = dict(estimator="relaxed", relaxation="softmax", beta_decay=2.0, epochs=15, steps_per_epoch=200,
+           warmup_epochs=0, batch_size=64, arch_lr=1e-3)
+
+
 def get_config(arg: str | None = None):
-    args = config_args(arg, (*VARIANTS, "pixel3", "quick", "zero", "smoke"), default="drnas")
+    args = config_args(arg, (*VARIANTS, "cpu", "pixel3", "quick", "zero", "smoke"), default="drnas")
     c = base()
     c.space.name = "nb201"
     c.stages = ["single_shot"]
@@ -42,6 +47,15 @@ def get_config(arg: str | None = None):
         c.cost.surrogate.csv = "{data}/nas-bench-201/nb201_cifar10.csv"
         c.cost.surrogate.column = "pixel3_latency_ms"
         c.cost.surrogate.train_size = 50
+    if "cpu" in args:  # the CPU protocol: narrow supernet, single-path REINFORCE, the cell looked up
+        c.data.name = "cifar10"
+        c.space.kwargs = {"channels": 8, "cells_per_stage": 1}
+        for k, v in CPU.items():
+            c.single_shot[k] = v
+        if "pixel3" in args:  # meet the target (hinge), costed on the cell that will be returned
+            c.cost.form = "hinge"
+            c.cost.weight = 2.0
+            c.cost.discrete = True
     if "quick" in args:  # the README quickstart: minutes on a laptop CPU
         c.data.name = "auto"
         c.data.num_train = 4000
@@ -50,7 +64,8 @@ def get_config(arg: str | None = None):
         c.single_shot.epochs = 4
         c.single_shot.batch_size = 64
         c.single_shot.steps_per_epoch = 25
-        c.table.csv = ""  # a narrower network than the benchmark's: no table lookup
+        # the cell is looked up in the benchmark (its accuracy in the benchmark's own network, next
+        # to the inherited accuracy of the narrow searched one); skipped when the table is absent
     if "zero" in args:  # zero-shot pruning first: single-shot then searches the pruned space
         c.stages = ["zero_shot", "single_shot"]
         c.zero_shot.target_fraction = 0.2
