@@ -202,7 +202,7 @@ def search_config(cfg: Any, space: SearchSpace) -> SearchConfig:
     try:
         return SearchConfig(
             epochs=sc.epochs, batch_size=sc.batch_size, optim=OptimConfig(**dict(sc.optim)), arch_lr=sc.arch_lr,
-            arch_weight_decay=sc.arch_weight_decay, relaxation=sc.relaxation, tau=tuple(sc.tau), hard=sc.hard,
+            arch_lr_min=None if sc.arch_lr_min < 0 else sc.arch_lr_min, arch_weight_decay=sc.arch_weight_decay, relaxation=sc.relaxation, tau=tuple(sc.tau), hard=sc.hard,
             dirichlet_kl=sc.dirichlet_kl, beta_decay=sc.beta_decay, warmup_epochs=sc.warmup_epochs,
             path_sampling=sc.path_sampling, estimator=sc.estimator, reward_momentum=sc.reward_momentum,
             entropy_weight=sc.entropy_weight, single_path=sc.single_path, cost=cost_config(cfg, space),
@@ -264,12 +264,26 @@ def stage_single_shot(ctx: Context) -> dict[str, Any]:
             mngr.save(search.epoch, args=ocp.args.StandardSave(_pure(search.state())))
     finally:  # an interrupt (Ctrl-C) must not leave the last epoch's async save half written
         mngr.wait_until_finished()
-    ctx.arch, ctx.supernet = search.derive_arch(), search.model
+    argmax = search.derive_arch()
+    ctx.supernet = search.model
     # the most probable architectures seed a later evolution (single-shot -> multishot)
-    ctx.ranking = [ctx.space.encode(a) for a in search.top_k(ctx.cfg.single_shot.top_k)]
+    top = search.top_k(max(ctx.cfg.single_shot.top_k, 1))
+    ctx.ranking = [ctx.space.encode(a) for a in top]
+    ctx.arch, constrained = argmax, {}
+    if search.cfg.cost.target_ms is not None and search.cost_fn is not None:
+        # a latency target is a constraint on what is returned: the most probable of the top-k
+        # architectures that meets it by the search's own cost model (the argmax when it does)
+        cost = jax.jit(search.cost_fn)
+        lat = [float(cost(jnp.asarray(ctx.space.one_hot(a)))["latency_ms"]) for a in top]
+        ok = [i for i, v in enumerate(lat) if v <= search.cfg.cost.target_ms]
+        if ok:
+            ctx.arch = top[ok[0]]
+        constrained = {"argmax_arch": ctx.space.encode(argmax), "argmax_latency_ms": lat[0],
+                       "latency_ms_model": lat[ok[0]] if ok else lat[0], "meets_target_by_model": bool(ok),
+                       "rank_among_top_k": ok[0] if ok else None}
     return {"arch": ctx.space.encode(ctx.arch), "search_seconds": search.seconds,
             "steps_per_epoch": min(len(train) // sc.batch_size, sc.steps_per_epoch or 10**9),
-            **inherited_accuracies(ctx, search.model, ctx.arch, train, val),
+            **inherited_accuracies(ctx, search.model, ctx.arch, train, val), **constrained,
             "search_val_accuracy": _last_metric(ctx, "single_shot", "val_acc"),
             "probs": search.probs().tolist(), "ranking": ctx.ranking}
 

@@ -49,6 +49,10 @@ def summary(res: dict, workdir: str) -> str:
     lines = [f"found ({res.get('space')}): {res.get('architecture')}"]
     if res.get("accuracy") is not None:
         lines.append(f"  accuracy {res['accuracy']:.4g}: {res.get('accuracy_source')}")
+    ss = res.get("stages", {}).get("single_shot", {})
+    if "inherited_val_accuracy" in ss and res.get("accuracy") != ss["inherited_val_accuracy"]:
+        lines.append(f"  inherited accuracy {ss['inherited_val_accuracy']:.4g}: the searched supernet's weights, BN "
+                     "recalibrated (near chance after mixture training: the weights were trained in the mixture)")
     if "table_accuracy" in res:
         lines.append(f"  table accuracy {res['table_accuracy']:.2f} %: the same cell in the benchmark's own network "
                      "(NAS-Bench-201 lookup)")

@@ -73,6 +73,10 @@ class SearchConfig:
       epochs, batch_size: search length and per-step batch (each of the two splits).
       optim: weight optimizer (SGD + cosine).
       arch_lr, arch_betas, arch_weight_decay: Adam on the architecture logits.
+      arch_lr_min: None keeps `arch_lr` constant (DARTS); a value decays it by a cosine to
+        `arch_lr_min` over the search, so that the architecture settles in the last epochs (with a
+        latency constraint the argmax otherwise keeps flipping between cells on either side of the
+        target, and the cost of the returned cell differs from the one optimised).
       relaxation: `softmax` (DARTS), `gumbel` (GDAS/SNAS) or `dirichlet` (DrNAS).
       tau: (start, end) temperature of `gumbel`, linear over the search (GDAS: 10 -> 0.1).
       hard: straight-through one-hot sampling (GDAS's hard Gumbel).
@@ -107,6 +111,7 @@ class SearchConfig:
     arch_lr: float = 3e-4
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
+    arch_lr_min: float | None = None
     relaxation: str = "softmax"
     tau: tuple[float, float] = (10.0, 0.1)
     hard: bool = False
@@ -130,6 +135,8 @@ class SearchConfig:
                              f"{self.warmup_epochs}")
         if not self.arch_lr > 0 or min(self.tau) <= 0:
             raise ValueError("arch_lr and the temperatures must be > 0")
+        if self.arch_lr_min is not None and not 0 <= self.arch_lr_min <= self.arch_lr:
+            raise ValueError(f"arch_lr_min must be in [0, arch_lr], got {self.arch_lr_min}")
         if len(self.tau) != 2 or self.tau[1] > self.tau[0]:
             raise ValueError(f"the temperature schedule tau=(start, end) must not increase (annealing: "
                              f"start >= end), got {tuple(self.tau)}")
@@ -204,8 +211,12 @@ class SingleShot:
             return
         total = self._total_steps or self.cfg.epochs * steps_per_epoch
         wtx = self._weight_tx or weight_tx(self.cfg.optim, total)
-        atx = optax.chain(optax.add_decayed_weights(self.cfg.arch_weight_decay),
-                          optax.adam(self.cfg.arch_lr, b1=self.cfg.arch_betas[0], b2=self.cfg.arch_betas[1]))
+        c = self.cfg
+        arch_steps = max(1, (c.epochs - c.warmup_epochs) * steps_per_epoch)
+        alr = (c.arch_lr if c.arch_lr_min is None else
+               optax.cosine_decay_schedule(c.arch_lr, arch_steps, alpha=c.arch_lr_min / c.arch_lr))
+        atx = optax.chain(optax.add_decayed_weights(c.arch_weight_decay),
+                          optax.adam(alr, b1=c.arch_betas[0], b2=c.arch_betas[1]))
         self._opts = (nnx.Optimizer(self.model, wtx, wrt=nnx.Param),
                       nnx.Optimizer(self.model, atx, wrt=ArchLogits))
 

@@ -40,6 +40,7 @@ def base() -> ml_collections.ConfigDict:
                "grad_clip": 5.0, "warmup_steps": 0}
     s.arch_lr = 3e-4
     s.arch_weight_decay = 1e-3
+    s.arch_lr_min = -1.0  # < 0: constant arch_lr (DARTS); >= 0: cosine decay to it over the search
     s.relaxation = "softmax"
     s.tau = (10.0, 0.1)
     s.hard = False
