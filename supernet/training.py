@@ -265,7 +265,8 @@ class BNRecalibrator:
                 xb = prepare(None, xb)
                 with single_path(one_hot):
                     m(xb) if w is None else m(xb, w)
-                st = nnx.state(m, nnx.BatchStat)
+                # a copy: the state holds the variables themselves, which the next forward overwrites
+                st = jax.tree.map(jnp.copy, nnx.state(m, nnx.BatchStat))
                 total = st if total is None else jax.tree.map(jnp.add, total, st)
             return jax.tree.map(lambda v: v / n, total)
 

@@ -206,7 +206,8 @@ def test_bn_recalibration_changes_only_running_statistics():
     net = make_supernet(NB201, rngs=nnx.Rngs(0))
     p0, s0 = _params(net), _stats(net)
     arch = NB201.decode("|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|skip_connect~0|avg_pool_3x3~1|nor_conv_3x3~2|")
-    assert recalibrate_bn(net, d, identity_input, batches=3, batch_size=32, arch_weights=NB201.one_hot(arch)) == 3
+    assert recalibrate_bn(net, d, identity_input, batches=3, batch_size=32, arch_weights=NB201.one_hot(arch),
+                          mesh=mesh) == 3
     p1, s1 = _params(net), _stats(net)
     assert all(np.array_equal(p0[k], p1[k]) for k in p0)
     changed = [k for k in s0 if not np.array_equal(s0[k], s1[k])]
