@@ -171,6 +171,10 @@ def plot(runs: list[dict[str, Any]], prefix: str, latency_name: str) -> list[str
         for i, (r, (steps, acc)) in enumerate(curves.items()):
             lab = f"{runs[r]['label']} seed {runs[r]['config'].get('seed')}"
             ax.plot(steps, acc, marker=".", lw=1, label=lab, color=plt.cm.tab10(i % 10))
+        pts = np.concatenate([np.asarray(a, float) for _, a in curves.values()])
+        pts = pts[np.isfinite(pts)]
+        if pts.size:  # the first epochs' near-random cells would squash the curves of interest
+            ax.set_ylim(np.percentile(pts, 5) - 1.0, pts.max() + 0.5)
         ax.set(xlabel="search steps (architecture + weight step pairs)", ylabel="table accuracy of the argmax cell",
                title="single_shot: found cell vs search length")
         ax.legend(fontsize=6, loc="lower right")
