@@ -109,3 +109,17 @@ def test_report_groups_by_the_given_keys(tmp_path):
     assert len(report.main([str(tmp_path)])) == 3  # by default zero_shot.sample splits the groups too
     with pytest.raises(SystemExit):
         report.main([str(tmp_path), "--group-by", "stage"])
+
+
+def test_ablation_latency_arm_costs_the_returned_cell_and_tunas_restores_the_old_arm():
+    """The ablation's single-shot latency arm is the CPU protocol's (hinge on the argmax cell's cost,
+    single_shot.py:cpu,pixel3); `:tunas` reruns the earlier expected-cost arm for comparison."""
+    abl = "experiments/configs/nb201/ablation.py"
+    runs = dict(sweep.load_sweep(f"{abl}:quick"))
+    assert len(runs) == 7 * 2 * 5
+    p3, none = runs["single/pixel3/seed=0"], runs["single/none/seed=0"]
+    assert (p3.cost.form, p3.cost.weight, p3.cost.discrete, p3.cost.target_ms) == ("hinge", 2.0, True, 10.0)
+    assert p3.single_shot.arch_lr_min == 0.0 and none.cost.form == "none" and not none.cost.discrete
+    assert (p3.single_shot.epochs, p3.single_shot.steps_per_epoch) == (5, 40)
+    old = dict(sweep.load_sweep(f"{abl}:quick,tunas"))["zero+single/pixel3/seed=4"]
+    assert (old.cost.form, old.cost.discrete, old.stages) == ("tunas", False, ["zero_shot", "single_shot"])
