@@ -266,10 +266,14 @@ def stage_single_shot(ctx: Context) -> dict[str, Any]:
         mngr.wait_until_finished()
     argmax = search.derive_arch()
     ctx.supernet = search.model
-    # the most probable architectures seed a later evolution (single-shot -> multishot)
-    top = search.top_k(max(ctx.cfg.single_shot.top_k, 1))
+    # the most probable architectures seed a later evolution (single-shot -> multishot); those whose
+    # output is a constant (a NAS-Bench-201 cell cut off by `none` edges: 10 % in the table, what a
+    # cost-driven search with near-uniform logits can land on) are no result and are skipped
+    top = _live_top_k(ctx, search, max(ctx.cfg.single_shot.top_k, 1))
     ctx.ranking = [ctx.space.encode(a) for a in top]
-    ctx.arch, constrained = argmax, {}
+    ctx.arch, constrained = top[0], {}
+    if not np.array_equal(top[0], argmax):
+        constrained = {"argmax_arch": ctx.space.encode(argmax), "argmax_is_constant": True}
     if search.cfg.cost.target_ms is not None and search.cost_fn is not None:
         # a latency target is a constraint on what is returned: the most probable of the top-k
         # architectures that meets it by the search's own cost model (the argmax when it does)
@@ -278,14 +282,27 @@ def stage_single_shot(ctx: Context) -> dict[str, Any]:
         ok = [i for i, v in enumerate(lat) if v <= search.cfg.cost.target_ms]
         if ok:
             ctx.arch = top[ok[0]]
-        constrained = {"argmax_arch": ctx.space.encode(argmax), "argmax_latency_ms": lat[0],
-                       "latency_ms_model": lat[ok[0]] if ok else lat[0], "meets_target_by_model": bool(ok),
-                       "rank_among_top_k": ok[0] if ok else None}
+        constrained.update({"argmax_arch": ctx.space.encode(argmax), "argmax_latency_ms": lat[0],
+                            "latency_ms_model": lat[ok[0]] if ok else lat[0], "meets_target_by_model": bool(ok),
+                            "rank_among_top_k": ok[0] if ok else None})
     return {"arch": ctx.space.encode(ctx.arch), "search_seconds": search.seconds,
             "steps_per_epoch": min(len(train) // sc.batch_size, sc.steps_per_epoch or 10**9),
             **inherited_accuracies(ctx, search.model, ctx.arch, train, val), **constrained,
             "search_val_accuracy": _last_metric(ctx, "single_shot", "val_acc"),
             "probs": search.probs().tolist(), "ranking": ctx.ranking}
+
+
+def _live_top_k(ctx: Context, search: Any, k: int) -> list[np.ndarray]:
+    """The k most probable architectures of the search whose output depends on the input
+    (`SearchSpace.is_constant`), among the `max(k, 100)` most probable; stops when all are constant."""
+    depth = max(k, 100)
+    top = search.top_k(depth)
+    live = [a for a, c in zip(top, ctx.space.is_constant(np.stack(top))) if not c]
+    if live:
+        return live[:k]
+    raise FloatingPointError(f"single-shot collapsed: each of the {depth} most probable architectures has an "
+                             "output that does not depend on its input (every path cut by `none`); lower "
+                             "cost.weight or raise cost.target_ms")
 
 
 def inherited_accuracies(ctx: Context, net: Any, arch: np.ndarray, train: DeviceData,

@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         results = run_pipeline(cfg, wd)
     except (ConfigError, KeyError, FileNotFoundError, WorkdirError) as e:
         p.exit(2, f"error: {e.args[0] if e.args else e}\n")
+    except FloatingPointError as e:  # a search that diverged or collapsed: the workdir keeps its checkpoints
+        p.exit(1, f"error: {e}\n")
     print(json.dumps(results, indent=1, sort_keys=True))
     print(summary(results, args.workdir))
     return results

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from hwmodel.layers import LayerTable
+from hwmodel.layers import LayerTable, prune_dead
 from supernet.template import TableTemplate
 
 Architecture = Int[Array, "n_decisions"]
@@ -233,6 +233,22 @@ class SearchSpace(abc.ABC):
         """The layer table of a distribution over architectures (presence probabilities,
         expected channel counts); differentiable in `probs`."""
         return self.template.build(self.expected_scalars(jnp.asarray(probs, jnp.float32)))
+
+    def is_constant(self, arch: Architecture) -> np.ndarray:
+        """Whether the network's output does not depend on its input `[...]` (bool): every row of its
+        layer table is dead code (`hwmodel.layers.prune_dead`), e.g. a NAS-Bench-201 cell whose
+        output node is reached only through `none` edges. Such a network predicts a constant (10.0 %
+        in the benchmark table) and is never a search result.
+
+        >>> from supernet.spaces import make_space
+        >>> s = make_space("nb201")
+        >>> s.is_constant(s.decode("|none~0|+|none~0|skip_connect~1|+|none~0|none~1|nor_conv_3x3~2|")).item()
+        True
+        >>> s.is_constant(s.decode("|none~0|+|skip_connect~0|none~1|+|none~0|none~1|nor_conv_3x3~2|")).item()
+        False
+        """
+        arch = jnp.asarray(arch, jnp.int32)
+        return np.asarray(jnp.sum(prune_dead(self.layers(arch)).weight, axis=-1) == 0)
 
     @abc.abstractmethod
     def arch_scalars(self, arch: Architecture) -> dict[str, jax.Array]:

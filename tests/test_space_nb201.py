@@ -227,3 +227,31 @@ def test_unreachable_branches_by_hand_and_the_published_count(space):
     assert got.tolist() == list(cells.values())
     every = np.stack(np.meshgrid(*[np.arange(5)] * 6, indexing="ij"), -1).reshape(-1, 6)
     assert int((~space.has_unreachable_branch(every)).sum()) == 9445  # NAS-Bench-Suite-Zero's subset
+
+
+def test_constant_output_cells_are_exactly_the_tables_chance_cells(space, data_dir):
+    """`is_constant` (every row dead code) marks the 341 cells whose output node is cut off from the
+    input by `none` edges: exactly the cells at 10.0 % (chance) in the benchmark table."""
+    with open(CSV, newline="") as f:
+        rows = list(csv.DictReader(f))
+    archs = np.stack([space.decode(r["arch_str"]) for r in rows])
+    acc = np.array([float(r["cifar10_valid_acc"]) for r in rows])
+    const = space.is_constant(archs)
+    assert const.sum() == 341 and np.array_equal(const, acc <= 10.0)
+    assert not space.is_constant(space.decode(ALL_SKIP)) and const.shape == (len(rows),)
+
+
+def test_single_shot_never_returns_a_constant_output_cell():
+    """The derivation skips the most probable cells when they predict a constant (seen with a latency
+    hinge on near-uniform logits), and says so when the search has collapsed entirely."""
+    import types
+    from experiments.pipeline import _live_top_k
+    space = make_space("nb201")
+    dead = space.decode("|none~0|+|none~0|skip_connect~1|+|none~0|none~1|nor_conv_3x3~2|")
+    live = [space.decode(ALL_SKIP), space.decode(ALL_CONV3)]
+    ctx = types.SimpleNamespace(space=space)
+    search = types.SimpleNamespace(top_k=lambda k: ([dead, live[0], dead, live[1]] * 30)[:k])
+    got = _live_top_k(ctx, search, 2)
+    assert [space.encode(a) for a in got] == [ALL_SKIP, ALL_CONV3]
+    with pytest.raises(FloatingPointError, match="each of the 100 most probable.*does not depend on its input"):
+        _live_top_k(ctx, types.SimpleNamespace(top_k=lambda k: [dead] * k), 10)

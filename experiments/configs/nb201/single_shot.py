@@ -8,6 +8,9 @@ Variants (`:arg`): `drnas` (Dirichlet, DrNAS), `gdas` (hard Gumbel, GDAS), `dart
 Append `,pixel3` for the latency-targeted search (surrogate fitted on 50 cells of the table's
 `pixel3_latency_ms`, TuNAS absolute-reward loss at `cost.target_ms`), `,zero` to prune the space
 with zero-shot scores first (`zero_shot` stage: keep 20% of the space, then single-shot inside it).
+`cpu` is the 2-core CPU protocol (about 17 min per seed, docs/results/single_shot.md):
+    python -m experiments.run --config experiments/configs/nb201/single_shot.py:cpu --workdir workdirs/ss_cpu/s0
+(`:cpu,pixel3` adds the 10 ms hinge target, `:cpu,zero` scores 500 cells zero-shot first).
 
 Reproduces (issue 3): mean `cifar10_valid_acc` of the found cells over seeds; published anchors on
 this column: DARTS 39.77, GDAS 89.89, DrNAS 91.55, best 91.57.
