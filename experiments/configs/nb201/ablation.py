@@ -7,8 +7,8 @@ Commands:
 Arguments (comma-separated): `quick`, `smoke`, `tunas` (the earlier latency arm: TuNAS absolute
 reward on the *expected* cost, which collapses, kept for comparison), `guided` (zero-shot scores
 guide the mutations of `evolve`). `:quick` is the CPU scale (the CPU protocol's narrow
-1-cell-per-stage supernet, `single_shot.py:cpu`, shortened to 5 x 40 steps on 4,000 CIFAR-10
-images; 50 cells scored zero-shot on 16 images; evolution over the benchmark table): about 1.5
+1-cell-per-stage supernet, `single_shot.py:cpu`, shortened to 5 epochs on 4,000 CIFAR-10 images,
+i.e. 5 x 31 steps of batch 64 on the 2,000 weight-training images; 50 cells scored zero-shot on 16 images; evolution over the benchmark table): about 1.5
 hours on a 2-core CPU for 3 seeds (`--only 'seed=[012]$'`). `:smoke` runs in minutes (synthetic
 data, 2 seeds).
 The full protocol (default) uses the benchmark's network for the supernet (50 epochs) and
@@ -69,7 +69,7 @@ def get_config(arg: str | None = None):
         c.data.num_train = 4000
         c.data.num_test = 500
         c.single_shot.supernet = {}
-        c.single_shot.epochs = 5  # the CPU protocol (single_shot.py:cpu) at 200 of its 3,000 steps
+        c.single_shot.epochs = 5  # the CPU protocol (single_shot.py:cpu) at 155 of its 3,000 steps
         c.single_shot.steps_per_epoch = 40
         c.single_shot.warmup_epochs = 0
         c.single_shot.batch_size = 64
