@@ -271,9 +271,9 @@ def stage_single_shot(ctx: Context) -> dict[str, Any]:
     # cost-driven search with near-uniform logits can land on) are no result and are skipped
     top = _live_top_k(ctx, search, max(ctx.cfg.single_shot.top_k, 1))
     ctx.ranking = [ctx.space.encode(a) for a in top]
-    ctx.arch, constrained = top[0], {}
-    if not np.array_equal(top[0], argmax):
-        constrained = {"argmax_arch": ctx.space.encode(argmax), "argmax_is_constant": True}
+    ctx.arch = top[0]
+    skipped = not np.array_equal(top[0], argmax)
+    constrained = {"argmax_arch": ctx.space.encode(argmax), "argmax_is_constant": True} if skipped else {}
     if search.cfg.cost.target_ms is not None and search.cost_fn is not None:
         # a latency target is a constraint on what is returned: the most probable of the top-k
         # architectures that meets it by the search's own cost model (the argmax when it does)
@@ -282,7 +282,7 @@ def stage_single_shot(ctx: Context) -> dict[str, Any]:
         ok = [i for i, v in enumerate(lat) if v <= search.cfg.cost.target_ms]
         if ok:
             ctx.arch = top[ok[0]]
-        argmax_lat = float(cost(jnp.asarray(ctx.space.one_hot(argmax)))["latency_ms"])
+        argmax_lat = float(cost(jnp.asarray(ctx.space.one_hot(argmax)))["latency_ms"]) if skipped else lat[0]
         constrained.update({"argmax_arch": ctx.space.encode(argmax), "argmax_latency_ms": argmax_lat,
                             "latency_ms_model": lat[ok[0]] if ok else lat[0], "meets_target_by_model": bool(ok),
                             "rank_among_top_k": ok[0] if ok else None})
