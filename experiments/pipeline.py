@@ -169,14 +169,13 @@ def fitted_surrogate(ctx: Context):
     if ctx._surrogate is not None:
         return ctx._surrogate
     from hwmodel import fit as F
-    from hwmodel.surrogate import fit
     s = ctx.cfg.cost.surrogate
     if s.file:
         ctx._surrogate = F.load_surrogate(s.file)
     elif s.csv:
         archs, lat = F.load_latency_csv(_data_path(s.csv), ctx.space, s.column or None, s.arch_column or None)
         idx, _ = F.split(len(archs), s.train_size, ctx.cfg.seed)
-        ctx._surrogate = fit(F.features_of(ctx.space, archs[idx]), lat[idx])
+        ctx._surrogate = F.fit_space(ctx.space, archs[idx], lat[idx], dead_code=s.dead_code)
     else:
         raise ConfigError("cost.model='surrogate' needs cost.surrogate.file or cost.surrogate.csv")
     return ctx._surrogate
@@ -361,7 +360,8 @@ def hardware_costs(ctx: Context, arch: np.ndarray) -> dict[str, Any]:
            "peak_activation_bytes": float(memory.peak_activation_bytes(table, spec))}
     if ctx.cfg.cost.model == "surrogate" and (ctx.cfg.cost.surrogate.file or ctx.cfg.cost.surrogate.csv):
         from hwmodel.surrogate import predict
-        lat["surrogate"] = float(predict(fitted_surrogate(ctx), table))
+        sur = fitted_surrogate(ctx)
+        lat["surrogate"] = float(predict(sur, sur.executed(table)))
     return out
 
 

@@ -6,7 +6,9 @@
         --column pixel3_latency_ms --train-size 50 --seed 0 --json
 
 Prints one JSON object: `spearman`, `kendall`, `mape` (%), `within_10pct` (%), `n_train`,
-`n_test`, `fit_seconds`. CSV format: an architecture column (`arch`, or `arch_str` for
+`n_test`, `fit_seconds`, `dead_code` (`prune` or `keep`: whether the device runs networks with
+their dead code removed; `--dead-code auto`, the default, picks the one with the lower
+leave-one-out error on the training rows) and `loo_rmse`. CSV format: an architecture column (`arch`, or `arch_str` for
 NAS-Bench-201; `--arch-column` to name another) and a latency column in milliseconds
 (`latency_ms` by default, `--column` to name another). `--prior-data` adds surrogates fitted on
 other devices' CSVs as a transfer prior (HELP-style; see `hwmodel.surrogate`). `--save` writes the
@@ -67,13 +69,14 @@ def load_latency_csv(path: str, space, column: str | None = None,
 
 
 def features_of(space, archs: np.ndarray, config: FeatureConfig = FeatureConfig(),
-                chunk: int = 1024) -> np.ndarray:
+                chunk: int = 1024, prune: bool = True) -> np.ndarray:
     """Network features of many architectures: one compiled, vmapped function, chunked.
 
-    Tables are pruned of dead ops first (`prune_dead`), as a compiler deploys them; this only
-    changes spaces with disconnectable graphs (NAS-Bench-201).
+    With `prune` tables lose their dead ops first (`prune_dead`), as a deployment compiler removes
+    them; this only changes spaces with disconnectable graphs (NAS-Bench-201).
     """
-    fn = jax.jit(jax.vmap(lambda a: network_features(prune_dead(space.layers(a)), config)))
+    fn = jax.jit(jax.vmap(lambda a: network_features(
+        prune_dead(space.layers(a)) if prune else space.layers(a), config)))
     out = []
     for i in range(0, len(archs), chunk):
         block = archs[i:i + chunk]
@@ -81,6 +84,26 @@ def features_of(space, archs: np.ndarray, config: FeatureConfig = FeatureConfig(
         x = np.asarray(fn(jnp.asarray(np.concatenate([block, np.repeat(block[-1:], pad, 0)]))))
         out.append(x[: len(block)])
     return np.concatenate(out).astype(np.float64)
+
+
+DEAD_CODE = ("auto", "prune", "keep")
+
+
+def fit_space(space, archs: np.ndarray, latency_ms: np.ndarray, *, config: FeatureConfig = FeatureConfig(),
+              dead_code: str = "auto", priors: Sequence[Surrogate] = ()) -> Surrogate:
+    """Fits a surrogate on whole-network latencies of `archs` of `space`.
+
+    `dead_code` says how the device executes dead ops: `prune` (removed, as a deployment compiler
+    does), `keep` (executed, as a layer-by-layer simulator does), or `auto`: both fits are made and
+    the one with the lower leave-one-out error on these rows is kept (on NAS-Bench-201's Pixel 3
+    column `auto` picks `prune`, on its Eyeriss column `keep`; see `Surrogate`).
+    """
+    if dead_code not in DEAD_CODE:
+        raise InputError(f"dead_code must be one of {', '.join(DEAD_CODE)}, got {dead_code!r}")
+    fits = [fit(features_of(space, archs, config, prune=p), latency_ms, config=config, priors=priors,
+                prunes_dead=p)
+            for p in ((True, False) if dead_code == "auto" else (dead_code == "prune",))]
+    return min(fits, key=lambda s: s.loo_rmse)
 
 
 def ranking_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -128,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prior-data", nargs="*", default=(), help="CSVs of other devices (transfer prior)")
     p.add_argument("--accelerators", default="", help="comma-separated analytic presets as features")
+    p.add_argument("--dead-code", choices=DEAD_CODE, default="auto",
+                   help="does the device remove dead ops (prune) or run them (keep); auto: by LOO error")
     p.add_argument("--save", default=None, help="write the fitted surrogate here (JSON)")
     p.add_argument("--json", action="store_true", help="print one JSON object (default: readable)")
     args = p.parse_args(argv)
@@ -136,19 +161,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
         config = FeatureConfig(tuple(a for a in args.accelerators.split(",") if a))
         archs, y = load_latency_csv(args.data, space, args.column, args.arch_column)
         tr, te = split(len(y), args.train_size, args.seed)
-        x = features_of(space, archs, config)
         t0 = time.perf_counter()
         priors = []
         for path in args.prior_data:
             pa, py = load_latency_csv(path, space, args.column, args.arch_column)
-            priors.append(fit(features_of(space, pa, config), py, config=config))
-        s = fit(x[tr], y[tr], config=config, priors=priors)
+            priors.append(fit_space(space, pa, py, config=config, dead_code=args.dead_code))
+        s = fit_space(space, archs[tr], y[tr], config=config, dead_code=args.dead_code, priors=priors)
         fit_seconds = time.perf_counter() - t0
+        x = features_of(space, archs[te], config, prune=s.prunes_dead)
     except (InputError, KeyError, ValueError) as e:
         p.exit(2, f"error: {e.args[0] if e.args else e}\n")
-    pred = x[te] @ np.asarray(s.coef, np.float64) + float(s.intercept)
+    pred = x @ np.asarray(s.coef, np.float64) + float(s.intercept)
     result = ranking_metrics(pred, y[te]) | {"n_train": int(len(tr)), "n_test": int(len(te)),
-                                             "fit_seconds": fit_seconds}
+                                             "fit_seconds": fit_seconds,
+                                             "dead_code": "prune" if s.prunes_dead else "keep",
+                                             "loo_rmse": s.loo_rmse}
     if args.save:
         try:
             save_surrogate(s, args.save, space=args.space, data=args.data, column=args.column,

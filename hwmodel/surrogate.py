@@ -47,8 +47,8 @@ import numpy as np
 from flax import struct
 from jaxtyping import Array, Float
 
-from hwmodel.layers import (LayerTable, OpKind, in_elems, is_op, macs, out_elems, total_flops,
-                            weight_elems)
+from hwmodel.layers import (LayerTable, OpKind, in_elems, is_op, macs, out_elems, prune_dead,
+                            total_flops, weight_elems)
 
 #: Op groups of the features: name -> predicate on a table.
 _GROUPS = {
@@ -107,17 +107,34 @@ def network_features(table: LayerTable, config: FeatureConfig = FeatureConfig())
 
 @struct.dataclass
 class Surrogate:
-    """A fitted surrogate: `LAT_ms = intercept + sum_r weight_r * phi(row_r) . coef` (a pytree)."""
+    """A fitted surrogate: `LAT_ms = intercept + sum_r weight_r * phi(row_r) . coef` (a pytree).
+
+    `prunes_dead` says whether the device it was fitted on runs a network with its dead code
+    removed (`hwmodel.layers.prune_dead`): a phone's deployment compiler does (NAS-Bench-201's
+    Pixel 3 column: ~0.004 ms for cells whose output is cut off), a layer-by-layer simulator such as
+    HW-NAS-Bench's Eyeriss column does not (there every op costs, live or dead: a least-squares fit
+    on raw op counts reaches Spearman 0.996, on the pruned ones 0.84). `executed(table)` applies it;
+    `loo_rmse` is the leave-one-out RMS error of the fit (relative when fitted with `relative`).
+    """
 
     coef: Float[Array, "F"]
     intercept: Float[Array, ""]
     config: FeatureConfig = struct.field(pytree_node=False, default=FeatureConfig())
+    prunes_dead: bool = struct.field(pytree_node=False, default=True)
+    loo_rmse: float = struct.field(pytree_node=False, default=0.0)
+
+    def executed(self, table: LayerTable) -> LayerTable:
+        """The rows the device runs: dead code removed when it removes it. On a distribution's
+        table (every row present with some probability) pruning changes nothing; on a discrete or
+        straight-through one-hot table it is what the fit saw, and gradients pass to live rows."""
+        return prune_dead(table) if self.prunes_dead else table
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (`from_dict` inverts it)."""
         return {"coef": np.asarray(self.coef, np.float64).tolist(), "intercept": float(self.intercept),
                 "feature_names": list(self.config.names),
-                "accelerators": list(self.config.accelerators), "temperature": self.config.temperature}
+                "accelerators": list(self.config.accelerators), "temperature": self.config.temperature,
+                "prunes_dead": self.prunes_dead, "loo_rmse": self.loo_rmse}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Surrogate":
@@ -125,11 +142,15 @@ class Surrogate:
         if list(d["feature_names"]) != list(config.names):
             raise ValueError("saved surrogate's features do not match this version's features: "
                              f"{d['feature_names'][:3]}... vs {list(config.names)[:3]}...; refit it")
-        return cls(jnp.asarray(d["coef"], jnp.float32), jnp.asarray(d["intercept"], jnp.float32), config)
+        return cls(jnp.asarray(d["coef"], jnp.float32), jnp.asarray(d["intercept"], jnp.float32), config,
+                   bool(d.get("prunes_dead", True)), float(d.get("loo_rmse", 0.0)))
 
 
 def predict(s: Surrogate, table: LayerTable) -> Float[Array, "*b"]:
-    """Network latency in milliseconds (expected latency for a distribution's table)."""
+    """Network latency in milliseconds (expected latency for a distribution's table).
+
+    `table` is taken as given; pass `s.executed(table)` for a discrete architecture on a device
+    that removes dead code (as the fit did, `hwmodel.fit.features_of`)."""
     return network_features(table, s.config) @ s.coef + s.intercept
 
 
@@ -149,7 +170,8 @@ def _ridge_loo(x: np.ndarray, y: np.ndarray, sample_w: np.ndarray, penalty: np.n
                lambdas: Sequence[float], intercept: bool) -> tuple[np.ndarray, float, float]:
     """Weighted ridge on standardised columns, lambda by exact leave-one-out error.
 
-    Returns (coef in the raw feature space, intercept, chosen lambda). LOO residuals come from the
+    Returns (coef in the raw feature space, intercept, chosen lambda, its LOO mean squared error in
+    the weighted space). LOO residuals come from the
     hat matrix, r_i / (1 - H_ii), so no refitting is needed (Hastie et al., ESL eq. 7.52).
     """
     mu = x.mean(0) if intercept else np.zeros(x.shape[1])
@@ -169,17 +191,17 @@ def _ridge_loo(x: np.ndarray, y: np.ndarray, sample_w: np.ndarray, penalty: np.n
         loo = np.mean(((yw - zw @ beta) / np.maximum(1.0 - hat, 1e-6)) ** 2)
         if best is None or loo < best[0] - 1e-12 * abs(best[0]):
             best = (loo, lam, beta)
-    _, lam, beta = best
+    loo, lam, beta = best
     coef = np.zeros(x.shape[1])
     coef[keep] = beta[: keep.sum()] / sd[keep]
     b = float(beta[-1] - coef @ mu) if intercept else 0.0
-    return coef, b, float(lam)
+    return coef, b, float(lam), float(loo)
 
 
 def fit(features: np.ndarray, latency_ms: np.ndarray, *, config: FeatureConfig = FeatureConfig(),
         priors: Sequence[Surrogate] = (), relative: bool = True,
         lambdas: Sequence[float] = DEFAULT_LAMBDAS, prior_penalty: float = 1e-3,
-        shared_penalty: float = 1e-2, per_layer: bool = False) -> Surrogate:
+        shared_penalty: float = 1e-2, per_layer: bool = False, prunes_dead: bool = True) -> Surrogate:
     """Fits a surrogate on whole-network features (`network_features`) or per-layer rows.
 
     Args:
@@ -195,6 +217,8 @@ def fit(features: np.ndarray, latency_ms: np.ndarray, *, config: FeatureConfig =
         (count, MACs, activations, weights) gets one coefficient shared by all op groups, lightly
         penalised, plus a per-group deviation with the full penalty: hierarchical shrinkage, so a
         10-sample fit behaves like a 4-feature model and larger fits refine per op group.
+      prunes_dead: whether `features` were computed on tables with dead code removed (recorded on
+        the result, see `Surrogate`).
 
     Returns:
       The fitted Surrogate.
@@ -223,7 +247,7 @@ def fit(features: np.ndarray, latency_ms: np.ndarray, *, config: FeatureConfig =
     penalty = np.r_[np.ones(x.shape[1]), np.full(shared.shape[1], shared_penalty),
                     np.full(xa.shape[1] - x.shape[1] - shared.shape[1], prior_penalty)]
     sample_w = 1.0 / y ** 2 if relative else np.ones_like(y)
-    coef, b, _ = _ridge_loo(xa, y, sample_w, penalty, lambdas, intercept=not per_layer)
+    coef, b, _, loo = _ridge_loo(xa, y, sample_w, penalty, lambdas, intercept=not per_layer)
     theta = coef[: x.shape[1]].copy()
     k = x.shape[1]
     theta[:n_group] += np.tile(coef[k:k + shared.shape[1]], len(_GROUPS))  # shared -> per group
@@ -232,7 +256,8 @@ def fit(features: np.ndarray, latency_ms: np.ndarray, *, config: FeatureConfig =
         a = coef[k + j] / scale[j]
         theta += a * np.asarray(p.coef, np.float64)
         b += a * float(p.intercept) * (not per_layer)
-    return Surrogate(jnp.asarray(theta, jnp.float32), jnp.asarray(b, jnp.float32), config)
+    return Surrogate(jnp.asarray(theta, jnp.float32), jnp.asarray(b, jnp.float32), config,
+                     bool(prunes_dead), float(np.sqrt(loo)))
 
 
 def fit_baseline(table_features: np.ndarray, latency_ms: np.ndarray, relative: bool = True):

@@ -397,8 +397,9 @@ class HwCostEvaluator(Evaluator):
     `TableEvaluator` (`measured_path`, `arch_column`).
 
     `prune=True` drops dead rows first (`hwmodel.layers.prune_dead`, what a compiler removes, e.g.
-    the ops of a disconnected NAS-Bench-201 cell); the default keeps the table as
-    `experiments.pipeline.hardware_costs` reports it.
+    the ops of a disconnected NAS-Bench-201 cell) for the analytic and memory models; the default
+    keeps the table as `experiments.pipeline.hardware_costs` reports it. The surrogate always sees
+    the rows its device runs (`Surrogate.executed`, as it was fitted).
     """
 
     def __init__(self, space: SearchSpace, accelerators: Sequence[str] = ("npu",), surrogate: Any = None,
@@ -429,7 +430,7 @@ class HwCostEvaluator(Evaluator):
             out = {f"latency_ms:{n}": analytic.latency_ms(s, table) for n, s in specs.items()}
             if surrogate is not None:
                 from hwmodel.surrogate import predict
-                out["latency_ms:surrogate"] = predict(surrogate, table)
+                out["latency_ms:surrogate"] = predict(surrogate, surrogate.executed(space.layers(arch)))
             if mem_spec is not None:
                 out["params_bytes"] = hwmemory.param_bytes(mem_spec, table)
                 out["peak_activation_bytes"] = hwmemory.peak_activation_bytes(table, mem_spec)

@@ -123,7 +123,9 @@ def make_cost_fn(space: SearchSpace, cfg: CostConfig, surrogate: Surrogate | Non
         table = space.expected_layers(probs)
         out = {}
         if cfg.model == "surrogate" and surrogate is not None:
-            out["latency_ms"] = predict(surrogate, table)
+            # the rows the device runs, as in the fit: on a one-hot (straight-through) table this
+            # removes dead ops, e.g. a cut-off NAS-Bench-201 cell costs ~0 ms, not its convs
+            out["latency_ms"] = predict(surrogate, surrogate.executed(table))
         else:
             out["latency_ms"] = analytic.latency_smooth_ms(spec, table, cfg.temperature)
         if cfg.memory == "params":

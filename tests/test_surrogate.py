@@ -100,7 +100,7 @@ def test_cli_on_real_data(data_dir, tmp_path, capsys):
                         "--seed", "0", "--json"])
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) == {"spearman", "kendall", "mape", "within_10pct", "n_train", "n_test",
-                            "fit_seconds"}
+                            "fit_seconds", "dead_code", "loo_rmse"}
     assert printed["n_train"] == 50 and printed["n_test"] == 250
     assert res["spearman"] > 0.95 and res["mape"] < 3.0
 
@@ -130,3 +130,54 @@ def test_prune_dead_nb201():
     full = space.decode("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|"
                         "+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|")
     assert float(total_flops(prune_dead(space.layers(full)))) == float(total_flops(space.layers(full)))
+
+
+@pytest.fixture(scope="module")
+def nb201():
+    space = make_space("nb201", channels=4, cells_per_stage=1)
+    archs = np.asarray(space.sample(jax.random.key(3), 80))
+    return space, archs
+
+
+@pytest.mark.parametrize("prunes", [True, False])
+def test_fit_space_finds_whether_the_device_removes_dead_code(nb201, prunes):
+    """A device that runs dead ops (a simulator: HW-NAS-Bench's Eyeriss) and one that removes them
+    (a deployment compiler: its Pixel 3): `auto` keeps the fit whose table semantics match."""
+    space, archs = nb201
+    tables = jax.vmap(space.layers)(jnp.asarray(archs))
+    seen = prune_dead(tables) if prunes else tables
+    theta = np.zeros(len(FeatureConfig().names), np.float32)
+    theta[[0, 1, 9, 13]] = [0.01, 0.002, 0.03, 0.05]  # overheads and per-MMAC costs
+    y = _toy_device(seen, theta, b=0.1)
+    s = fit_cli.fit_space(space, archs, y, dead_code="auto")
+    assert s.prunes_dead is prunes
+    other = fit_cli.fit_space(space, archs, y, dead_code="keep" if prunes else "prune")
+    assert s.loo_rmse < 0.1 * other.loo_rmse
+    np.testing.assert_allclose(np.asarray(predict(s, s.executed(tables))), y, rtol=0.02)
+    with pytest.raises(fit_cli.InputError, match="dead_code"):
+        fit_cli.fit_space(space, archs, y, dead_code="sometimes")
+
+
+def test_discrete_cost_of_a_cut_off_cell_is_what_the_device_runs(nb201, tmp_path):
+    """The search's straight-through cost applies the surrogate to the rows the device runs: a cell
+    whose output is cut off costs the surrogate's constant on a dead-code-removing device, and its
+    full table's cost on one that runs everything; gradients stay finite."""
+    from supernet.objectives import CostConfig, make_cost_fn
+    space, archs = nb201
+    tables = jax.vmap(space.layers)(jnp.asarray(archs))
+    x = np.asarray(network_features(tables))
+    base = fit(x, x[:, 1] * 0.01 + x[:, 0] * 0.001 + 1.0)
+    cut = space.decode("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|none~0|none~1|none~2|")
+    cfg = CostConfig(form="hinge", target_ms=1.0, weight=1.0, model="surrogate", discrete=True)
+    probs = jnp.asarray(space.one_hot(cut)) * 0.9 + 0.1 / 5
+    for prunes in (True, False):
+        s = base.replace(prunes_dead=prunes)
+        lat = float(make_cost_fn(space, cfg, s)(probs)["latency_ms"])
+        want = float(s.intercept) if prunes else float(predict(s, space.layers(cut)))
+        assert lat == pytest.approx(want, rel=1e-5)
+        g = jax.grad(lambda p: make_cost_fn(space, cfg, s)(p)["latency_ms"])(probs)
+        assert np.all(np.isfinite(np.asarray(g)))
+    assert float(predict(base, space.layers(cut))) > float(base.intercept) + 1e-3  # the case differs
+    path = str(tmp_path / "s.json")
+    fit_cli.save_surrogate(base.replace(prunes_dead=False), path)
+    assert fit_cli.load_surrogate(path).prunes_dead is False  # the device semantics are saved

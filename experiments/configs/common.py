@@ -68,8 +68,10 @@ def base() -> ml_collections.ConfigDict:
     k.memory_budget_bytes = ml_collections.FieldReference(None, field_type=float)
     k.memory_weight = 1.0
     k.discrete = False  # cost the argmax architecture (straight-through), not the expected table
+    # dead_code: does the device remove dead ops ("prune") or run them ("keep"); "auto" picks the
+    # fit with the lower leave-one-out error (hwmodel.fit.fit_space)
     k.surrogate = ml_collections.ConfigDict({"file": "", "csv": "", "column": "", "arch_column": "",
-                                             "train_size": 50})
+                                             "train_size": 50, "dead_code": "auto"})
 
     z = c.zero_shot = ml_collections.ConfigDict()
     z.proxies = ("naswot", "synflow", "jacob_cov")  # rank-averaged when there are several
