@@ -29,7 +29,7 @@ from tqdm import tqdm
 from hwmodel import analytic, memory
 from hwmodel.accelerators import ACCELERATORS
 from hwmodel.registry import Registry
-from supernet.model import make_supernet
+from supernet.model import Subnet, make_supernet
 from supernet.objectives import CostConfig, make_cost_fn
 from supernet.single_shot import SearchConfig, SingleShot
 from supernet.space import SearchSpace, SpaceMask
@@ -331,11 +331,41 @@ def _last_metric(ctx: Context, stage: str, key: str) -> float | None:
     return vals[-1] if vals else None
 
 
+#: Where `retrain` saves the trained network's weights (an orbax checkpoint of its NNX state).
+MODEL_DIR = "model"
+
+
+def build_subnet(cfg: Any, space: SearchSpace, arch: np.ndarray) -> Subnet:
+    """The standalone network of `arch` as `retrain` builds it (fresh weights; `load_subnet` fills
+    in the trained ones)."""
+    net = make_supernet(space, rngs=nnx.Rngs(cfg.seed + 1), **dict(cfg.single_shot.supernet))
+    return net.derive(arch)
+
+
+def save_subnet(sub: Subnet, path: str) -> None:
+    """Writes `sub`'s weights and BN statistics (orbax). Only a retrain that had not finished wrote
+    to `path` before (its stage file is absent), so a partial save is replaced."""
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(os.path.abspath(path), nnx.to_pure_dict(nnx.state(sub)), force=True)
+
+
+def load_subnet(cfg: Any, space: SearchSpace, arch: np.ndarray, path: str) -> Subnet:
+    """The network `retrain` trained and saved at `path` (clear error when the folder is missing)."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no saved weights at {path!r}; run the config with a 'retrain' stage")
+    sub = build_subnet(cfg, space, arch)
+    state = nnx.state(sub)
+    with ocp.StandardCheckpointer() as ckpt:
+        pure = ckpt.restore(os.path.abspath(path), nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, pure)
+    nnx.update(sub, state)
+    return sub
+
+
 @STAGES.register("retrain")
 def stage_retrain(ctx: Context) -> dict[str, Any]:
     cfg, rc = ctx.cfg, ctx.cfg.retrain
-    net = make_supernet(ctx.space, rngs=nnx.Rngs(cfg.seed + 1), **dict(cfg.single_shot.supernet))
-    sub = net.derive(ctx.arch)  # fresh weights: retraining from scratch
+    sub = build_subnet(cfg, ctx.space, ctx.arch)  # fresh weights: retraining from scratch
     d = ctx.data()
     train = DeviceData.put(d.x_train, d.y_train, ctx.mesh)
     test = DeviceData.put(d.x_test, d.y_test, ctx.mesh)
@@ -345,8 +375,9 @@ def stage_retrain(ctx: Context) -> dict[str, Any]:
     trainer = Trainer(sub, tcfg, augment=D.augment, mesh=ctx.mesh, eval_input=lambda k, x: D.normalize(x))
     t0 = time.perf_counter()
     hist = trainer.fit(train, test, callback=lambda r: ctx.wd.log({"stage": "retrain", **r}))
+    save_subnet(trainer.model, ctx.wd.file(MODEL_DIR))
     return {"arch": ctx.space.encode(ctx.arch), "test_accuracy": hist[-1]["test_acc"],
-            "retrain_seconds": time.perf_counter() - t0}
+            "retrain_seconds": time.perf_counter() - t0, "weights": MODEL_DIR}
 
 
 # ------------------------------------------------------------------ costs and table lookups

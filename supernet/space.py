@@ -89,6 +89,8 @@ class SearchSpace(abc.ABC):
     """Base class of search spaces (see module docstring). Subclasses define the template and scalars."""
 
     name: str = "space"
+    #: input height = width of the networks (NHWC, 3 channels); subclasses set it from their args
+    input_size: int = 32
 
     def __init__(self, decisions: Sequence[Decision], template: TableTemplate):
         names = [d.name for d in decisions]

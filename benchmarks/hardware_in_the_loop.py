@@ -1,0 +1,127 @@
+"""Hardware in the loop: checks of the export and measurement path, one JSON object.
+
+Sections (`--sections`, comma-separated; more land with the measurement backends):
+- `export`: for `--num` random architectures per space (cells whose output is a constant skipped) (full-size NAS-Bench-201, FBNet-CIFAR-100,
+  mobile-curated; BatchNorm with non-trivial running statistics), the max relative difference
+  `max |ONNX Runtime - JAX| / max |JAX|` of the logits on one batch (target <= 1e-4), and the
+  seconds per export (`supernet.export.to_onnx`, jax2onnx plus the explicit-graph pass).
+- `surrogate_vs_counts`: on the NAS-Bench-201 `pixel3` and `eyeriss` columns at N = 10 and 50
+  training cells (seeds 0-2), Spearman of the surrogate (`hwmodel.fit.fit_space`, dead code
+  chosen by leave-one-out) and of the per-operation-count least-squares baseline.
+
+Example (about 5 minutes on the 2-core CPU):
+    python benchmarks/hardware_in_the_loop.py --num 20 --out benchmarks/results/hardware_in_the_loop_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from hwmodel.profile import backend_description  # noqa: E402
+
+SPACES = ("nb201", "fbnet-cifar100", "mobile-curated")
+
+
+def export_check(name: str, num: int, seed: int) -> dict:
+    import onnxruntime as ort
+    from supernet import make_space, make_supernet
+    from supernet.export import to_onnx
+
+    space = make_space(name)
+    net = make_supernet(space, rngs=nnx.Rngs(seed))
+    s = space.input_size
+    x = np.asarray(jax.random.normal(jax.random.key(seed), (2, s, s, 3)), np.float32)
+    errs, secs = [], []
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    archs = np.asarray(space.sample(jax.random.key(seed + 1), 4 * num))
+    archs = archs[~space.is_constant(archs)][:num]  # a cut-off cell's logits are all 0: no relative error
+    for arch in archs:
+        sub = net.derive(arch)
+        sub.train()
+        sub(jnp.asarray(x))  # running statistics away from their initial (0, 1)
+        t0 = time.perf_counter()
+        model = to_onnx(sub, x.shape)
+        secs.append(time.perf_counter() - t0)
+        sub.eval()
+        want = np.asarray(sub(jnp.asarray(x)))
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        errs.append(float(np.max(np.abs(got - want)) / np.max(np.abs(want))))
+    return {"num": num, "max_rel_err": max(errs), "median_rel_err": float(np.median(errs)),
+            "export_seconds_median": float(np.median(secs)), "meets_1e-4": max(errs) <= 1e-4}
+
+
+def surrogate_vs_counts(data_dir: str) -> dict:
+    from scipy import stats
+
+    from hwmodel import fit as F
+    from supernet import make_space
+    from hwmodel.surrogate import fit_baseline
+
+    space = make_space("nb201")
+    path = os.path.join(data_dir, "nas-bench-201", "nb201_cifar10.csv")
+    out = {}
+    for col in ("pixel3_latency_ms", "eyeriss_latency_ms"):
+        archs, y = F.load_latency_csv(path, space, col)
+        counts = np.stack([(archs == k).sum(1) for k in range(5)], 1).astype(np.float64)
+        for n in (10, 50):
+            rows = []
+            for seed in range(3):
+                tr, te = F.split(len(y), n, seed)
+                s = F.fit_space(space, archs[tr], y[tr])
+                x = F.features_of(space, archs[te], prune=s.prunes_dead)
+                pred = x @ np.asarray(s.coef, np.float64) + float(s.intercept)
+                base = fit_baseline(counts[tr], y[tr], relative=False)(counts[te])  # plain least squares
+                rows.append((stats.spearmanr(pred, y[te])[0], stats.spearmanr(base, y[te])[0],
+                             "prune" if s.prunes_dead else "keep"))
+            out[f"{col}@{n}"] = {"surrogate_spearman": [round(float(r[0]), 4) for r in rows],
+                                 "op_counts_spearman": [round(float(r[1]), 4) for r in rows],
+                                 "dead_code": [r[2] for r in rows],
+                                 "worst_gap": round(float(min(r[0] - r[1] for r in rows)), 4)}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sections", default="export,surrogate_vs_counts")
+    p.add_argument("--num", type=int, default=20, help="architectures per space (export)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=os.environ.get("HWNAS_DATA_DIR", "../shared/data"))
+    p.add_argument("--out", default=None, help="also write the JSON here (refuses to overwrite)")
+    args = p.parse_args()
+    if args.out and os.path.exists(args.out):
+        p.exit(2, f"error: {args.out} exists; choose another --out\n")
+    sections = [s for s in args.sections.split(",") if s]
+    unknown = set(sections) - {"export", "surrogate_vs_counts"}
+    if unknown:
+        p.exit(2, f"error: unknown sections {sorted(unknown)}; valid: export, surrogate_vs_counts\n")
+    res = {"device": backend_description(), "sections": {}}
+    t0 = time.perf_counter()
+    if "export" in sections:
+        res["sections"]["export"] = {name: export_check(name, args.num, args.seed) for name in SPACES}
+    if "surrogate_vs_counts" in sections:
+        if not os.path.isdir(args.data_dir):
+            p.exit(2, f"error: data folder {args.data_dir!r} not found (--data-dir or HWNAS_DATA_DIR)\n")
+        res["sections"]["surrogate_vs_counts"] = surrogate_vs_counts(args.data_dir)
+    res["seconds"] = time.perf_counter() - t0
+    text = json.dumps(res, indent=1)
+    print(text)
+    if args.out:
+        with open(args.out, "x") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
