@@ -1,0 +1,264 @@
+"""Measurement backends: real per-layer and whole-network latency of a layer table, by name.
+
+    python -m hwmodel.measure --space mobile-curated --backend onnxruntime --num 300 --seed 0 \
+        --out ort.csv --per-layer ort_layers.csv
+
+A backend turns the table of one discrete architecture into a `Measurement`: the whole network's
+latency (median of repeats, with the spread), and one latency per layer-table row (0 for rows that
+do not execute: absent, dead, aliases, the input), so every measured layer maps back to its row.
+Backends (`BACKENDS`, `make_backend(name)`):
+
+- `jax`: `hwmodel.profile` on the current JAX device (XLA-compiled; the network jitted whole, each
+  row jitted alone).
+- `onnxruntime`: the same executor (`hwmodel.profile.build_network` / `layer_fn`, random weights,
+  BatchNorm folded) exported with `jax2onnx` and run by ONNX Runtime on its CPU execution provider
+  (or `providers=` of a GPU build), pinned to `threads` intra-op threads (1 by default, batch 1),
+  `warmup` untimed runs, median of `repeats`. Graph optimisations are ONNX Runtime's default
+  (`ORT_ENABLE_ALL`): it folds constants and fuses Conv + Add(bias) + Relu, so the per-row
+  numbers are of rows run alone (each a one-op graph) and their sum differs from the whole network
+  by dispatch overhead and the fusions of consecutive rows (measured and reported, not hidden).
+
+Per-layer results are cached by the row's signature (op, channels, kernel, stride, groups,
+spatial size, activation): a new network costs only its unseen layers; whole networks are not
+cached (their latency is the measurement).
+
+The library functions do no file I/O; `main` (the command line) writes the CSVs, appending so a
+killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import csv
+import dataclasses
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from hwmodel import profile
+from hwmodel.layers import LayerTable, OpKind
+from hwmodel.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """One network's measurement.
+
+    Attributes:
+      latency_ms: whole-network latency (median over repeats).
+      spread_ms: interquartile range of the whole-network repeats.
+      layer_latency_ms: `[num_rows]` latency of each row run alone (0 where it does not execute).
+      energy_mj: whole-network energy where the backend has it, else None.
+      layer_energy_mj: per-row energy where the backend has it, else None.
+    """
+
+    latency_ms: float
+    spread_ms: float
+    layer_latency_ms: np.ndarray
+    energy_mj: float | None = None
+    layer_energy_mj: np.ndarray | None = None
+
+
+def _signature(r: Any) -> tuple:
+    return (int(r.op), r.c_in, r.c_out, r.kernel, r.stride, r.groups, r.h, r.w, r.act)
+
+
+class Backend(abc.ABC):
+    """A measurement backend; subclasses time one whole network and one row alone."""
+
+    name: str = "backend"
+
+    def __init__(self, warmup: int = 5, repeats: int = 30):
+        if repeats < 1 or warmup < 0:
+            raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+        self.warmup, self.repeats = warmup, repeats
+        self._cache: dict[tuple, float] = {}
+
+    @abc.abstractmethod
+    def _network_samples_s(self, table: LayerTable) -> np.ndarray:
+        """Seconds of each repeat of the whole network."""
+
+    @abc.abstractmethod
+    def _layer_s(self, table: LayerTable, row: int) -> float:
+        """Median seconds of one row run alone."""
+
+    @property
+    def cache_size(self) -> int:
+        """Distinct layers measured so far."""
+        return len(self._cache)
+
+    def measure(self, table: LayerTable, layers: bool = True) -> Measurement:
+        """Whole-network and (with `layers`) per-row latency of one discrete architecture's table."""
+        t = profile._concrete(table)
+        s = self._network_samples_s(t)
+        q1, med, q3 = np.percentile(s, [25, 50, 75])
+        per_row = np.zeros(t.num_rows)
+        if layers:
+            for r, _ in profile._plan(t).steps:
+                if r.op in profile.NO_COMPUTE_OPS:
+                    continue
+                key = _signature(r)
+                if key not in self._cache:
+                    self._cache[key] = self._layer_s(t, r.index)
+                per_row[r.index] = self._cache[key]
+        return Measurement(latency_ms=1e3 * float(med), spread_ms=1e3 * float(q3 - q1),
+                           layer_latency_ms=1e3 * per_row)
+
+
+BACKENDS = Registry("measurement backend")
+
+
+@BACKENDS.register("jax")
+class JaxBackend(Backend):
+    """`hwmodel.profile` on the current JAX device."""
+
+    name = "jax"
+
+    def _network_samples_s(self, table: LayerTable) -> np.ndarray:
+        r = profile.profile_network(table, warmup=self.warmup, repeats=self.repeats)
+        return np.asarray(r.samples)
+
+    def _layer_s(self, table: LayerTable, row: int) -> float:
+        params, fn, shape = profile.layer_fn(table, row)
+        x = profile._normal(jax.random.key(0), profile._INPUT_STREAM, shape)
+        return profile.time_fn(fn, params, x, warmup=self.warmup, repeats=self.repeats,
+                               min_time=1e-3).median_s
+
+
+@BACKENDS.register("onnxruntime")
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime on exported graphs of the table executor (module docstring)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, warmup: int = 5, repeats: int = 30, threads: int = 1,
+                 providers: Sequence[str] = ("CPUExecutionProvider",)):
+        super().__init__(warmup, repeats)
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.threads, self.providers = threads, tuple(providers)
+
+    def _session(self, fn: Callable, shape: tuple[int, ...]):
+        import jax2onnx
+        import onnxruntime as ort
+        model = jax2onnx.to_onnx(fn, [shape], return_mode="proto")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = so.inter_op_num_threads = self.threads
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=list(self.providers))
+        x = np.asarray(profile._normal(jax.random.key(0), profile._INPUT_STREAM, shape))
+        feed = {sess.get_inputs()[0].name: x}
+        return sess, feed
+
+    def _samples(self, sess, feed, number: int = 1) -> np.ndarray:
+        for _ in range(self.warmup):
+            sess.run(None, feed)
+        out = []
+        for _ in range(self.repeats):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                sess.run(None, feed)
+            out.append((time.perf_counter() - t0) / number)
+        return np.asarray(out)
+
+    def _network_samples_s(self, table: LayerTable) -> np.ndarray:
+        params, apply = profile.build_network(table)
+        shape = (1, *profile._plan(table).in_shape)
+        sess, feed = self._session(lambda x: apply(params, x), shape)
+        return self._samples(sess, feed)
+
+    def _layer_s(self, table: LayerTable, row: int) -> float:
+        params, fn, shape = profile.layer_fn(table, row)
+        sess, feed = self._session(lambda x: fn(params, x), shape)
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        once = time.perf_counter() - t0
+        number = max(1, int(1e-3 / max(once, 1e-7)))  # samples of >= ~1 ms: above timer noise
+        return float(np.median(self._samples(sess, feed, number)))
+
+
+def make_backend(name: str, **kwargs: Any) -> Backend:
+    """The backend registered as `name` (unknown names list the valid ones)."""
+    return BACKENDS[name](**kwargs)
+
+
+# ------------------------------------------------------------------ command line
+_LAYER_FIELDS = ("arch", "row", "op", "c_in", "c_out", "kernel", "stride", "groups", "h", "w", "act",
+                 "latency_ms")
+
+
+def _done_archs(path: str) -> list[str]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return [r["arch"] for r in csv.DictReader(f)]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from tqdm import tqdm
+
+    from supernet.spaces import make_space  # local: hwmodel does not depend on supernet at import
+
+    p = argparse.ArgumentParser(prog="python -m hwmodel.measure", description=__doc__.split("\n\n")[0])
+    p.add_argument("--space", required=True)
+    p.add_argument("--backend", required=True, help=f"one of {', '.join(sorted(BACKENDS))}")
+    p.add_argument("--num", type=int, required=True, help="architectures to measure")
+    p.add_argument("--seed", type=int, default=0, help="seed of the architecture sample")
+    p.add_argument("--out", required=True, help="whole-network CSV (arch,latency_ms,spread_ms)")
+    p.add_argument("--per-layer", default=None, help="per-layer CSV (one row per executed table row)")
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    args = p.parse_args(argv)
+    try:
+        space = make_space(args.space)
+        kw = {"repeats": args.repeats} | ({"threads": args.threads} if args.backend == "onnxruntime" else {})
+        backend = make_backend(args.backend, **kw)
+        if args.num < 1:
+            raise ValueError(f"--num must be >= 1, got {args.num}")
+    except (KeyError, ValueError) as e:
+        p.exit(2, f"error: {e.args[0] if e.args else e}\n")
+    archs = np.asarray(space.sample(jax.random.key(args.seed), args.num))
+    strings = [space.encode(a) for a in archs]
+    done = _done_archs(args.out)
+    if done and done != strings[:len(done)]:
+        p.exit(2, f"error: {args.out} holds other architectures (another --space, --seed or file); "
+                  "choose another --out\n")
+    new = not os.path.exists(args.out) or not os.path.getsize(args.out)  # no header yet
+    if args.per_layer and os.path.exists(args.per_layer):  # drop the layers of an unfinished network
+        with open(args.per_layer, newline="") as f:
+            keep = [r for r in csv.DictReader(f) if r["arch"] in set(done)]
+        with open(args.per_layer + ".tmp", "w", newline="") as f:
+            wr = csv.DictWriter(f, _LAYER_FIELDS)
+            wr.writeheader()
+            wr.writerows(keep)
+        os.replace(args.per_layer + ".tmp", args.per_layer)
+    with open(args.out, "a", newline="") as f_net, \
+            (open(args.per_layer, "a", newline="") if args.per_layer else open(os.devnull, "w")) as f_lay:
+        w_net = csv.writer(f_net)
+        w_lay = csv.writer(f_lay)
+        if new:
+            w_net.writerow(["arch", "latency_ms", "spread_ms"])
+        if args.per_layer and not os.path.getsize(args.per_layer):
+            w_lay.writerow(_LAYER_FIELDS)
+        for a, s in tqdm(list(zip(archs[len(done):], strings[len(done):])), initial=len(done),
+                         total=len(strings), desc=f"measure {args.backend}", file=sys.stderr):
+            table = space.layers(a)
+            m = backend.measure(table, layers=bool(args.per_layer))
+            if args.per_layer:
+                t = profile._concrete(table)
+                for i in np.nonzero(m.layer_latency_ms)[0]:
+                    r = profile._row(t, int(i))
+                    w_lay.writerow([s, int(i), r.op.name, r.c_in, r.c_out, r.kernel, r.stride, r.groups,
+                                    r.h, r.w, r.act, f"{m.layer_latency_ms[i]:.6g}"])
+                f_lay.flush()
+            w_net.writerow([s, f"{m.latency_ms:.6g}", f"{m.spread_ms:.6g}"])  # last: marks it done
+            f_net.flush()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
