@@ -34,7 +34,7 @@ def test_onnxruntime_equals_jax_on_random_architectures(name, kwargs, hw):
     # one training step's worth of BN statistics, so inference mode differs from batch statistics
     net.train()
     archs = np.asarray(space.sample(jax.random.key(2), 12))
-    for arch in archs[~space.is_constant(archs)][:3]:  # a cut-off cell's logits are all 0
+    for arch in archs[~space.is_constant(archs)][:2]:  # a cut-off cell's logits are all 0
         sub = net.derive(arch)
         sub.train()
         sub(jnp.asarray(x))  # updates running statistics away from (0, 1)
