@@ -5,9 +5,10 @@ Sections (`--sections`, comma-separated; more land with the measurement backends
   mobile-curated; BatchNorm with non-trivial running statistics), the max relative difference
   `max |ONNX Runtime - JAX| / max |JAX|` of the logits on one batch (target <= 1e-4), and the
   seconds per export (`supernet.export.to_onnx`, jax2onnx plus the explicit-graph pass).
-- `surrogate_vs_counts`: on the NAS-Bench-201 `pixel3` and `eyeriss` columns at N = 10 and 50
-  training cells (seeds 0-2), Spearman of the surrogate (`hwmodel.fit.fit_space`, dead code
-  chosen by leave-one-out) and of the per-operation-count least-squares baseline.
+- `surrogate_vs_counts`: on the NAS-Bench-201 `pixel3` and `eyeriss` columns and the five FBNet
+  devices, at N = 10 and 50 training architectures (seeds 0-2), test Spearman of the surrogate
+  (`hwmodel.fit.fit_space`, dead code chosen by leave-one-out) and of the per-operation-count
+  least-squares baseline (how often each choice occurs, plus an intercept).
 
 Example (about 5 minutes on the 2-core CPU):
     python benchmarks/hardware_in_the_loop.py --num 20 --out benchmarks/results/hardware_in_the_loop_cpu.json
@@ -70,12 +71,16 @@ def surrogate_vs_counts(data_dir: str) -> dict:
     from supernet import make_space
     from hwmodel.surrogate import fit_baseline
 
-    space = make_space("nb201")
-    path = os.path.join(data_dir, "nas-bench-201", "nb201_cifar10.csv")
+    nb201, fbnet = make_space("nb201"), make_space("fbnet-cifar100")
+    nb_path = os.path.join(data_dir, "nas-bench-201", "nb201_cifar10.csv")
+    fb_dir = os.path.join(data_dir, "latency", "fbnet_cifar100")
+    tasks = [(nb201, nb_path, col, col) for col in ("pixel3_latency_ms", "eyeriss_latency_ms")]
+    tasks += [(fbnet, os.path.join(fb_dir, f"{dev}.csv"), None, f"fbnet:{dev}")
+              for dev in ("pixel3", "eyeriss", "1080ti_1", "gold_6226", "titan_rtx_32")]
     out = {}
-    for col in ("pixel3_latency_ms", "eyeriss_latency_ms"):
+    for space, path, col, label in tasks:
         archs, y = F.load_latency_csv(path, space, col)
-        counts = np.stack([(archs == k).sum(1) for k in range(5)], 1).astype(np.float64)
+        counts = np.stack([(archs == k).sum(1) for k in range(int(space.max_choices))], 1).astype(np.float64)
         for n in (10, 50):
             rows = []
             for seed in range(3):
@@ -86,7 +91,7 @@ def surrogate_vs_counts(data_dir: str) -> dict:
                 base = fit_baseline(counts[tr], y[tr], relative=False)(counts[te])  # plain least squares
                 rows.append((stats.spearmanr(pred, y[te])[0], stats.spearmanr(base, y[te])[0],
                              "prune" if s.prunes_dead else "keep"))
-            out[f"{col}@{n}"] = {"surrogate_spearman": [round(float(r[0]), 4) for r in rows],
+            out[f"{label}@{n}"] = {"surrogate_spearman": [round(float(r[0]), 4) for r in rows],
                                  "op_counts_spearman": [round(float(r[1]), 4) for r in rows],
                                  "dead_code": [r[2] for r in rows],
                                  "worst_gap": round(float(min(r[0] - r[1] for r in rows)), 4)}
