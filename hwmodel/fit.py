@@ -6,7 +6,9 @@
         --column pixel3_latency_ms --train-size 50 --seed 0 --json
 
 Prints one JSON object: `spearman`, `kendall`, `mape` (%), `within_10pct` (%), `n_train`,
-`n_test`, `fit_seconds`, `dead_code` (`prune` or `keep`: whether the device runs networks with
+`n_test`, `fit` (`whole_network`, or `per_layer` with `--per-layer F_layers.csv`: the article's
+estimator, fitted on the measured layers of the training architectures and tested on the other
+architectures' whole networks in `--data`), `fit_seconds`, `dead_code` (`prune` or `keep`: whether the device runs networks with
 their dead code removed; `--dead-code auto`, the default, picks the one with the lower
 leave-one-out error on the training rows) and `loo_rmse`. CSV format: an architecture column (`arch`, or `arch_str` for
 NAS-Bench-201; `--arch-column` to name another) and a latency column in milliseconds
@@ -33,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from hwmodel.layers import prune_dead
-from hwmodel.surrogate import FeatureConfig, Surrogate, fit, network_features, predict
+from hwmodel.layers import LayerTable, OpKind, prune_dead
+from hwmodel.surrogate import FeatureConfig, Surrogate, fit, layer_features, network_features, predict
 
 
 class InputError(ValueError):
@@ -84,6 +86,61 @@ def features_of(space, archs: np.ndarray, config: FeatureConfig = FeatureConfig(
         x = np.asarray(fn(jnp.asarray(np.concatenate([block, np.repeat(block[-1:], pad, 0)]))))
         out.append(x[: len(block)])
     return np.concatenate(out).astype(np.float64)
+
+
+#: Columns of a per-layer CSV (`python -m hwmodel.measure --per-layer`) that describe the row.
+LAYER_COLUMNS = ("op", "c_in", "c_out", "kernel", "stride", "groups", "h", "w", "act")
+
+
+def load_layer_csv(path: str, column: str = "latency_ms",
+                   config: FeatureConfig = FeatureConfig()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reads a per-layer CSV: `(arch strings [R], layer features [R, F], measured [R])`.
+
+    One row per executed layer-table row, with the columns of `LAYER_COLUMNS` (op by `OpKind`
+    name), an `arch` column and the measured `column`; every row is checked.
+    """
+    if not os.path.isfile(path):
+        raise InputError(f"per-layer file {path!r} not found; write one with python -m hwmodel.measure "
+                         "--per-layer")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in ("arch", *LAYER_COLUMNS, column) if c not in header]
+        if missing:
+            raise InputError(f"{path}: no column(s) {missing}; columns: {header}")
+        rows = list(reader)
+    if not rows:
+        raise InputError(f"{path} has no data rows")
+    layer_rows, y = [], []
+    for i, r in enumerate(rows):
+        try:
+            op = OpKind[r["op"]]
+            layer_rows.append({"op": op, **{k: int(r[k]) for k in LAYER_COLUMNS[1:]}})
+            v = float(r[column])
+        except (KeyError, ValueError) as e:
+            raise InputError(f"{path}, data row {i + 1}: bad layer description ({e})") from None
+        if not (np.isfinite(v) and v > 0):
+            raise InputError(f"{path}, data row {i + 1}: {column} must be a positive number, got {r[column]!r}")
+        y.append(v)
+    feats = np.asarray(layer_features(LayerTable.from_rows(layer_rows), config), np.float64)
+    return np.asarray([r["arch"] for r in rows]), feats, np.asarray(y)
+
+
+def calibrate_to_networks(s: Surrogate, net_features: np.ndarray, latency_ms: np.ndarray) -> Surrogate:
+    """Rescales a per-layer fit to whole networks: `LAT = a * sum_rows(pred_row) + b`.
+
+    Layers run alone cost more than inside a network (every run pays the runtime's dispatch, and a
+    whole graph fuses consecutive ops: on ONNX Runtime the sum of the rows is ~1.4x the network),
+    so the per-layer model keeps the *relative* costs of layers and two numbers, fitted by
+    relative least squares on the training networks, map their sum to a network's latency.
+    """
+    z = net_features @ np.asarray(s.coef, np.float64)
+    y = np.asarray(latency_ms, np.float64)
+    a, b = np.linalg.lstsq(np.stack([z, np.ones_like(z)], 1) / y[:, None], np.ones_like(y), rcond=None)[0]
+    if not a > 0:
+        raise InputError("the per-layer fit does not order the training networks (its calibration "
+                         "scale is not positive); measure more architectures")
+    return s.replace(coef=s.coef * a, intercept=jnp.asarray(b, jnp.float32))
 
 
 DEAD_CODE = ("auto", "prune", "keep")
@@ -151,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prior-data", nargs="*", default=(), help="CSVs of other devices (transfer prior)")
     p.add_argument("--accelerators", default="", help="comma-separated analytic presets as features")
+    p.add_argument("--per-layer", default=None,
+                   help="fit on per-layer measurements of the training architectures (CSV of "
+                        "python -m hwmodel.measure --per-layer); --data then gives the whole networks")
     p.add_argument("--dead-code", choices=DEAD_CODE, default="auto",
                    help="does the device remove dead ops (prune) or run them (keep); auto: by LOO error")
     p.add_argument("--save", default=None, help="write the fitted surrogate here (JSON)")
@@ -162,17 +222,31 @@ def main(argv: Sequence[str] | None = None) -> dict:
         archs, y = load_latency_csv(args.data, space, args.column, args.arch_column)
         tr, te = split(len(y), args.train_size, args.seed)
         t0 = time.perf_counter()
-        priors = []
-        for path in args.prior_data:
-            pa, py = load_latency_csv(path, space, args.column, args.arch_column)
-            priors.append(fit_space(space, pa, py, config=config, dead_code=args.dead_code))
-        s = fit_space(space, archs[tr], y[tr], config=config, dead_code=args.dead_code, priors=priors)
+        if args.per_layer:
+            if args.prior_data:
+                raise InputError("--prior-data is for whole-network fits; drop it with --per-layer")
+            names, lx, ly = load_layer_csv(args.per_layer, args.column or "latency_ms", config)
+            train_archs = {space.encode(a) for a in archs[tr]}
+            keep = np.isin(names, list(train_archs))
+            if not keep.any():
+                raise InputError(f"{args.per_layer} has no layers of the {len(tr)} training architectures "
+                                 f"of {args.data}; measure both with the same hwmodel.measure run")
+            # per-layer files hold only rows that execute (the backend removed dead code)
+            s = calibrate_to_networks(fit(lx[keep], ly[keep], config=config, per_layer=True, prunes_dead=True),
+                                      features_of(space, archs[tr], config, prune=True), y[tr])
+        else:
+            priors = []
+            for path in args.prior_data:
+                pa, py = load_latency_csv(path, space, args.column, args.arch_column)
+                priors.append(fit_space(space, pa, py, config=config, dead_code=args.dead_code))
+            s = fit_space(space, archs[tr], y[tr], config=config, dead_code=args.dead_code, priors=priors)
         fit_seconds = time.perf_counter() - t0
         x = features_of(space, archs[te], config, prune=s.prunes_dead)
     except (InputError, KeyError, ValueError) as e:
         p.exit(2, f"error: {e.args[0] if e.args else e}\n")
     pred = x @ np.asarray(s.coef, np.float64) + float(s.intercept)
     result = ranking_metrics(pred, y[te]) | {"n_train": int(len(tr)), "n_test": int(len(te)),
+                                             "fit": "per_layer" if args.per_layer else "whole_network",
                                              "fit_seconds": fit_seconds,
                                              "dead_code": "prune" if s.prunes_dead else "keep",
                                              "loo_rmse": s.loo_rmse}

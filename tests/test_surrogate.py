@@ -100,7 +100,7 @@ def test_cli_on_real_data(data_dir, tmp_path, capsys):
                         "--seed", "0", "--json"])
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) == {"spearman", "kendall", "mape", "within_10pct", "n_train", "n_test",
-                            "fit_seconds", "dead_code", "loo_rmse"}
+                            "fit_seconds", "dead_code", "loo_rmse", "fit"}
     assert printed["n_train"] == 50 and printed["n_test"] == 250
     assert res["spearman"] > 0.95 and res["mape"] < 3.0
 
@@ -181,3 +181,52 @@ def test_discrete_cost_of_a_cut_off_cell_is_what_the_device_runs(nb201, tmp_path
     path = str(tmp_path / "s.json")
     fit_cli.save_surrogate(base.replace(prunes_dead=False), path)
     assert fit_cli.load_surrogate(path).prunes_dead is False  # the device semantics are saved
+
+
+def test_per_layer_fit_predicts_the_backends_layer_sum_and_the_cli_calibrates_it(tmp_path, capsys):
+    """A backend whose per-layer latency is linear in the row's features: the per-layer fit predicts
+    the sum of its layers on unseen networks; `hwmodel.fit --per-layer` maps that sum to whole
+    networks that cost 0.7x the sum plus a constant (fusion and dispatch, as on ONNX Runtime)."""
+    import csv
+
+    from hwmodel import profile
+    space = make_space("mobile-curated")
+    archs = np.asarray(space.sample(jax.random.key(5), 40))
+    theta = np.zeros(len(FeatureConfig().names))
+    theta[0::4] = 0.005  # every op group has a dispatch cost: every executed row is measured
+    theta[[1, 2, 5, 13, 17]] = [0.004, 0.02, 0.003, 0.05, 0.002]
+    lay_path, net_path = tmp_path / "layers.csv", tmp_path / "nets.csv"
+    sums = []
+    with open(lay_path, "w", newline="") as fl:
+        wl = csv.writer(fl)
+        wl.writerow(["arch", "row", *fit_cli.LAYER_COLUMNS, "latency_ms"])
+        for a in archs:
+            t = profile._concrete(space.layers(a))
+            lat = np.asarray(layer_features(t)) @ theta
+            total = 0.0
+            for r, _ in profile._plan(t).steps:
+                if r.op in profile.NO_COMPUTE_OPS or lat[r.index] <= 0:
+                    continue
+                wl.writerow([space.encode(a), r.index, r.op.name, r.c_in, r.c_out, r.kernel, r.stride,
+                             r.groups, r.h, r.w, r.act, lat[r.index]])
+                total += lat[r.index]
+            sums.append(total)
+    sums = np.asarray(sums)
+    names, lx, ly = fit_cli.load_layer_csv(str(lay_path))
+    train = np.isin(names, [space.encode(a) for a in archs[:10]])
+    s = fit(lx[train], ly[train], per_layer=True, lambdas=(1e-10,))
+    tables = jax.vmap(space.layers)(jnp.asarray(archs[10:]))
+    np.testing.assert_allclose(np.asarray(predict(s, tables)), sums[10:], rtol=0.02)
+    with open(net_path, "w", newline="") as f:
+        wn = csv.writer(f)
+        wn.writerow(["arch", "latency_ms"])
+        wn.writerows([space.encode(a), 0.7 * v + 0.1] for a, v in zip(archs, sums))
+    res = fit_cli.main(["--space", "mobile-curated", "--data", str(net_path), "--per-layer", str(lay_path),
+                        "--train-size", "10", "--json"])
+    assert res["fit"] == "per_layer" and res["spearman"] > 0.99 and res["mape"] < 2.0
+    bad = tmp_path / "bad.csv"
+    bad.write_text(open(lay_path).read().replace("CONV", "CONVX", 1))
+    with pytest.raises(SystemExit):
+        fit_cli.main(["--space", "mobile-curated", "--data", str(net_path), "--per-layer", str(bad),
+                      "--train-size", "10"])
+    assert "data row" in capsys.readouterr().err
