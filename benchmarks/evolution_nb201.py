@@ -24,7 +24,7 @@
     said so) without a file.
 (d) Guided mutation (`supernet.multishot`, Abdelfattah et al. ICLR 2021's zero-cost move proposal):
     `--guide-scores FILE.npz` holds zero-shot scores of NB201 cells (`archs` and one array per
-    score, as `python -m zero_shot.evaluate --save` writes them; `--sample 0` scores all 15,625);
+    score, as `python -m experiments.zero_shot_eval --save` writes them; `--sample 0` scores all 15,625);
     `--guide-score` picks the column. REA with `--warm-queries` queries: cold start + guide, the
     `--warm-start` ranking + guide, and the zero-cost warm-up of the same paper (the initial
     population = the file's top P cells by the score) with and without the guide. Guide lookups
@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
     p.add_argument("--latency-cap", type=float, default=5.0, help="ms, constrained REA of part (b)")
     p.add_argument("--warm-start", default=None, help="ranked architecture strings, best first")
     p.add_argument("--warm-queries", type=int, default=100)
-    p.add_argument("--guide-scores", default=None, help=".npz of zero-shot scores (zero_shot.evaluate --save)")
+    p.add_argument("--guide-scores", default=None, help=".npz of zero-shot scores (experiments.zero_shot_eval --save)")
     p.add_argument("--guide-score", default="synflow", help="the score in --guide-scores that guides")
     p.add_argument("--guide-prob", type=float, default=0.75, help="probability of the guide's move (reference 0.75)")
     p.add_argument("--parts", default="a,b,c,d", help="which parts to run")
@@ -219,7 +219,7 @@ def _part_c(a, space, ev, out) -> None:
 
 
 def npz_scorer(path: str, name: str, space):
-    """`archs -> scores` looked up in a `zero_shot.evaluate --save` file (KeyError for a cell not in it)."""
+    """`archs -> scores` looked up in a `experiments.zero_shot_eval --save` file (KeyError for a cell not in it)."""
     if not os.path.isfile(path):
         raise SystemExit(f"--guide-scores {path} not found")
     z = np.load(path)
@@ -245,7 +245,7 @@ def npz_scorer(path: str, name: str, space):
 def _part_d(a, space, ev, out) -> None:
     """Guided mutation (and the zero-cost warm-up) from a file of zero-shot scores."""
     if not a.guide_scores:
-        out["d_guided_mutation"] = {"skipped": "no --guide-scores FILE.npz given (zero_shot.evaluate --save)"}
+        out["d_guided_mutation"] = {"skipped": "no --guide-scores FILE.npz given (experiments.zero_shot_eval --save)"}
         return
     score, ranked, n = npz_scorer(a.guide_scores, a.guide_score, space)
     guide = ZeroShotEvaluator(space, score, name=a.guide_score)

@@ -67,6 +67,7 @@ def export_check(name: str, num: int, seed: int) -> dict:
 def surrogate_vs_counts(data_dir: str) -> dict:
     from scipy import stats
 
+    from experiments.fit_surrogate import load_latency_csv
     from hwmodel import fit as F
     from supernet import make_space
     from hwmodel.surrogate import fit_baseline
@@ -79,7 +80,7 @@ def surrogate_vs_counts(data_dir: str) -> dict:
               for dev in ("pixel3", "eyeriss", "1080ti_1", "gold_6226", "titan_rtx_32")]
     out = {}
     for space, path, col, label in tasks:
-        archs, y = F.load_latency_csv(path, space, col)
+        archs, y = load_latency_csv(path, space, col)
         counts = np.stack([(archs == k).sum(1) for k in range(int(space.max_choices))], 1).astype(np.float64)
         for n in (10, 50):
             rows = []

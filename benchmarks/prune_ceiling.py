@@ -3,7 +3,7 @@
     python benchmarks/prune_ceiling.py --scores SCORES.npz \
         --truth ../shared/data/nas-bench-201/nb201_cifar10.csv --column cifar10_valid_acc [--space nb201]
 
-`SCORES.npz` is what `python -m zero_shot.evaluate ... --save SCORES.npz` keeps (the sampled `archs`,
+`SCORES.npz` is what `python -m experiments.zero_shot_eval ... --save SCORES.npz` keeps (the sampled `archs`,
 their `truth` and one array per score). For every score, and for the truth itself used as the score
 (`truth_on_sample`), at each `--fractions` it reports the share of the truth file's top-1 % and
 top-5 % architectures inside the pruned space by two per-decision methods:
@@ -32,13 +32,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from supernet.spaces import make_space  # noqa: E402
-from zero_shot.evaluate import _read_truth  # noqa: E402
+from experiments.zero_shot_eval import _read_truth  # noqa: E402
 from zero_shot.prune import best_covering_mask, mask_quality, prune_marginal, survival, top_archs  # noqa: E402
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scores", required=True, help="an npz written by zero_shot.evaluate --save")
+    p.add_argument("--scores", required=True, help="an npz written by experiments.zero_shot_eval --save")
     p.add_argument("--truth", required=True)
     p.add_argument("--column", default="cifar10_valid_acc")
     p.add_argument("--arch-column", default="arch_str")
@@ -48,10 +48,10 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     try:
         if not os.path.exists(args.scores):
-            raise FileNotFoundError(f"{args.scores} not found; write it with zero_shot.evaluate --save")
+            raise FileNotFoundError(f"{args.scores} not found; write it with experiments.zero_shot_eval --save")
         saved = np.load(args.scores)
         if "archs" not in saved.files:
-            raise ValueError(f"{args.scores} has no 'archs'; is it a zero_shot.evaluate --save file?")
+            raise ValueError(f"{args.scores} has no 'archs'; is it a experiments.zero_shot_eval --save file?")
         space = make_space(args.space)
         strings, truth = _read_truth(args.truth, args.column, args.arch_column)
     except (KeyError, ValueError, FileNotFoundError) as e:

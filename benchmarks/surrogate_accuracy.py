@@ -33,7 +33,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hwmodel.layers import prune_dead  # noqa: E402
-from hwmodel.fit import features_of, load_latency_csv, ranking_metrics, split  # noqa: E402
+from experiments.fit_surrogate import load_latency_csv  # noqa: E402
+from hwmodel.fit import features_of, ranking_metrics, split  # noqa: E402
 from hwmodel.surrogate import baseline_features, fit, fit_baseline  # noqa: E402
 from supernet.spaces import make_space  # noqa: E402
 

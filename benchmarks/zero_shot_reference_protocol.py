@@ -4,12 +4,12 @@ zero-cost-nas (Abdelfattah et al., ICLR 2021; `nasbench2_pred.py`) seeds PyTorch
 every NAS-Bench-201 cell builds a new network (a fresh draw of PyTorch's default init from the
 global stream) and scores it on `get_some_data(train_loader, 1)`, i.e. `next(iter(loader))` of a
 shuffled, augmented training loader (RandomCrop(32, padding=4), horizontal flip): a new init and a
-new batch for every cell. `zero_shot.evaluate` scores every cell with one supernet init and one
+new batch for every cell. `experiments.zero_shot_eval` scores every cell with one supernet init and one
 batch (common random numbers), which removes that noise from the ranking.
 
-This script scores the same cells as `python -m zero_shot.evaluate --sample N --seed S` under four
+This script scores the same cells as `python -m experiments.zero_shot_eval --sample N --seed S` under four
 protocols and prints one JSON object with each score's Spearman / Kendall against the table:
-  - `shared`: one init, one batch (ours; equals `zero_shot.evaluate --init torch`);
+  - `shared`: one init, one batch (ours; equals `experiments.zero_shot_eval --init torch`);
   - `fresh_init`: a new torch-init draw per cell, one batch;
   - `fresh_batch`: one init, a new augmented batch of 64 training images per cell;
   - `fresh_both`: both (the reference protocol).
@@ -38,7 +38,7 @@ from tqdm import tqdm
 import zero_shot as Z
 from experiments import data as D
 from supernet.spaces import make_space
-from zero_shot.evaluate import _read_truth, draw_inputs
+from experiments.zero_shot_eval import _read_truth, draw_inputs
 from zero_shot.gradient import fisher_per_channel
 from zero_shot.network import Network
 from zero_shot.registry import PROXIES
@@ -59,7 +59,7 @@ if "fisher_channel" not in PROXIES:
 
 
 def add_sample_args(p: argparse.ArgumentParser) -> None:
-    """The options that pick the cells, batch and init (those of `zero_shot.evaluate`)."""
+    """The options that pick the cells, batch and init (those of `experiments.zero_shot_eval`)."""
     p.add_argument("--data-dir", default=os.environ.get("HWNAS_DATA_DIR", "../shared/data"))
     p.add_argument("--truth", default=None, help="default: DATA_DIR/nas-bench-201/nb201_cifar10.csv")
     p.add_argument("--column", default="cifar10_valid_acc")
@@ -69,7 +69,7 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
 
 
 def draw_sample(p: argparse.ArgumentParser, args):
-    """The same cells, batch and init as `zero_shot.evaluate --sample N --seed S --init torch`:
+    """The same cells, batch and init as `experiments.zero_shot_eval --sample N --seed S --init torch`:
     `(archs, truth, data, (x, y), supernet, key)` (`truth` of the sampled cells)."""
     truth_path = args.truth or os.path.join(args.data_dir, "nas-bench-201", "nb201_cifar10.csv")
     if not os.path.exists(truth_path):

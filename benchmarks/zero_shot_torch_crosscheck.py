@@ -27,7 +27,7 @@ reductions and classifier are the benchmark's. A bias before a train-mode BN cha
 no weight gradient (the BN subtracts each channel's batch mean), so snip, grad_norm, jacob_cov and
 naswot cannot see it, but Fisher's `act` is the conv output *including* the bias.
 
-Three parts, all on the cells of `python -m zero_shot.evaluate --sample N --seed S --init torch`:
+Three parts, all on the cells of `python -m experiments.zero_shot_eval --sample N --seed S --init torch`:
   - `same_weights`: the first `--exact` cells with our supernet's weights copied into the
     benchmark's network in PyTorch and our batch; the largest relative difference per score (the
     implementations agree if it is float32 rounding);

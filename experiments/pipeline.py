@@ -168,14 +168,15 @@ def fitted_surrogate(ctx: Context):
     """
     if ctx._surrogate is not None:
         return ctx._surrogate
-    from hwmodel import fit as F
+    from experiments import fit_surrogate as F
+    from hwmodel.fit import fit_space, split
     s = ctx.cfg.cost.surrogate
     if s.file:
         ctx._surrogate = F.load_surrogate(s.file)
     elif s.csv:
         archs, lat = F.load_latency_csv(_data_path(s.csv), ctx.space, s.column or None, s.arch_column or None)
-        idx, _ = F.split(len(archs), s.train_size, ctx.cfg.seed)
-        ctx._surrogate = F.fit_space(ctx.space, archs[idx], lat[idx], dead_code=s.dead_code)
+        idx, _ = split(len(archs), s.train_size, ctx.cfg.seed)
+        ctx._surrogate = fit_space(ctx.space, archs[idx], lat[idx], dead_code=s.dead_code)
     else:
         raise ConfigError("cost.model='surrogate' needs cost.surrogate.file or cost.surrogate.csv")
     return ctx._surrogate

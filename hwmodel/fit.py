@@ -1,73 +1,26 @@
-"""Command line: fit the latency surrogate on N rows of a CSV and score it on the others.
+"""Fitting the latency surrogate to a space's architectures: features, table semantics, splits.
 
-    python -m hwmodel.fit --space fbnet-cifar100 \
-        --data ../shared/data/latency/fbnet_cifar100/pixel3.csv --train-size 50 --seed 0 --json
-    python -m hwmodel.fit --space nb201 --data ../shared/data/nas-bench-201/nb201_cifar10.csv \
-        --column pixel3_latency_ms --train-size 50 --seed 0 --json
-
-Prints one JSON object: `spearman`, `kendall`, `mape` (%), `within_10pct` (%), `n_train`,
-`n_test`, `fit` (`whole_network`, or `per_layer` with `--per-layer F_layers.csv`: the article's
-estimator, fitted on the measured layers of the training architectures and tested on the other
-architectures' whole networks in `--data`), `fit_seconds`, `dead_code` (`prune` or `keep`: whether the device runs networks with
-their dead code removed; `--dead-code auto`, the default, picks the one with the lower
-leave-one-out error on the training rows) and `loo_rmse`. CSV format: an architecture column (`arch`, or `arch_str` for
-NAS-Bench-201; `--arch-column` to name another) and a latency column in milliseconds
-(`latency_ms` by default, `--column` to name another). `--prior-data` adds surrogates fitted on
-other devices' CSVs as a transfer prior (HELP-style; see `hwmodel.surrogate`). `--save` writes the
-fitted surrogate as JSON (`load_surrogate` reads it back).
-
-This module is the hwmodel package's only entry point that reads flags and files (the issue asks
-for `python -m hwmodel.fit`); the library functions it calls are pure.
+Pure functions (no files, no flags): `features_of` (network features of many architectures, one
+compiled function), `fit_space` (whole-network fit, choosing whether the device runs dead code by
+leave-one-out error), `calibrate_to_networks` (a per-layer fit mapped to whole networks),
+`split` and `ranking_metrics`. The command line that reads CSVs and prints metrics is
+`python -m experiments.fit_surrogate`.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
-import os
-import sys
-import time
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from hwmodel.layers import LayerTable, OpKind, prune_dead
-from hwmodel.surrogate import FeatureConfig, Surrogate, fit, layer_features, network_features, predict
+from hwmodel.layers import prune_dead
+from hwmodel.surrogate import FeatureConfig, Surrogate, fit, network_features
 
 
 class InputError(ValueError):
     """Bad user input (missing file or column, malformed architecture, impossible size)."""
-
-
-def load_latency_csv(path: str, space, column: str | None = None,
-                     arch_column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Reads `(archs [N, D] int32, latency [N] float64)` from a CSV; clear errors on bad input."""
-    if not os.path.isfile(path):
-        raise InputError(f"latency file {path!r} not found; pass --data with a CSV of architectures "
-                         "and latencies (e.g. ../shared/data/latency/fbnet_cifar100/pixel3.csv)")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        arch_column = arch_column or next((c for c in ("arch", "arch_str") if c in header), None)
-        column = column or "latency_ms"
-        for want, flag in ((arch_column, "--arch-column"), (column, "--column")):
-            if want is None or want not in header:
-                raise InputError(f"{path}: no column {want!r} (set {flag}); columns: {header}")
-        rows = list(reader)
-    if not rows:
-        raise InputError(f"{path} has no data rows")
-    archs, lat = [], []
-    for i, r in enumerate(rows):
-        try:
-            archs.append(space.decode(r[arch_column]))
-            lat.append(float(r[column]))
-        except ValueError as e:
-            raise InputError(f"{path}, data row {i + 1}: {e}") from None
-    return np.stack(archs), np.asarray(lat)
 
 
 def features_of(space, archs: np.ndarray, config: FeatureConfig = FeatureConfig(),
@@ -86,44 +39,6 @@ def features_of(space, archs: np.ndarray, config: FeatureConfig = FeatureConfig(
         x = np.asarray(fn(jnp.asarray(np.concatenate([block, np.repeat(block[-1:], pad, 0)]))))
         out.append(x[: len(block)])
     return np.concatenate(out).astype(np.float64)
-
-
-#: Columns of a per-layer CSV (`python -m hwmodel.measure --per-layer`) that describe the row.
-LAYER_COLUMNS = ("op", "c_in", "c_out", "kernel", "stride", "groups", "h", "w", "act")
-
-
-def load_layer_csv(path: str, column: str = "latency_ms",
-                   config: FeatureConfig = FeatureConfig()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reads a per-layer CSV: `(arch strings [R], layer features [R, F], measured [R])`.
-
-    One row per executed layer-table row, with the columns of `LAYER_COLUMNS` (op by `OpKind`
-    name), an `arch` column and the measured `column`; every row is checked.
-    """
-    if not os.path.isfile(path):
-        raise InputError(f"per-layer file {path!r} not found; write one with python -m hwmodel.measure "
-                         "--per-layer")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in ("arch", *LAYER_COLUMNS, column) if c not in header]
-        if missing:
-            raise InputError(f"{path}: no column(s) {missing}; columns: {header}")
-        rows = list(reader)
-    if not rows:
-        raise InputError(f"{path} has no data rows")
-    layer_rows, y = [], []
-    for i, r in enumerate(rows):
-        try:
-            op = OpKind[r["op"]]
-            layer_rows.append({"op": op, **{k: int(r[k]) for k in LAYER_COLUMNS[1:]}})
-            v = float(r[column])
-        except (KeyError, ValueError) as e:
-            raise InputError(f"{path}, data row {i + 1}: bad layer description ({e})") from None
-        if not (np.isfinite(v) and v > 0):
-            raise InputError(f"{path}, data row {i + 1}: {column} must be a positive number, got {r[column]!r}")
-        y.append(v)
-    feats = np.asarray(layer_features(LayerTable.from_rows(layer_rows), config), np.float64)
-    return np.asarray([r["arch"] for r in rows]), feats, np.asarray(y)
 
 
 def calibrate_to_networks(s: Surrogate, net_features: np.ndarray, latency_ms: np.ndarray) -> Surrogate:
@@ -147,7 +62,7 @@ DEAD_CODE = ("auto", "prune", "keep")
 
 
 def fit_space(space, archs: np.ndarray, latency_ms: np.ndarray, *, config: FeatureConfig = FeatureConfig(),
-              dead_code: str = "auto", priors: Sequence[Surrogate] = ()) -> Surrogate:
+              dead_code: str = "auto", priors: tuple[Surrogate, ...] = ()) -> Surrogate:
     """Fits a surrogate on whole-network latencies of `archs` of `space`.
 
     `dead_code` says how the device executes dead ops: `prune` (removed, as a deployment compiler
@@ -178,91 +93,3 @@ def split(n: int, train_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
                          f"got {train_size}")
     idx = np.random.default_rng(seed).permutation(n)
     return idx[:train_size], idx[train_size:]
-
-
-def save_surrogate(s: Surrogate, path: str, **meta) -> None:
-    """Writes a surrogate as JSON (refuses to overwrite an existing file)."""
-    if os.path.exists(path):
-        raise InputError(f"{path} exists; remove it or choose another --save path")
-    with open(path, "w") as f:
-        json.dump(s.to_dict() | {"meta": meta}, f, indent=1)
-
-
-def load_surrogate(path: str) -> Surrogate:
-    """Reads a surrogate written by `save_surrogate`."""
-    if not os.path.isfile(path):
-        raise InputError(f"surrogate file {path!r} not found")
-    with open(path) as f:
-        return Surrogate.from_dict(json.load(f))
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    from supernet.spaces import make_space  # local: hwmodel does not depend on supernet at import
-
-    p = argparse.ArgumentParser(prog="python -m hwmodel.fit", description=__doc__.split("\n\n")[0])
-    p.add_argument("--space", required=True, help="search space name, e.g. fbnet-cifar100 or nb201")
-    p.add_argument("--data", required=True, help="CSV with an architecture column and a latency column")
-    p.add_argument("--column", default=None, help="latency column (default latency_ms)")
-    p.add_argument("--arch-column", default=None, help="architecture column (default arch or arch_str)")
-    p.add_argument("--train-size", type=int, required=True, help="rows used for fitting")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prior-data", nargs="*", default=(), help="CSVs of other devices (transfer prior)")
-    p.add_argument("--accelerators", default="", help="comma-separated analytic presets as features")
-    p.add_argument("--per-layer", default=None,
-                   help="fit on per-layer measurements of the training architectures (CSV of "
-                        "python -m hwmodel.measure --per-layer); --data then gives the whole networks")
-    p.add_argument("--dead-code", choices=DEAD_CODE, default="auto",
-                   help="does the device remove dead ops (prune) or run them (keep); auto: by LOO error")
-    p.add_argument("--save", default=None, help="write the fitted surrogate here (JSON)")
-    p.add_argument("--json", action="store_true", help="print one JSON object (default: readable)")
-    args = p.parse_args(argv)
-    try:
-        space = make_space(args.space)
-        config = FeatureConfig(tuple(a for a in args.accelerators.split(",") if a))
-        archs, y = load_latency_csv(args.data, space, args.column, args.arch_column)
-        tr, te = split(len(y), args.train_size, args.seed)
-        t0 = time.perf_counter()
-        if args.per_layer:
-            if args.prior_data:
-                raise InputError("--prior-data is for whole-network fits; drop it with --per-layer")
-            names, lx, ly = load_layer_csv(args.per_layer, args.column or "latency_ms", config)
-            train_archs = {space.encode(a) for a in archs[tr]}
-            keep = np.isin(names, list(train_archs))
-            if not keep.any():
-                raise InputError(f"{args.per_layer} has no layers of the {len(tr)} training architectures "
-                                 f"of {args.data}; measure both with the same hwmodel.measure run")
-            # per-layer files hold only rows that execute (the backend removed dead code)
-            s = calibrate_to_networks(fit(lx[keep], ly[keep], config=config, per_layer=True, prunes_dead=True),
-                                      features_of(space, archs[tr], config, prune=True), y[tr])
-        else:
-            priors = []
-            for path in args.prior_data:
-                pa, py = load_latency_csv(path, space, args.column, args.arch_column)
-                priors.append(fit_space(space, pa, py, config=config, dead_code=args.dead_code))
-            s = fit_space(space, archs[tr], y[tr], config=config, dead_code=args.dead_code, priors=priors)
-        fit_seconds = time.perf_counter() - t0
-        x = features_of(space, archs[te], config, prune=s.prunes_dead)
-    except (InputError, KeyError, ValueError) as e:
-        p.exit(2, f"error: {e.args[0] if e.args else e}\n")
-    pred = x @ np.asarray(s.coef, np.float64) + float(s.intercept)
-    result = ranking_metrics(pred, y[te]) | {"n_train": int(len(tr)), "n_test": int(len(te)),
-                                             "fit": "per_layer" if args.per_layer else "whole_network",
-                                             "fit_seconds": fit_seconds,
-                                             "dead_code": "prune" if s.prunes_dead else "keep",
-                                             "loo_rmse": s.loo_rmse}
-    if args.save:
-        try:
-            save_surrogate(s, args.save, space=args.space, data=args.data, column=args.column,
-                           train_size=args.train_size, seed=args.seed)
-        except InputError as e:
-            p.exit(2, f"error: {e}\n")
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>14}: {v:.4g}" if isinstance(v, float) else f"{k:>14}: {v}")
-    return result
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,6 +1,6 @@
 """Measurement backends: real per-layer and whole-network latency of a layer table, by name.
 
-    python -m hwmodel.measure --space mobile-curated --backend onnxruntime --num 300 --seed 0 \
+    python -m experiments.measure --space mobile-curated --backend onnxruntime --num 300 --seed 0 \
         --out ort.csv --per-layer ort_layers.csv
 
 A backend turns the table of one discrete architecture into a `Measurement`: the whole network's
@@ -22,18 +22,14 @@ Per-layer results are cached by the row's signature (op, channels, kernel, strid
 spatial size, activation): a new network costs only its unseen layers; whole networks are not
 cached (their latency is the measurement).
 
-The library functions do no file I/O; `main` (the command line) writes the CSVs, appending so a
-killed run resumes where it stopped.
+No file I/O here: `python -m experiments.measure` writes the CSVs, appending so a killed run
+resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import abc
-import argparse
-import csv
 import dataclasses
-import os
-import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -41,7 +37,7 @@ import jax
 import numpy as np
 
 from hwmodel import profile
-from hwmodel.layers import LayerTable, OpKind
+from hwmodel.layers import LayerTable
 from hwmodel.registry import Registry
 
 
@@ -185,80 +181,3 @@ class OnnxRuntimeBackend(Backend):
 def make_backend(name: str, **kwargs: Any) -> Backend:
     """The backend registered as `name` (unknown names list the valid ones)."""
     return BACKENDS[name](**kwargs)
-
-
-# ------------------------------------------------------------------ command line
-_LAYER_FIELDS = ("arch", "row", "op", "c_in", "c_out", "kernel", "stride", "groups", "h", "w", "act",
-                 "latency_ms")
-
-
-def _done_archs(path: str) -> list[str]:
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return [r["arch"] for r in csv.DictReader(f)]
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    from tqdm import tqdm
-
-    from supernet.spaces import make_space  # local: hwmodel does not depend on supernet at import
-
-    p = argparse.ArgumentParser(prog="python -m hwmodel.measure", description=__doc__.split("\n\n")[0])
-    p.add_argument("--space", required=True)
-    p.add_argument("--backend", required=True, help=f"one of {', '.join(sorted(BACKENDS))}")
-    p.add_argument("--num", type=int, required=True, help="architectures to measure")
-    p.add_argument("--seed", type=int, default=0, help="seed of the architecture sample")
-    p.add_argument("--out", required=True, help="whole-network CSV (arch,latency_ms,spread_ms)")
-    p.add_argument("--per-layer", default=None, help="per-layer CSV (one row per executed table row)")
-    p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
-    args = p.parse_args(argv)
-    try:
-        space = make_space(args.space)
-        kw = {"repeats": args.repeats} | ({"threads": args.threads} if args.backend == "onnxruntime" else {})
-        backend = make_backend(args.backend, **kw)
-        if args.num < 1:
-            raise ValueError(f"--num must be >= 1, got {args.num}")
-    except (KeyError, ValueError) as e:
-        p.exit(2, f"error: {e.args[0] if e.args else e}\n")
-    archs = np.asarray(space.sample(jax.random.key(args.seed), args.num))
-    strings = [space.encode(a) for a in archs]
-    done = _done_archs(args.out)
-    if done and done != strings[:len(done)]:
-        p.exit(2, f"error: {args.out} holds other architectures (another --space, --seed or file); "
-                  "choose another --out\n")
-    new = not os.path.exists(args.out) or not os.path.getsize(args.out)  # no header yet
-    if args.per_layer and os.path.exists(args.per_layer):  # drop the layers of an unfinished network
-        with open(args.per_layer, newline="") as f:
-            keep = [r for r in csv.DictReader(f) if r["arch"] in set(done)]
-        with open(args.per_layer + ".tmp", "w", newline="") as f:
-            wr = csv.DictWriter(f, _LAYER_FIELDS)
-            wr.writeheader()
-            wr.writerows(keep)
-        os.replace(args.per_layer + ".tmp", args.per_layer)
-    with open(args.out, "a", newline="") as f_net, \
-            (open(args.per_layer, "a", newline="") if args.per_layer else open(os.devnull, "w")) as f_lay:
-        w_net = csv.writer(f_net)
-        w_lay = csv.writer(f_lay)
-        if new:
-            w_net.writerow(["arch", "latency_ms", "spread_ms"])
-        if args.per_layer and not os.path.getsize(args.per_layer):
-            w_lay.writerow(_LAYER_FIELDS)
-        for a, s in tqdm(list(zip(archs[len(done):], strings[len(done):])), initial=len(done),
-                         total=len(strings), desc=f"measure {args.backend}", file=sys.stderr):
-            table = space.layers(a)
-            m = backend.measure(table, layers=bool(args.per_layer))
-            if args.per_layer:
-                t = profile._concrete(table)
-                for i in np.nonzero(m.layer_latency_ms)[0]:
-                    r = profile._row(t, int(i))
-                    w_lay.writerow([s, int(i), r.op.name, r.c_in, r.c_out, r.kernel, r.stride, r.groups,
-                                    r.h, r.w, r.act, f"{m.layer_latency_ms[i]:.6g}"])
-                f_lay.flush()
-            w_net.writerow([s, f"{m.latency_ms:.6g}", f"{m.spread_ms:.6g}"])  # last: marks it done
-            f_net.flush()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -114,7 +114,7 @@ def make_cost_fn(space: SearchSpace, cfg: CostConfig, surrogate: Surrogate | Non
     """
     if cfg.model == "surrogate" and surrogate is None and cfg.uses_latency:
         raise ValueError("cost model 'surrogate' needs a fitted hwmodel.Surrogate (see `python -m "
-                         "hwmodel.fit --save`); or use model='analytic'")
+                         "experiments.fit_surrogate --save`); or use model='analytic'")
     spec = ACCELERATORS[cfg.accelerator]
 
     def cost(probs: ArchProbs) -> dict[str, jax.Array]:

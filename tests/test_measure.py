@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from experiments import measure as measure_cli
 from hwmodel import measure, profile
 from supernet import make_space
 
@@ -42,7 +43,7 @@ def test_cli_resumes_after_a_kill(tmp_path, capsys):
     out, lay = str(tmp_path / "n.csv"), str(tmp_path / "l.csv")
     argv = ["--space", "nb201", "--backend", "onnxruntime", "--num", "2", "--seed", "1", "--out", out,
             "--per-layer", lay, "--repeats", "2"]
-    measure.main(argv)
+    measure_cli.main(argv)
     full_net = list(csv.DictReader(open(out)))
     full_lay = list(csv.DictReader(open(lay)))
     # a kill after the first network's layers were written but before its network row:
@@ -52,14 +53,14 @@ def test_cli_resumes_after_a_kill(tmp_path, capsys):
     lines = open(lay).read().splitlines()
     with open(lay, "w") as f:
         f.write("\n".join(lines[:3]) + "\n")  # header + two layer rows of the unfinished network
-    measure.main(argv)
+    measure_cli.main(argv)
     net = list(csv.DictReader(open(out)))
     layers = list(csv.DictReader(open(lay)))
     assert [r["arch"] for r in net] == [r["arch"] for r in full_net]
     assert sorted((r["arch"], r["row"]) for r in layers) == sorted((r["arch"], r["row"]) for r in full_lay)
     assert sum(r["arch"] == first for r in layers) == sum(r["arch"] == first for r in full_lay)
-    measure.main(argv)  # finished: nothing added
+    measure_cli.main(argv)  # finished: nothing added
     assert len(list(csv.DictReader(open(out)))) == 2
     with pytest.raises(SystemExit) as e:  # another sample into the same file is refused
-        measure.main([*argv[:7], "7", *argv[8:]])
+        measure_cli.main([*argv[:7], "7", *argv[8:]])
     assert e.value.code == 2 and "other architectures" in capsys.readouterr().err

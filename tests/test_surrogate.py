@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hwmodel import fit as fit_cli
+from experiments import fit_surrogate as fit_cli
+from hwmodel.fit import fit_space
+from hwmodel.fit import InputError
 from hwmodel.layers import prune_dead, total_flops
 from hwmodel.surrogate import (FeatureConfig, Surrogate, fit, layer_features, network_features,
                                predict, predict_layers)
@@ -149,13 +151,13 @@ def test_fit_space_finds_whether_the_device_removes_dead_code(nb201, prunes):
     theta = np.zeros(len(FeatureConfig().names), np.float32)
     theta[[0, 1, 9, 13]] = [0.01, 0.002, 0.03, 0.05]  # overheads and per-MMAC costs
     y = _toy_device(seen, theta, b=0.1)
-    s = fit_cli.fit_space(space, archs, y, dead_code="auto")
+    s = fit_space(space, archs, y, dead_code="auto")
     assert s.prunes_dead is prunes
-    other = fit_cli.fit_space(space, archs, y, dead_code="keep" if prunes else "prune")
+    other = fit_space(space, archs, y, dead_code="keep" if prunes else "prune")
     assert s.loo_rmse < 0.1 * other.loo_rmse
     np.testing.assert_allclose(np.asarray(predict(s, s.executed(tables))), y, rtol=0.02)
-    with pytest.raises(fit_cli.InputError, match="dead_code"):
-        fit_cli.fit_space(space, archs, y, dead_code="sometimes")
+    with pytest.raises(InputError, match="dead_code"):
+        fit_space(space, archs, y, dead_code="sometimes")
 
 
 def test_discrete_cost_of_a_cut_off_cell_is_what_the_device_runs(nb201, tmp_path):
@@ -185,7 +187,7 @@ def test_discrete_cost_of_a_cut_off_cell_is_what_the_device_runs(nb201, tmp_path
 
 def test_per_layer_fit_predicts_the_backends_layer_sum_and_the_cli_calibrates_it(tmp_path, capsys):
     """A backend whose per-layer latency is linear in the row's features: the per-layer fit predicts
-    the sum of its layers on unseen networks; `hwmodel.fit --per-layer` maps that sum to whole
+    the sum of its layers on unseen networks; `experiments.fit_surrogate --per-layer` maps that sum to whole
     networks that cost 0.7x the sum plus a constant (fusion and dispatch, as on ONNX Runtime)."""
     import csv
 

@@ -438,7 +438,7 @@ def test_clear_errors(supernet, batch):
 
 
 def test_evaluate_cli_reports_correlations(tmp_path, capsys):
-    from zero_shot import evaluate
+    from experiments import zero_shot_eval as evaluate
     archs = SPACE.sample(jax.random.key(5), 12)
     truth = tmp_path / "truth.csv"
     rng = np.random.default_rng(0)
@@ -476,7 +476,7 @@ def test_evaluate_cli_reports_correlations(tmp_path, capsys):
 
 
 def test_evaluate_cli_killed_and_rerun_resumes_from_its_partial_file(tmp_path, monkeypatch, capsys):
-    from zero_shot import evaluate
+    from experiments import zero_shot_eval as evaluate
     archs = SPACE.sample(jax.random.key(6), 10)
     truth = tmp_path / "truth.csv"
     truth.write_text("arch_str,acc\n" + "".join(f"{SPACE.encode(a)},{i}\n" for i, a in enumerate(archs)))
@@ -541,7 +541,7 @@ def test_evaluate_cli_per_score_batch_and_repeats_reach_score_archs(tmp_path, ca
     """`--score-batch zen=4 --repeats zen=2` hands zen, and only zen, those options of `score_archs`
     (ZenNAS's protocol: batch 16, 32 repeats; what they compute is tested on `score_archs` above), the
     JSON echoes them and a resumed run must repeat them; bad values stop with a message naming the flag."""
-    from zero_shot import evaluate
+    from experiments import zero_shot_eval as evaluate
     archs = SPACE.sample(jax.random.key(8), 6)
     truth = tmp_path / "truth.csv"
     truth.write_text("arch_str,acc\n" + "".join(f"{SPACE.encode(a)},{i}\n" for i, a in enumerate(archs)))
@@ -589,7 +589,7 @@ def test_evaluate_crops_images_to_the_space_input_size(tmp_path):
         assert (windows == c.transpose(2, 0, 1)).all(axis=(2, 3, 4)).any()
     with pytest.raises(ValueError, match="input_size 40 exceeds the 32x32 images"):
         random_crops(images, 40, rng)
-    from zero_shot import evaluate
+    from experiments import zero_shot_eval as evaluate
     archs = SPACE.sample(jax.random.key(7), 6)
     truth = tmp_path / "truth.csv"
     truth.write_text("arch_str,acc\n" + "".join(f"{SPACE.encode(a)},{i}\n" for i, a in enumerate(archs)))
@@ -601,7 +601,7 @@ def test_evaluate_crops_images_to_the_space_input_size(tmp_path):
 
 @pytest.mark.parametrize("method", ["marginal", "progressive"])
 def test_evaluate_cli_pruning_never_beats_the_oracle(tmp_path, method):
-    from zero_shot import evaluate
+    from experiments import zero_shot_eval as evaluate
     archs = np.asarray(SPACE.sample(jax.random.key(6), 24))
     truth = tmp_path / "truth.csv"
     rng = np.random.default_rng(1)

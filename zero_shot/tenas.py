@@ -8,9 +8,9 @@ The reference scores each indicator on its own small network, not on the benchma
 C = 3, N = 1 supernet with stem and batch 16; linear regions on a thin C = 1, N = 1 network over
 3 x 1000 random 3x3 crops. On NAS-Bench-201 that protocol is (measured numbers in README.md)::
 
-    python -m zero_shot.evaluate ... --proxies ntk --space-kwargs channels=3,cells_per_stage=1 \
+    python -m experiments.zero_shot_eval ... --proxies ntk --space-kwargs channels=3,cells_per_stage=1 \
         --batch-size 16 --init model
-    python -m zero_shot.evaluate ... --proxies linear_regions \
+    python -m experiments.zero_shot_eval ... --proxies linear_regions \
         --space-kwargs channels=1,cells_per_stage=1,input_size=4 --batch-size 3000 --init model
 
 (4x4 crops of all three channels through the stem: our NB201 network needs multiples of 4.

@@ -82,7 +82,7 @@ def base() -> ml_collections.ConfigDict:
     z.top_k = 100  # best-scored architectures kept as a ranking (warm starts of `evolve`)
     z.supernet = ml_collections.ConfigDict()  # extra kwargs of the scored supernet
     # weights scored: "torch" = PyTorch's default init, the reference implementations' protocol and
-    # `python -m zero_shot.evaluate`'s default (higher rank correlations, README); "model" = the
+    # `python -m experiments.zero_shot_eval`'s default (higher rank correlations, README); "model" = the
     # supernet's own init, kept as the default here so that earlier workdirs resume unchanged
     z.init = "model"
 

@@ -353,7 +353,7 @@ def normalize(x: Shaped[Array, "... c"]) -> Float[Array, "... c"]:
 
 def random_crops(images: np.ndarray, size: int | None, rng: np.random.Generator) -> np.ndarray:
     """One random `size x size` window per image (no padding), host-side; the images unchanged when
-    `size` is None or their full size. `zero_shot.evaluate` scores a space with a smaller
+    `size` is None or their full size. `experiments.zero_shot_eval` scores a space with a smaller
     `input_size` on such crops, as TE-NAS counts linear regions on 3x3 crops of CIFAR images
     (`RandomCrop(3, padding=0)` in `linear_region_counter.get_datasets`)."""
     h, w = images.shape[1:3]

@@ -1,6 +1,6 @@
 """Rank correlation of zero-shot scores with a benchmark's accuracies, and pruning quality.
 
-    python -m zero_shot.evaluate --space nb201 --truth ../shared/data/nas-bench-201/nb201_cifar10.csv \
+    python -m experiments.zero_shot_eval --space nb201 --truth ../shared/data/nas-bench-201/nb201_cifar10.csv \
         --column cifar10_valid_acc --sample 1000 --proxies naswot,synflow,jacob_cov,ensemble \
         --seed 0 --batch-size 64 --data-dir ../shared/data --json
 
