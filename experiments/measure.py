@@ -83,9 +83,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             table = space.layers(a)
             m = backend.measure(table, layers=bool(args.per_layer))
             if args.per_layer:
-                t = profile._concrete(table)
+                t = profile.concrete(table)
                 for i in np.nonzero(m.layer_latency_ms)[0]:
-                    r = profile._row(t, int(i))
+                    r = profile.table_row(t, int(i))
                     w_lay.writerow([s, int(i), r.op.name, r.c_in, r.c_out, r.kernel, r.stride, r.groups,
                                     r.h, r.w, r.act, f"{m.layer_latency_ms[i]:.6g}"])
                 f_lay.flush()

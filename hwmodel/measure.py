@@ -90,12 +90,12 @@ class Backend(abc.ABC):
 
     def measure(self, table: LayerTable, layers: bool = True) -> Measurement:
         """Whole-network and (with `layers`) per-row latency of one discrete architecture's table."""
-        t = profile._concrete(table)
+        t = profile.concrete(table)
         s = self._network_samples_s(t)
         q1, med, q3 = np.percentile(s, [25, 50, 75])
         per_row = np.zeros(t.num_rows)
         if layers:
-            for r, _ in profile._plan(t).steps:
+            for r, _ in profile.plan(t).steps:
                 if r.op in profile.NO_COMPUTE_OPS:
                     continue
                 key = _signature(r)
@@ -121,7 +121,7 @@ class JaxBackend(Backend):
 
     def _layer_s(self, table: LayerTable, row: int) -> float:
         params, fn, shape = profile.layer_fn(table, row)
-        x = profile._normal(jax.random.key(0), profile._INPUT_STREAM, shape)
+        x = profile.normal(jax.random.key(0), profile.INPUT_STREAM, shape)
         return profile.time_fn(fn, params, x, warmup=self.warmup, repeats=self.repeats,
                                min_time=1e-3).median_s
 
@@ -147,7 +147,7 @@ class OnnxRuntimeBackend(Backend):
         so.intra_op_num_threads = so.inter_op_num_threads = self.threads
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         sess = ort.InferenceSession(model.SerializeToString(), so, providers=list(self.providers))
-        x = np.asarray(profile._normal(jax.random.key(0), profile._INPUT_STREAM, shape))
+        x = np.asarray(profile.normal(jax.random.key(0), profile.INPUT_STREAM, shape))
         feed = {sess.get_inputs()[0].name: x}
         return sess, feed
 
@@ -164,7 +164,7 @@ class OnnxRuntimeBackend(Backend):
 
     def _network_samples_s(self, table: LayerTable) -> np.ndarray:
         params, apply = profile.build_network(table)
-        shape = (1, *profile._plan(table).in_shape)
+        shape = (1, *profile.plan(table).in_shape)
         sess, feed = self._session(lambda x: apply(params, x), shape)
         return self._samples(sess, feed)
 

@@ -51,10 +51,10 @@ _SAME_CHANNEL_OPS = (OpKind.AVGPOOL, OpKind.GAP, OpKind.ADD, OpKind.SHUFFLE)
 _INT_FIELDS = ("c_in", "c_out", "kernel", "stride", "groups", "h", "w")
 _DN = ("NHWC", "HWIO", "NHWC")
 # Random streams beyond any row index: the ADD operand and the inputs of timed functions.
-_RES_STREAM, _INPUT_STREAM = 1 << 30, (1 << 30) + 1
+_RES_STREAM, INPUT_STREAM = 1 << 30, (1 << 30) + 1
 
 
-class _Row(NamedTuple):
+class Row(NamedTuple):
     """One row of a concrete table with integer fields."""
 
     index: int
@@ -75,7 +75,7 @@ class _Row(NamedTuple):
                 f"k={self.kernel}, s={self.stride}, g={self.groups}, {self.h}x{self.w})")
 
 
-def _concrete(table: LayerTable) -> LayerTable:
+def concrete(table: LayerTable) -> LayerTable:
     """NumPy copy of a single, discrete table; ValueError if it is batched or a distribution."""
     t = table.to_numpy()
     if t.op.ndim != 1:
@@ -99,13 +99,13 @@ def _concrete(table: LayerTable) -> LayerTable:
     return t
 
 
-def _row(t: LayerTable, i: int) -> _Row:
+def table_row(t: LayerTable, i: int) -> Row:
     ints = {f: int(round(float(getattr(t, f)[i]))) for f in _INT_FIELDS}
-    return _Row(index=i, op=OpKind(int(t.op[i])), src=int(t.src[i]), res=int(t.res[i]),
+    return Row(index=i, op=OpKind(int(t.op[i])), src=int(t.src[i]), res=int(t.res[i]),
                 act=int(t.act[i]), **ints)
 
 
-def _out_shape(r: _Row, ins: list[tuple[int, int, int]]) -> tuple[int, int, int]:
+def _out_shape(r: Row, ins: list[tuple[int, int, int]]) -> tuple[int, int, int]:
     """Output (h, w, c) of an existing row given its existing inputs' shapes; checks the table."""
     if r.op == OpKind.MIX:
         if len(set(ins)) != 1:
@@ -134,20 +134,20 @@ def _out_shape(r: _Row, ins: list[tuple[int, int, int]]) -> tuple[int, int, int]
     return (h, w, c)
 
 
-class _Plan(NamedTuple):
-    steps: list[tuple[_Row, list[int]]]  # rows that execute, in order, with the rows they read
+class Plan(NamedTuple):
+    steps: list[tuple[Row, list[int]]]  # rows that execute, in order, with the rows they read
     in_shape: tuple[int, int, int]  # (h, w, c) of the input
     out: int  # the output row: the last present row
     out_shape: tuple[int, int, int] | None  # its (h, w, c); None when it does not exist
 
 
-def _declared_shape(r: _Row) -> tuple[int, int, int]:
+def _declared_shape(r: Row) -> tuple[int, int, int]:
     """The (h, w, c) a row's fields say it writes (`hwmodel.layers.out_hw`)."""
     flat = r.op in (OpKind.GAP, OpKind.LINEAR)
     return (1 if flat else math.ceil(r.h / r.stride), 1 if flat else math.ceil(r.w / r.stride), r.c_out)
 
 
-def _plan(t: LayerTable) -> _Plan:
+def plan(t: LayerTable) -> Plan:
     """Which rows execute (`hwmodel.layers` semantics), checking every shape against the table.
 
     A row executes when it exists (present, inputs exist) and reaches the output row, i.e. after the
@@ -157,10 +157,10 @@ def _plan(t: LayerTable) -> _Plan:
     exists = np.zeros(t.num_rows, bool)
     if t.weight[0] <= 0:
         raise ValueError("the input row (row 0) must be present (weight 1)")
-    exists[0], r0 = True, _row(t, 0)
+    exists[0], r0 = True, table_row(t, 0)
     shapes, ins = {0: (r0.h, r0.w, r0.c_out)}, {}
     for i in range(1, t.num_rows):
-        r = _row(t, i)
+        r = table_row(t, i)
         if t.weight[i] <= 0 or r.op == OpKind.NONE:
             continue
         if r.op == OpKind.INPUT or not 0 <= r.src < i or r.res >= i or (r.op == OpKind.ADD and r.res < 0):
@@ -179,11 +179,11 @@ def _plan(t: LayerTable) -> _Plan:
     for i in range(out, 0, -1):  # backward: mark the inputs of live rows
         if live[i]:
             live[ins[i]] = True
-    steps = [(_row(t, i), ins[i]) for i in np.flatnonzero(live[1:]) + 1]
-    return _Plan(steps, shapes[0], out, shapes.get(out))
+    steps = [(table_row(t, i), ins[i]) for i in np.flatnonzero(live[1:]) + 1]
+    return Plan(steps, shapes[0], out, shapes.get(out))
 
 
-def _normal(key: jax.Array, stream: int, shape: tuple[int, ...], std: float = 1.0) -> jax.Array:
+def normal(key: jax.Array, stream: int, shape: tuple[int, ...], std: float = 1.0) -> jax.Array:
     """Normal samples from NumPy seeded by `(key, stream)`.
 
     Not `jax.random`: eager JAX ops compile once per new shape, and a network has dozens of weight
@@ -195,7 +195,7 @@ def _normal(key: jax.Array, stream: int, shape: tuple[int, ...], std: float = 1.
     return jnp.asarray(rng.standard_normal(shape, np.float32) * np.float32(std))
 
 
-def _init_row(r: _Row, key: jax.Array) -> dict[str, jax.Array]:
+def _init_row(r: Row, key: jax.Array) -> dict[str, jax.Array]:
     """He-normal weights (ReLU networks) and zero biases; the bias stands for the folded BN shift."""
     if r.op in (OpKind.CONV, OpKind.DWCONV):
         g = r.c_in if r.op == OpKind.DWCONV else r.groups
@@ -205,7 +205,7 @@ def _init_row(r: _Row, key: jax.Array) -> dict[str, jax.Array]:
     else:
         return {}
     fan_in = math.prod(shape[:-1])
-    w = _normal(key, r.index, shape, math.sqrt(2.0 / fan_in))
+    w = normal(key, r.index, shape, math.sqrt(2.0 / fan_in))
     return {"w": w, "b": jnp.zeros((r.c_out,), jnp.float32)}
 
 
@@ -225,7 +225,7 @@ def _shuffle(x: jax.Array, groups: int) -> jax.Array:
     return x.reshape(b, h, w, groups, c // groups).swapaxes(-1, -2).reshape(b, h, w, c)
 
 
-def _apply_row(r: _Row, p: dict[str, jax.Array], x: jax.Array, res: jax.Array | None = None) -> jax.Array:
+def _apply_row(r: Row, p: dict[str, jax.Array], x: jax.Array, res: jax.Array | None = None) -> jax.Array:
     """Forward of one computing row (ReLU included when `act == 1`)."""
     if r.op in (OpKind.CONV, OpKind.DWCONV):
         g = r.c_in if r.op == OpKind.DWCONV else r.groups
@@ -274,20 +274,20 @@ def build_network(table: LayerTable, key: jax.Array | None = None) -> tuple[Para
         (1, 4, 4, 4)
     """
     key = jax.random.key(0) if key is None else key
-    t = _concrete(table)
-    plan = _plan(t)
+    t = concrete(table)
+    pl = plan(t)
     params: Params = {}
-    for r, _ in plan.steps:
+    for r, _ in pl.steps:
         p = _init_row(r, key)
         if p:
             params[f"row{r.index}"] = p
 
     def apply(params: Params, x: jax.Array) -> jax.Array:
-        if tuple(x.shape[1:]) != plan.in_shape:
-            raise ValueError(f"the network expects input [batch, {', '.join(map(str, plan.in_shape))}], "
+        if tuple(x.shape[1:]) != pl.in_shape:
+            raise ValueError(f"the network expects input [batch, {', '.join(map(str, pl.in_shape))}], "
                              f"got {x.shape}")
         outs = {0: x}
-        for r, ins in plan.steps:
+        for r, ins in pl.steps:
             if r.op in (OpKind.MIX, OpKind.IDENTITY):
                 y = outs[ins[0]]
                 for j in ins[1:]:  # one input for exclusive alternatives; several for NB201's node sums
@@ -297,10 +297,10 @@ def build_network(table: LayerTable, key: jax.Array | None = None) -> tuple[Para
                 res = outs[ins[1]] if r.op == OpKind.ADD else None
                 y = _apply_row(r, params.get(f"row{r.index}", {}), outs[ins[0]], res)
             outs[r.index] = y
-        if plan.out_shape is None:  # nothing reaches the output: the network is a constant
-            y = jnp.zeros((x.shape[0], *_declared_shape(_row(t, plan.out))), x.dtype)
+        if pl.out_shape is None:  # nothing reaches the output: the network is a constant
+            y = jnp.zeros((x.shape[0], *_declared_shape(table_row(t, pl.out))), x.dtype)
         else:
-            y = outs[plan.out]
+            y = outs[pl.out]
         return y.reshape(y.shape[0], -1) if y.shape[1:3] == (1, 1) else y
 
     return params, apply
@@ -322,10 +322,10 @@ def layer_fn(table: LayerTable, row: int, key: jax.Array | None = None,
         ((1, 8, 8, 3), (1, 8, 8, 8))
     """
     key = jax.random.key(0) if key is None else key
-    t = _concrete(table)
+    t = concrete(table)
     if not 0 <= row < t.num_rows:
         raise ValueError(f"row {row} out of range for a table of {t.num_rows} rows")
-    r = _row(t, row)
+    r = table_row(t, row)
     if r.op in NO_COMPUTE_OPS:
         raise ValueError(f"{r.describe()} computes nothing (input, alias or padding); nothing to execute")
     h, w = (1, 1) if r.op == OpKind.LINEAR else (r.h, r.w)
@@ -333,7 +333,7 @@ def layer_fn(table: LayerTable, row: int, key: jax.Array | None = None,
     _out_shape(r, [shape[1:], shape[1:]])  # validates the row's own fields
     params = _init_row(r, key)
     if r.op == OpKind.ADD:
-        params = {"res": _normal(key, _RES_STREAM, shape)}
+        params = {"res": normal(key, _RES_STREAM, shape)}
 
     def fn(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
         return _apply_row(r, params, x, params.get("res"))
@@ -423,7 +423,7 @@ def profile_network(table: LayerTable, batch_size: int = 1, key: jax.Array | Non
     """
     key = jax.random.key(0) if key is None else key
     params, apply = build_network(table, key)
-    x = _normal(key, _INPUT_STREAM, (batch_size, *_plan(_concrete(table)).in_shape))
+    x = normal(key, INPUT_STREAM, (batch_size, *plan(concrete(table)).in_shape))
     # Weights are arguments, not closed-over constants, which XLA could fold or embed in the program.
     return time_fn(apply, params, x, warmup=warmup, repeats=repeats, min_time=min_time)
 
@@ -445,13 +445,13 @@ def profile_layers(table: LayerTable, batch_size: int = 1, key: jax.Array | None
         [False, False, True]
     """
     key = jax.random.key(0) if key is None else key
-    t = _concrete(table)
+    t = concrete(table)
     out = np.zeros(t.num_rows, np.float64)
-    for r, _ in _plan(t).steps:  # validates the whole graph before timing anything
+    for r, _ in plan(t).steps:  # validates the whole graph before timing anything
         if r.op in NO_COMPUTE_OPS:
             continue
         params, fn, shape = layer_fn(t, r.index, key, batch_size)
-        x = _normal(key, _INPUT_STREAM, shape)
+        x = normal(key, INPUT_STREAM, shape)
         out[r.index] = time_fn(fn, params, x, warmup=warmup, repeats=repeats, min_time=min_time).median_s
     return out
 

@@ -17,10 +17,10 @@ def test_per_layer_measurement_maps_to_the_rows_that_execute():
     arch = space.decode("|nor_conv_3x3~0|+|nor_conv_1x1~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_1x1~1|none~2|")
     table = space.layers(arch)
     m = measure.make_backend("onnxruntime", warmup=1, repeats=3).measure(table)
-    t = profile._concrete(table)
-    computing = {r.index for r, _ in profile._plan(t).steps if r.op not in profile.NO_COMPUTE_OPS}
+    t = profile.concrete(table)
+    computing = {r.index for r, _ in profile.plan(t).steps if r.op not in profile.NO_COMPUTE_OPS}
     assert set(np.nonzero(m.layer_latency_ms)[0]) == computing
-    rows = [profile._row(t, i) for i in range(t.num_rows)]
+    rows = [profile.table_row(t, i) for i in range(t.num_rows)]
     dead = [r.index for r in rows if r.op == profile.OpKind.CONV and float(t.weight[r.index]) > 0
             and r.index not in computing]
     assert dead and all(m.layer_latency_ms[i] == 0 for i in dead)  # present but dead: not measured

@@ -203,10 +203,10 @@ def test_per_layer_fit_predicts_the_backends_layer_sum_and_the_cli_calibrates_it
         wl = csv.writer(fl)
         wl.writerow(["arch", "row", *fit_cli.LAYER_COLUMNS, "latency_ms"])
         for a in archs:
-            t = profile._concrete(space.layers(a))
+            t = profile.concrete(space.layers(a))
             lat = np.asarray(layer_features(t)) @ theta
             total = 0.0
-            for r, _ in profile._plan(t).steps:
+            for r, _ in profile.plan(t).steps:
                 if r.op in profile.NO_COMPUTE_OPS or lat[r.index] <= 0:
                     continue
                 wl.writerow([space.encode(a), r.index, r.op.name, r.c_in, r.c_out, r.kernel, r.stride,
