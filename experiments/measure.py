@@ -2,8 +2,10 @@
 
     python -m experiments.measure --space S --backend B --num N --seed K --out F.csv [--per-layer F_layers.csv]
 
-Whole networks go to `--out` (`arch,latency_ms,spread_ms`), executed layer-table rows to
-`--per-layer` (their description and latency). A network's whole-network row is written last, so
+Whole networks go to `--out` (`arch,latency_ms,spread_ms[,energy_mj]`), executed layer-table rows
+to `--per-layer` (their description, latency and, where the backend has it, energy; e.g.
+`zigzag:edge_tpu_like`). Backends that batch (ZigZag) cost the unseen layers of the next
+`--chunk` networks at once on `--workers` processes. A network's whole-network row is written last, so
 after a kill a rerun of the same command skips the finished networks and drops the layers of the
 unfinished one; a file holding another sample is refused. The backends are `hwmodel.measure`.
 """
@@ -46,15 +48,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--per-layer", default=None, help="per-layer CSV (one row per executed table row)")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument("--workers", type=int, default=1, help="zigzag: processes costing layers")
+    p.add_argument("--chunk", type=int, default=20, help="networks whose layers are costed together")
     args = p.parse_args(argv)
     try:
         space = make_space(args.space)
-        kw = {"repeats": args.repeats} | ({"threads": args.threads} if args.backend == "onnxruntime" else {})
+        if args.backend.startswith("zigzag"):
+            kw = {"workers": args.workers}
+        else:
+            kw = {"repeats": args.repeats} | ({"threads": args.threads} if args.backend == "onnxruntime" else {})
         backend = make_backend(args.backend, **kw)
-        if args.num < 1:
-            raise ValueError(f"--num must be >= 1, got {args.num}")
+        if args.num < 1 or args.chunk < 1:
+            raise ValueError(f"--num and --chunk must be >= 1, got {args.num} and {args.chunk}")
     except (KeyError, ValueError) as e:
         p.exit(2, f"error: {e.args[0] if e.args else e}\n")
+    energy = backend.has_energy
+    net_fields = ["arch", "latency_ms", "spread_ms"] + (["energy_mj"] if energy else [])
+    layer_fields = list(_LAYER_FIELDS) + (["energy_mj"] if energy else [])
+    for path, fields in ((args.out, net_fields), (args.per_layer, layer_fields)):
+        if path and os.path.exists(path) and os.path.getsize(path):
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), [])
+            if header != fields:
+                p.exit(2, f"error: {path} has columns {header}, backend {args.backend} writes {fields}; "
+                          "choose another file\n")
     archs = np.asarray(space.sample(jax.random.key(args.seed), args.num))
     strings = [space.encode(a) for a in archs]
     done = _done_archs(args.out)
@@ -66,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         with open(args.per_layer, newline="") as f:
             keep = [r for r in csv.DictReader(f) if r["arch"] in set(done)]
         with open(args.per_layer + ".tmp", "w", newline="") as f:
-            wr = csv.DictWriter(f, _LAYER_FIELDS)
+            wr = csv.DictWriter(f, layer_fields)
             wr.writeheader()
             wr.writerows(keep)
         os.replace(args.per_layer + ".tmp", args.per_layer)
@@ -75,11 +92,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         w_net = csv.writer(f_net)
         w_lay = csv.writer(f_lay)
         if new:
-            w_net.writerow(["arch", "latency_ms", "spread_ms"])
+            w_net.writerow(net_fields)
         if args.per_layer and not os.path.getsize(args.per_layer):
-            w_lay.writerow(_LAYER_FIELDS)
-        for a, s in tqdm(list(zip(archs[len(done):], strings[len(done):])), initial=len(done),
-                         total=len(strings), desc=f"measure {args.backend}", file=sys.stderr):
+            w_lay.writerow(layer_fields)
+        todo = list(zip(archs[len(done):], strings[len(done):]))
+        for k, (a, s) in enumerate(tqdm(todo, initial=len(done), total=len(strings),
+                                         desc=f"measure {args.backend}", file=sys.stderr)):
+            if k % args.chunk == 0:
+                backend.prefetch([space.layers(b) for b, _ in todo[k:k + args.chunk]])
             table = space.layers(a)
             m = backend.measure(table, layers=bool(args.per_layer))
             if args.per_layer:
@@ -87,10 +107,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for i in np.nonzero(m.layer_latency_ms)[0]:
                     r = profile.table_row(t, int(i))
                     w_lay.writerow([s, int(i), r.op.name, r.c_in, r.c_out, r.kernel, r.stride, r.groups,
-                                    r.h, r.w, r.act, f"{m.layer_latency_ms[i]:.6g}"])
+                                    r.h, r.w, r.act, f"{m.layer_latency_ms[i]:.6g}"]
+                                   + ([f"{m.layer_energy_mj[i]:.6g}"] if energy else []))
                 f_lay.flush()
-            w_net.writerow([s, f"{m.latency_ms:.6g}", f"{m.spread_ms:.6g}"])  # last: marks it done
+            w_net.writerow([s, f"{m.latency_ms:.6g}", f"{m.spread_ms:.6g}"]
+                           + ([f"{m.energy_mj:.6g}"] if energy else []))  # last: marks it done
             f_net.flush()
+    backend.close()
 
 
 if __name__ == "__main__":

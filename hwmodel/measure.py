@@ -60,20 +60,53 @@ class Measurement:
     layer_energy_mj: np.ndarray | None = None
 
 
-def _signature(r: Any) -> tuple:
+def signature(r: profile.Row) -> tuple:
+    """What makes two rows cost the same: op, channels, kernel, stride, groups, input size, activation."""
     return (int(r.op), r.c_in, r.c_out, r.kernel, r.stride, r.groups, r.h, r.w, r.act)
 
 
 class Backend(abc.ABC):
-    """A measurement backend; subclasses time one whole network and one row alone."""
+    """A measurement backend: `measure(table)` of one discrete architecture, cached per distinct layer.
+
+    Attributes:
+      has_energy: whether `Measurement.energy_mj` is filled.
+    """
 
     name: str = "backend"
+    has_energy: bool = False
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, Any] = {}
+
+    @property
+    def cache_size(self) -> int:
+        """Distinct layers measured so far."""
+        return len(self._cache)
+
+    @staticmethod
+    def executed_rows(t: LayerTable) -> list[profile.Row]:
+        """The rows of a concrete table that execute and compute (`hwmodel.profile.plan`)."""
+        return [r for r, _ in profile.plan(t).steps if r.op not in profile.NO_COMPUTE_OPS]
+
+    def prefetch(self, tables: Sequence[LayerTable]) -> None:
+        """Measure the unseen layers of several networks ahead (batched backends); a no-op by default."""
+
+    def close(self) -> None:
+        """Releases what the backend holds (worker processes); a no-op by default."""
+
+    @abc.abstractmethod
+    def measure(self, table: LayerTable, layers: bool = True) -> Measurement:
+        """Whole-network and (with `layers`) per-row results of one discrete architecture's table."""
+
+
+class TimedBackend(Backend):
+    """A backend that times real execution: the whole network, and each row run alone."""
 
     def __init__(self, warmup: int = 5, repeats: int = 30):
+        super().__init__()
         if repeats < 1 or warmup < 0:
             raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
         self.warmup, self.repeats = warmup, repeats
-        self._cache: dict[tuple, float] = {}
 
     @abc.abstractmethod
     def _network_samples_s(self, table: LayerTable) -> np.ndarray:
@@ -83,22 +116,14 @@ class Backend(abc.ABC):
     def _layer_s(self, table: LayerTable, row: int) -> float:
         """Median seconds of one row run alone."""
 
-    @property
-    def cache_size(self) -> int:
-        """Distinct layers measured so far."""
-        return len(self._cache)
-
     def measure(self, table: LayerTable, layers: bool = True) -> Measurement:
-        """Whole-network and (with `layers`) per-row latency of one discrete architecture's table."""
         t = profile.concrete(table)
         s = self._network_samples_s(t)
         q1, med, q3 = np.percentile(s, [25, 50, 75])
         per_row = np.zeros(t.num_rows)
         if layers:
-            for r, _ in profile.plan(t).steps:
-                if r.op in profile.NO_COMPUTE_OPS:
-                    continue
-                key = _signature(r)
+            for r in self.executed_rows(t):
+                key = signature(r)
                 if key not in self._cache:
                     self._cache[key] = self._layer_s(t, r.index)
                 per_row[r.index] = self._cache[key]
@@ -110,7 +135,7 @@ BACKENDS = Registry("measurement backend")
 
 
 @BACKENDS.register("jax")
-class JaxBackend(Backend):
+class JaxBackend(TimedBackend):
     """`hwmodel.profile` on the current JAX device."""
 
     name = "jax"
@@ -127,7 +152,7 @@ class JaxBackend(Backend):
 
 
 @BACKENDS.register("onnxruntime")
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(TimedBackend):
     """ONNX Runtime on exported graphs of the table executor (module docstring)."""
 
     name = "onnxruntime"
@@ -179,5 +204,13 @@ class OnnxRuntimeBackend(Backend):
 
 
 def make_backend(name: str, **kwargs: Any) -> Backend:
-    """The backend registered as `name` (unknown names list the valid ones)."""
+    """The backend registered as `name`; `zigzag:<description>` picks a ZigZag description.
+
+    Unknown names (and unknown ZigZag descriptions) list the valid ones.
+    """
+    base, _, arg = name.partition(":")
+    if base == "zigzag":
+        return BACKENDS[base](description=arg or "edge_tpu_like", **kwargs)
+    if arg:
+        raise KeyError(f"backend {base!r} takes no ':{arg}' (only zigzag:<description> does)")
     return BACKENDS[name](**kwargs)

@@ -28,7 +28,7 @@ def test_per_layer_measurement_maps_to_the_rows_that_execute():
     # rows with one signature are measured once (cache) and get the same number
     sig = {}
     for i in computing:
-        sig.setdefault(measure._signature(rows[i]), set()).add(float(m.layer_latency_ms[i]))
+        sig.setdefault(measure.signature(rows[i]), set()).add(float(m.layer_latency_ms[i]))
     assert all(len(v) == 1 for v in sig.values())
 
 
