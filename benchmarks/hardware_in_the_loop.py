@@ -10,6 +10,16 @@ Sections (`--sections`, comma-separated; more land with the measurement backends
   (`hwmodel.fit.fit_space`, dead code chosen by leave-one-out) and of the per-operation-count
   least-squares baseline (how often each choice occurs, plus an intercept).
 
+- `zigzag`: per ZigZag description (`--descriptions`), `--networks` mobile-curated networks measured
+  (`experiments.measure`, 2 workers; CSVs in `--workdir`, resumed on rerun) with their wall time;
+  the surrogate fitted on `--train` of them, per layer and on whole networks, for latency and
+  energy (candidate features: op-group statistics with and without the analytic `npu` latency,
+  and op counts, chosen by leave-one-out error), scored on the rest (Spearman, MAPE; targets >= 0.99 and <= 3 %); the analytic model
+  before and after `hwmodel.calibrate` (from the description's own spec and from `npu`).
+- `onnxruntime`: the same networks measured twice on ONNX Runtime (1 thread, batch 1): the noise
+  floor (Spearman between the passes), the surrogate fitted on `--train` (within 0.02 of the
+  floor, MAPE <= 5 %), the analytic `mobile-cpu` preset before and after calibration.
+
 Example (about 5 minutes on the 2-core CPU):
     python benchmarks/hardware_in_the_loop.py --num 20 --out benchmarks/results/hardware_in_the_loop_cpu.json
 """
@@ -87,7 +97,7 @@ def surrogate_vs_counts(data_dir: str) -> dict:
             for seed in range(3):
                 tr, te = F.split(len(y), n, seed)
                 s = F.fit_space(space, archs[tr], y[tr])
-                x = F.features_of(space, archs[te], prune=s.prunes_dead)
+                x = F.features_of(space, archs[te], s.config, prune=s.prunes_dead)
                 pred = x @ np.asarray(s.coef, np.float64) + float(s.intercept)
                 base = fit_baseline(counts[tr], y[tr], relative=False)(counts[te])  # plain least squares
                 rows.append((stats.spearmanr(pred, y[te])[0], stats.spearmanr(base, y[te])[0],
@@ -99,6 +109,106 @@ def surrogate_vs_counts(data_dir: str) -> dict:
     return out
 
 
+def _measure(workdir: str, backend: str, num: int, per_layer: bool, tag: str, workers: int = 2) -> dict:
+    """Runs (or resumes) `python -m experiments.measure` into the workdir; wall time of this call."""
+    from experiments import measure as measure_cli
+    out = os.path.join(workdir, f"{tag}.csv")
+    before = max(0, _rows(out))
+    argv = ["--space", "mobile-curated", "--backend", backend, "--num", str(num), "--seed", "0",
+            "--out", out] + (["--per-layer", os.path.join(workdir, f"{tag}_layers.csv")] if per_layer else [])
+    argv += ["--workers", str(workers)] if backend.startswith("zigzag") else []
+    t0 = time.perf_counter()
+    measure_cli.main(argv)
+    sec = time.perf_counter() - t0
+    new = _rows(out) - before
+    return {"csv": out, "networks_measured_now": new, "seconds": round(sec, 1),
+            "seconds_per_network": round(sec / new, 3) if new else None}
+
+
+def _rows(path: str) -> int:
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return max(0, sum(1 for _ in f) - 1)
+
+
+def _fit(csv_path: str, column: str, train: int, layers: str | None, accelerators: str = "npu") -> dict:
+    import contextlib
+    import io
+
+    from experiments import fit_surrogate
+    argv = ["--space", "mobile-curated", "--data", csv_path, "--column", column, "--train-size", str(train),
+            "--seed", "0", "--json", "--accelerators", accelerators] + (["--per-layer", layers] if layers else [])
+    with contextlib.redirect_stdout(io.StringIO()):
+        r = fit_surrogate.main(argv)
+    return {k: round(r[k], 4) for k in ("spearman", "mape")} | {"features": r.get("features")}
+
+
+def _analytic_vs(space, archs: np.ndarray, y: np.ndarray, train: int, starts: dict) -> dict:
+    """Analytic model vs measured latency on the test networks, before and after calibration."""
+    from hwmodel import analytic
+    from hwmodel.calibrate import calibrate
+    from hwmodel.fit import ranking_metrics, split
+    tr, te = split(len(y), train, 0)
+    tables = jax.vmap(space.layers)(jnp.asarray(archs))
+    take = lambda idx: jax.tree.map(lambda v: v[idx], tables)  # noqa: E731
+    out = {}
+    for label, spec in starts.items():
+        before = ranking_metrics(np.asarray(analytic.latency_ms(spec, take(te))), y[te])
+        cal = calibrate(spec, take(tr), y[tr])
+        after = ranking_metrics(np.asarray(analytic.latency_ms(cal, take(te))), y[te])
+        out[label] = {"before": {k: round(before[k], 4) for k in ("spearman", "mape")},
+                      "after": {k: round(after[k], 4) for k in ("spearman", "mape")},
+                      "calibrated": {"clock_hz": cal.clock_hz, "dram_bytes_per_s": cal.dram_bytes_per_s,
+                                     "layer_overhead_s": cal.layer_overhead_s,
+                                     "vector_lanes": cal.vector_lanes},
+                      "array": [spec.mac_rows, spec.mac_cols, spec.cores]}
+    return out
+
+
+def zigzag_section(workdir: str, descriptions: list[str], num: int, train: int) -> dict:
+    from experiments.fit_surrogate import load_latency_csv
+    from hwmodel import ACCELERATORS
+    from hwmodel.simulator import analytic_spec
+    from supernet import make_space
+    space = make_space("mobile-curated")
+    out = {}
+    for d in descriptions:
+        tag = f"zigzag_{d}"
+        m = _measure(workdir, f"zigzag:{d}", num, True, tag)
+        layers = os.path.join(workdir, f"{tag}_layers.csv")
+        fits = {f"{col}/{mode}": _fit(m["csv"], col, train, layers if mode == "per_layer" else None)
+                for col in ("latency_ms", "energy_mj") for mode in ("per_layer", "whole_network")}
+        archs, y = load_latency_csv(m["csv"], space)
+        out[d] = {"measure": m, "surrogate_fit_on": train, "surrogate": fits,
+                  "targets_met": all(v["spearman"] >= 0.99 and v["mape"] <= 3.0 for v in fits.values()),
+                  "analytic": _analytic_vs(space, archs, y, train,
+                                           {"from_description": analytic_spec(d), "npu": ACCELERATORS["npu"]})}
+    return out
+
+
+def onnxruntime_section(workdir: str, num: int, train: int) -> dict:
+    from scipy import stats
+
+    from experiments.fit_surrogate import load_latency_csv
+    from hwmodel import ACCELERATORS
+    from supernet import make_space
+    space = make_space("mobile-curated")
+    a = _measure(workdir, "onnxruntime", num, True, "ort_a")
+    b = _measure(workdir, "onnxruntime", num, False, "ort_b")
+    archs, ya = load_latency_csv(a["csv"], space)
+    _, yb = load_latency_csv(b["csv"], space)
+    floor = float(stats.spearmanr(ya, yb)[0])
+    fits = {"per_layer": _fit(a["csv"], "latency_ms", train, os.path.join(workdir, "ort_a_layers.csv"),
+                              "mobile-cpu"),
+            "whole_network": _fit(a["csv"], "latency_ms", train, None, "mobile-cpu")}
+    return {"measure": {"pass_a": a, "pass_b": b}, "noise_floor_spearman": round(floor, 4),
+            "pass_to_pass_mape": round(float(100 * np.mean(np.abs(yb - ya) / ya)), 3),
+            "surrogate_fit_on": train, "surrogate": fits,
+            "targets_met": {k: v["spearman"] >= floor - 0.02 and v["mape"] <= 5.0 for k, v in fits.items()},
+            "analytic": _analytic_vs(space, archs, ya, train, {"mobile-cpu": ACCELERATORS["mobile-cpu"]})}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sections", default="export,surrogate_vs_counts")
@@ -106,13 +216,20 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=os.environ.get("HWNAS_DATA_DIR", "../shared/data"))
     p.add_argument("--out", default=None, help="also write the JSON here (refuses to overwrite)")
+    p.add_argument("--workdir", default="workdirs/hardware_in_the_loop",
+                   help="measurement CSVs (kept; a rerun resumes and reuses them)")
+    p.add_argument("--networks", type=int, default=300, help="mobile-curated networks per backend")
+    p.add_argument("--train", type=int, default=50, help="networks the surrogate is fitted on")
+    p.add_argument("--descriptions", default="edge_tpu_like,tesla_npu_like", help="ZigZag descriptions")
     args = p.parse_args()
     if args.out and os.path.exists(args.out):
         p.exit(2, f"error: {args.out} exists; choose another --out\n")
     sections = [s for s in args.sections.split(",") if s]
-    unknown = set(sections) - {"export", "surrogate_vs_counts"}
+    valid = ("export", "surrogate_vs_counts", "zigzag", "onnxruntime")
+    unknown = set(sections) - set(valid)
     if unknown:
-        p.exit(2, f"error: unknown sections {sorted(unknown)}; valid: export, surrogate_vs_counts\n")
+        p.exit(2, f"error: unknown sections {sorted(unknown)}; valid: {', '.join(valid)}\n")
+    os.makedirs(args.workdir, exist_ok=True)
     res = {"device": backend_description(), "sections": {}}
     t0 = time.perf_counter()
     if "export" in sections:
@@ -121,6 +238,11 @@ def main() -> None:
         if not os.path.isdir(args.data_dir):
             p.exit(2, f"error: data folder {args.data_dir!r} not found (--data-dir or HWNAS_DATA_DIR)\n")
         res["sections"]["surrogate_vs_counts"] = surrogate_vs_counts(args.data_dir)
+    if "zigzag" in sections:
+        res["sections"]["zigzag"] = zigzag_section(args.workdir, args.descriptions.split(","), args.networks,
+                                                   args.train)
+    if "onnxruntime" in sections:
+        res["sections"]["onnxruntime"] = onnxruntime_section(args.workdir, args.networks, args.train)
     res["seconds"] = time.perf_counter() - t0
     text = json.dumps(res, indent=1)
     print(text)

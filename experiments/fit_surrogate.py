@@ -10,7 +10,11 @@ Prints one JSON object: `spearman`, `kendall`, `mape` (%), `within_10pct` (%), `
 estimator, fitted on the measured layers of the training architectures and tested on the other
 architectures' whole networks in `--data`), `fit_seconds`, `dead_code` (`prune` or `keep`: whether the device runs networks with
 their dead code removed; `--dead-code auto`, the default, picks the one with the lower
-leave-one-out error on the training rows) and `loo_rmse`. CSV format: an architecture column (`arch`, or `arch_str` for
+leave-one-out error on the training rows), `features` (the feature set model selection chose by
+leave-one-out error among the op-group statistics with the `--accelerators` analytic features,
+without them, and the plain op counts; `hwmodel.fit.candidate_configs`) and `loo_rmse`. The
+measured column may be energy (`--column energy_mj`, from `experiments.measure` on ZigZag).
+CSV format: an architecture column (`arch`, or `arch_str` for
 NAS-Bench-201; `--arch-column` to name another) and a latency column in milliseconds
 (`latency_ms` by default, `--column` to name another). `--prior-data` adds surrogates fitted on
 other devices' CSVs as a transfer prior (HELP-style; see `hwmodel.surrogate`). `--save` writes the
@@ -28,14 +32,15 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
 
-from hwmodel.fit import (DEAD_CODE, InputError, calibrate_to_networks, features_of, fit_space, ranking_metrics,
-                         split)
+from hwmodel.fit import (DEAD_CODE, InputError, calibrate_to_networks, features_of, fit_layers, fit_space,
+                         ranking_metrics, split)
 from hwmodel.layers import LayerTable, OpKind
-from hwmodel.surrogate import FeatureConfig, Surrogate, fit, layer_features
+from hwmodel.surrogate import FeatureConfig, Surrogate, layer_features
 from supernet.spaces import make_space
 
 #: Columns of a per-layer CSV (`python -m experiments.measure --per-layer`) that describe the row.
@@ -149,15 +154,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if args.per_layer:
             if args.prior_data:
                 raise InputError("--prior-data is for whole-network fits; drop it with --per-layer")
-            names, lx, ly = load_layer_csv(args.per_layer, args.column or "latency_ms", config)
             train_archs = {space.encode(a) for a in archs[tr]}
-            keep = np.isin(names, list(train_archs))
-            if not keep.any():
-                raise InputError(f"{args.per_layer} has no layers of the {len(tr)} training architectures "
-                                 f"of {args.data}; measure both with the same hwmodel.measure run")
+            by_config = {}
+            for c in [config] + ([replace(config, accelerators=())] if config.accelerators else []):
+                names, lx, ly = load_layer_csv(args.per_layer, args.column or "latency_ms", c)
+                keep = np.isin(names, list(train_archs))
+                if not keep.any():
+                    raise InputError(f"{args.per_layer} has no layers of the {len(tr)} training architectures "
+                                     f"of {args.data}; measure both with the same hwmodel.measure run")
+                by_config[c] = lx[keep]
             # per-layer files hold only rows that execute (the backend removed dead code)
-            s = calibrate_to_networks(fit(lx[keep], ly[keep], config=config, per_layer=True, prunes_dead=True),
-                                      features_of(space, archs[tr], config, prune=True), y[tr])
+            s = fit_layers(by_config, ly[keep])
+            s = calibrate_to_networks(s, features_of(space, archs[tr], s.config, prune=True), y[tr])
         else:
             priors = []
             for path in args.prior_data:
@@ -165,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 priors.append(fit_space(space, pa, py, config=config, dead_code=args.dead_code))
             s = fit_space(space, archs[tr], y[tr], config=config, dead_code=args.dead_code, priors=priors)
         fit_seconds = time.perf_counter() - t0
-        x = features_of(space, archs[te], config, prune=s.prunes_dead)
+        x = features_of(space, archs[te], s.config, prune=s.prunes_dead)
     except (InputError, KeyError, ValueError) as e:
         p.exit(2, f"error: {e.args[0] if e.args else e}\n")
     pred = x @ np.asarray(s.coef, np.float64) + float(s.intercept)
@@ -173,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                              "fit": "per_layer" if args.per_layer else "whole_network",
                                              "fit_seconds": fit_seconds,
                                              "dead_code": "prune" if s.prunes_dead else "keep",
+                                             "features": list(s.config.quantities)
+                                             + [f"analytic.{a}" for a in s.config.accelerators],
                                              "loo_rmse": s.loo_rmse}
     if args.save:
         try:

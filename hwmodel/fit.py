@@ -9,6 +9,7 @@ leave-one-out error), `calibrate_to_networks` (a per-layer fit mapped to whole n
 
 from __future__ import annotations
 
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -61,20 +62,44 @@ def calibrate_to_networks(s: Surrogate, net_features: np.ndarray, latency_ms: np
 DEAD_CODE = ("auto", "prune", "keep")
 
 
-def fit_space(space, archs: np.ndarray, latency_ms: np.ndarray, *, config: FeatureConfig = FeatureConfig(),
-              dead_code: str = "auto", priors: tuple[Surrogate, ...] = ()) -> Surrogate:
-    """Fits a surrogate on whole-network latencies of `archs` of `space`.
+def candidate_configs(config: FeatureConfig) -> list[FeatureConfig]:
+    """The feature sets model selection compares: `config`, `config` without its analytic
+    features (if it has any), and the per-operation-count model (`surrogate.COUNTS`)."""
+    out = [config]
+    if config.accelerators:
+        out.append(dataclasses.replace(config, accelerators=()))
+    if config.quantities != ("count",):
+        out.append(dataclasses.replace(config, accelerators=(), quantities=("count",)))
+    return out
 
-    `dead_code` says how the device executes dead ops: `prune` (removed, as a deployment compiler
-    does), `keep` (executed, as a layer-by-layer simulator does), or `auto`: both fits are made and
-    the one with the lower leave-one-out error on these rows is kept (on NAS-Bench-201's Pixel 3
-    column `auto` picks `prune`, on its Eyeriss column `keep`; see `Surrogate`).
+
+def fit_layers(layer_features_by_config: dict, latency_ms: np.ndarray) -> Surrogate:
+    """Per-layer fits of each candidate feature set (`{config: [R, F] features}`), the one with the
+    lowest leave-one-out error over the rows returned (no intercept; see `calibrate_to_networks`)."""
+    fits = [fit(x, latency_ms, config=c, per_layer=True, prunes_dead=True)
+            for c, x in layer_features_by_config.items()]
+    return min(fits, key=lambda s: s.loo_rmse)
+
+
+def fit_space(space, archs: np.ndarray, latency_ms: np.ndarray, *, config: FeatureConfig = FeatureConfig(),
+              dead_code: str = "auto", priors: tuple[Surrogate, ...] = (), select: bool = True) -> Surrogate:
+    """Fits a surrogate on whole-network latencies of `archs` of `space`, choosing the model by
+    cross-validation on these rows.
+
+    Candidates (`candidate_configs`, with `select` and no `priors`; else `config` alone): the
+    features of `config`, the same without its analytic-model features, and the plain
+    per-operation-count linear model (`surrogate.COUNTS`), each with the ridge strength chosen by exact leave-one-out error; and the table semantics
+    `dead_code`: `prune` (dead ops removed, as a deployment compiler does), `keep` (executed, as a
+    layer-by-layer simulator does) or `auto` (both). The candidate with the lowest leave-one-out
+    relative error is returned, so the fit is never worse than the count baseline by more than the
+    noise of that estimate (on NAS-Bench-201's Pixel 3 column `auto` picks `prune`, on its Eyeriss
+    column `keep`; see `Surrogate`). The chosen features are `result.config`.
     """
     if dead_code not in DEAD_CODE:
         raise InputError(f"dead_code must be one of {', '.join(DEAD_CODE)}, got {dead_code!r}")
-    fits = [fit(features_of(space, archs, config, prune=p), latency_ms, config=config, priors=priors,
-                prunes_dead=p)
-            for p in ((True, False) if dead_code == "auto" else (dead_code == "prune",))]
+    configs = candidate_configs(config) if select and not priors else [config]
+    fits = [fit(features_of(space, archs, c, prune=p), latency_ms, config=c, priors=priors, prunes_dead=p)
+            for c in configs for p in ((True, False) if dead_code == "auto" else (dead_code == "prune",))]
     return min(fits, key=lambda s: s.loo_rmse)
 
 

@@ -294,3 +294,51 @@ class ZigZagBackend(Backend):
         e_mj = energy * 1e-9  # pJ -> mJ
         return Measurement(latency_ms=float(lat.sum()), spread_ms=0.0, layer_latency_ms=lat,
                            energy_mj=float(e_mj.sum()), layer_energy_mj=e_mj)
+
+
+def analytic_spec(description: str, clock_mhz: float = 1000.0) -> "AcceleratorSpec":
+    """An `AcceleratorSpec` read off a ZigZag description: the analytic model's view of that chip.
+
+    Array shape from the description's default spatial mapping (`mac_rows` = the unrolling of input
+    channels C, `mac_cols` = of output channels K, `cores` = of everything else, e.g. OX x OY),
+    `sram_bytes` = the largest on-chip memory holding activations, `dram_bytes_per_s` = the DRAM
+    port's bits per cycle at `clock_mhz`, `vector_lanes` = the unrolling of the `Add` mapping (else
+    `mac_cols`), no per-layer overhead (ZigZag charges data on/off-loading per layer instead; a
+    small start value for `hwmodel.calibrate`), int8. Before calibration this is what the
+    analytic model alone would say about the description.
+    """
+    from zigzag.utils import open_yaml
+
+    from hwmodel.accelerators import AcceleratorSpec
+    _check(description)
+    hw_name, mp_name = DESCRIPTIONS[description]
+    d = _inputs_dir()
+    hw = open_yaml(f"{d}/hardware/{hw_name}.yaml")
+    mapping = open_yaml(f"{d}/mapping/{mp_name}.yaml")
+    sizes = dict(zip(hw["operational_array"]["dimensions"], hw["operational_array"]["sizes"]))
+
+    def unrolls(entry: dict) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for dim, us in entry["spatial_mapping"].items():
+            for u in us:
+                name, n = u.split(",")[0].strip(), int(u.split(",")[-1])
+                out[name] = out.get(name, 1) * min(n, sizes.get(dim, n))
+        return out
+
+    default = unrolls(next(m for m in mapping if m["name"] == "default"))
+    add = next((m for m in mapping if m["name"] == "Add"), None)
+    rows, cols = default.pop("C", 1), default.pop("K", 1)
+    cores = int(np.prod(list(default.values()))) if default else 1
+    mems = hw["memories"]
+    dram = next(v for k, v in mems.items() if "dram" in k.lower())
+    sram = max(v["size"] for k, v in mems.items() if "dram" not in k.lower() and "I1" in v["operands"])
+    spec = AcceleratorSpec(
+        name=f"zigzag-{description}", mac_rows=rows, mac_cols=cols, cores=cores,
+        clock_hz=clock_mhz * 1e6, sram_bytes=sram / 8,
+        dram_bytes_per_s=max(p["bandwidth_max"] for p in dram["ports"]) / 8 * clock_mhz * 1e6,
+        # analytic vector time is elements / (vector_lanes * cores): lanes per core, possibly < 1
+        vector_lanes=(float(np.prod(list(unrolls(add).values()))) if add else float(cols * cores)) / cores,
+        layer_overhead_s=1e-8, bytes_per_element=1,
+        description=f"ZigZag's {description} description read as an analytic accelerator",
+        source=f"zigzag-dse inputs/hardware/{hw_name}.yaml and inputs/mapping/{mp_name}.yaml")
+    return spec

@@ -74,24 +74,39 @@ class FeatureConfig:
         smooth model) is added as a feature; empty for op-group statistics only.
       temperature: temperature of the smooth analytic model inside the features (small: close to
         the exact model, still differentiable).
+      quantities: which per-op-group quantities are features (a subset of `count`, `mmacs`,
+        `mact`, `mweights`, in that order). `("count",)` is the plain per-operation-count linear
+        model, the baseline a learned surrogate must not lose to (`COUNTS`).
     """
 
     accelerators: tuple[str, ...] = ()
     temperature: float = 0.02
+    quantities: tuple[str, ...] = _QUANTITIES
+
+    def __post_init__(self):
+        if not self.quantities or any(q not in _QUANTITIES for q in self.quantities) or \
+                list(self.quantities) != [q for q in _QUANTITIES if q in self.quantities]:
+            raise ValueError(f"quantities must be a non-empty, ordered subset of {_QUANTITIES}, "
+                             f"got {self.quantities}")
 
     @property
     def names(self) -> tuple[str, ...]:
-        base = tuple(f"{g}.{q}" for g in _GROUPS for q in _QUANTITIES)
+        base = tuple(f"{g}.{q}" for g in _GROUPS for q in self.quantities)
         return base + tuple(f"analytic.{a}" for a in self.accelerators)
+
+
+#: The per-operation-count linear model: how often each op group occurs, plus an intercept.
+COUNTS = FeatureConfig(quantities=("count",))
 
 
 def layer_features(table: LayerTable, config: FeatureConfig = FeatureConfig()) -> Float[Array, "*b L F"]:
     """Per-row features `phi(row)` (unweighted; rows that are not in a group are all zeros)."""
-    m, act, wts = macs(table) / 1e6, (in_elems(table) + out_elems(table)) / 1e6, weight_elems(table) / 1e6
+    q = {"mmacs": macs(table) / 1e6, "mact": (in_elems(table) + out_elems(table)) / 1e6,
+         "mweights": weight_elems(table) / 1e6}
     feats = []
     for pred in _GROUPS.values():
         g = pred(table).astype(jnp.float32)
-        feats += [g, g * m, g * act, g * wts]
+        feats += [g if name == "count" else g * q[name] for name in config.quantities]
     if config.accelerators:
         from hwmodel import accelerators, analytic  # local: analytic features are optional
         for name in config.accelerators:
@@ -132,13 +147,14 @@ class Surrogate:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (`from_dict` inverts it)."""
         return {"coef": np.asarray(self.coef, np.float64).tolist(), "intercept": float(self.intercept),
-                "feature_names": list(self.config.names),
+                "feature_names": list(self.config.names), "quantities": list(self.config.quantities),
                 "accelerators": list(self.config.accelerators), "temperature": self.config.temperature,
                 "prunes_dead": self.prunes_dead, "loo_rmse": self.loo_rmse}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Surrogate":
-        config = FeatureConfig(tuple(d.get("accelerators", ())), float(d.get("temperature", 0.02)))
+        config = FeatureConfig(tuple(d.get("accelerators", ())), float(d.get("temperature", 0.02)),
+                               tuple(d.get("quantities", _QUANTITIES)))
         if list(d["feature_names"]) != list(config.names):
             raise ValueError("saved surrogate's features do not match this version's features: "
                              f"{d['feature_names'][:3]}... vs {list(config.names)[:3]}...; refit it")
@@ -234,8 +250,9 @@ def fit(features: np.ndarray, latency_ms: np.ndarray, *, config: FeatureConfig =
         raise ValueError("latencies must be finite and positive (milliseconds)")
     if any(p.config != config for p in priors):
         raise ValueError("prior surrogates must use the same FeatureConfig as the fit")
-    n_group = len(_GROUPS) * len(_QUANTITIES)
-    shared = x[:, :n_group].reshape(len(x), len(_GROUPS), len(_QUANTITIES)).sum(1)
+    nq = len(config.quantities)
+    n_group = len(_GROUPS) * nq
+    shared = x[:, :n_group].reshape(len(x), len(_GROUPS), nq).sum(1)
     basis = [x, shared]
     if priors:
         # each prior's prediction, scaled to O(1), as one extra regressor

@@ -93,3 +93,45 @@ def test_unknown_descriptions_and_suffixes_are_named():
         make_backend("onnxruntime:x")
     with pytest.raises(ValueError, match="workers"):
         make_backend("zigzag:tpu_like", workers=0)
+
+
+def test_doctests_of_the_simulator_and_the_calibration():
+    import doctest
+
+    from hwmodel import calibrate
+    assert doctest.testmod(simulator).failed == 0
+    assert doctest.testmod(calibrate).failed == 0
+
+
+def test_analytic_spec_reads_the_array_off_the_description():
+    s = simulator.analytic_spec("edge_tpu_like")
+    assert (s.mac_rows, s.mac_cols, s.cores) == (8, 8, 16)  # C 8 x K 8 x OX 4 x OY 4
+    assert s.sram_bytes == 2 * 2 ** 20 and s.dram_bytes_per_s == 8e9  # sram_2MB; 64 bit/cycle at 1 GHz
+
+
+def test_energy_and_latency_surrogates_fitted_on_zigzag_layers_are_differentiable():
+    """Per-layer ZigZag data -> surrogates for latency and energy -> gradients through expected_layers."""
+    import jax.numpy as jnp
+
+    from hwmodel.surrogate import fit, layer_features, predict
+    space = make_space("nb201", channels=4, cells_per_stage=1)
+    b = make_backend("zigzag:edge_tpu_like")
+    feats, lat, en, whole = [], [], [], []
+    archs = np.asarray(space.sample(jax.random.key(0), 4))
+    for a in archs:
+        m = b.measure(space.layers(a))
+        t = profile.concrete(space.layers(a))
+        idx = [r.index for r in b.executed_rows(t)]
+        feats.append(np.asarray(layer_features(t))[idx])
+        lat.append(m.layer_latency_ms[idx])
+        en.append(m.layer_energy_mj[idx])
+        whole.append((m.latency_ms, m.energy_mj))
+    x = np.concatenate(feats)
+    probs = space.uniform_probs()
+    for k, y in enumerate((np.concatenate(lat), np.concatenate(en))):
+        s = fit(x, y, per_layer=True, lambdas=(1e-8,))
+        pred = float(predict(s, s.executed(space.layers(archs[0]))))
+        assert pred == pytest.approx(whole[0][k], rel=0.1)  # the fit predicts the backend's sum
+        g = jax.grad(lambda p: predict(s, space.expected_layers(p)))(probs)
+        g = np.asarray(jnp.concatenate([jnp.ravel(v) for v in jax.tree.leaves(g)]))
+        assert np.all(np.isfinite(g)) and np.abs(g).max() > 0

@@ -102,7 +102,7 @@ def test_cli_on_real_data(data_dir, tmp_path, capsys):
                         "--seed", "0", "--json"])
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) == {"spearman", "kendall", "mape", "within_10pct", "n_train", "n_test",
-                            "fit_seconds", "dead_code", "loo_rmse", "fit"}
+                            "fit_seconds", "dead_code", "loo_rmse", "fit", "features"}
     assert printed["n_train"] == 50 and printed["n_test"] == 250
     assert res["spearman"] > 0.95 and res["mape"] < 3.0
 
