@@ -106,8 +106,11 @@ def _same_pads(size: int, k: int, s: int) -> list[int]:
     return [total // 2, total - total // 2]
 
 
-def layer_workload(r: profile.Row) -> dict[str, Any] | None:
+def layer_workload(r: profile.Row, depthwise: bool = True) -> dict[str, Any] | None:
     """One row as a ZigZag layer (user format, id 0), or None for a row ZigZag cannot cost (SHUFFLE).
+
+    `depthwise=False` leaves depthwise convolutions on the description's default mapping (as
+    ZigZag's own ONNX flow does), for comparison with ZigZag's totals.
 
     Example:
         >>> from hwmodel.profile import Row
@@ -120,7 +123,7 @@ def layer_workload(r: profile.Row) -> dict[str, Any] | None:
         g = r.c_in if r.op == OpKind.DWCONV else r.groups
         k, s = r.kernel, r.stride
         return base | {
-            "name": DEPTHWISE if r.op == OpKind.DWCONV else "conv", "operator_type": "Conv",
+            "name": DEPTHWISE if r.op == OpKind.DWCONV and depthwise else "conv", "operator_type": "Conv",
             "equation": "O[b][g][k][oy][ox]+=W[g][k][c][fy][fx]*I[b][g][c][iy][ix]",
             "dimension_relations": [f"ix={s}*ox+1*fx", f"iy={s}*oy+1*fy"],
             "loop_dims": ["B", "K", "G", "OX", "OY", "C", "FX", "FY"],
@@ -233,14 +236,14 @@ class ZigZagBackend(Backend):
     has_energy = True
 
     def __init__(self, description: str = "edge_tpu_like", clock_mhz: float = 1000.0, lpf_limit: int = 4,
-                 workers: int = 1):
+                 workers: int = 1, depthwise_mapping: bool = True):
         super().__init__()
         _check(description)
         if clock_mhz <= 0 or lpf_limit < 1 or workers < 1:
             raise ValueError(f"clock_mhz must be > 0, lpf_limit and workers >= 1; got {clock_mhz}, "
                              f"{lpf_limit}, {workers}")
         self.description, self.clock_mhz = description, clock_mhz
-        self.lpf_limit, self.workers = lpf_limit, workers
+        self.lpf_limit, self.workers, self.depthwise_mapping = lpf_limit, workers, depthwise_mapping
         self._sim: _Simulator | None = None
         self._pool: ProcessPoolExecutor | None = None
 
@@ -261,7 +264,7 @@ class ZigZagBackend(Backend):
         for r in rows:
             key = signature(r)
             if key not in self._cache and key not in todo:
-                todo[key] = layer_workload(r)
+                todo[key] = layer_workload(r, self.depthwise_mapping)
         jobs = [(k, w) for k, w in todo.items() if w is not None]
         for k, w in todo.items():
             if w is None:
@@ -285,10 +288,16 @@ class ZigZagBackend(Backend):
     def measure(self, table: LayerTable, layers: bool = True) -> Measurement:
         """Sums of per-row cycles and energy (ZigZag runs layer by layer); `layers` is ignored."""
         t = profile.concrete(table)
-        rows = self.executed_rows(t)
-        self._cost_rows(rows)
+        return self.measure_rows(t, [r.index for r in self.executed_rows(t)])
+
+    def measure_rows(self, table: LayerTable, rows: Sequence[int]) -> Measurement:
+        """Costs the given rows of one network's table, without executing its graph (for tables
+        of external ONNX graphs, `hwmodel.onnx_graph`, whose Concat rows `profile` cannot run)."""
+        t = table.to_numpy()
+        rs = [profile.table_row(t, int(i)) for i in rows]
+        self._cost_rows(rs)
         cycles, energy = np.zeros(t.num_rows), np.zeros(t.num_rows)
-        for r in rows:
+        for r in rs:
             cycles[r.index], energy[r.index] = self._cache[signature(r)]
         lat = cycles / (self.clock_mhz * 1e3)  # cycles / (MHz * 1e6) s, in ms
         e_mj = energy * 1e-9  # pJ -> mJ
@@ -342,3 +351,36 @@ def analytic_spec(description: str, clock_mhz: float = 1000.0) -> "AcceleratorSp
         description=f"ZigZag's {description} description read as an analytic accelerator",
         source=f"zigzag-dse inputs/hardware/{hw_name}.yaml and inputs/mapping/{mp_name}.yaml")
     return spec
+
+
+def zigzag_onnx_totals(model: Any, description: str, lpf_limit: int = 4) -> tuple[float, float]:
+    """(cycles, energy in pJ) of an ONNX model by ZigZag's own ONNX flow on the stock mapping.
+
+    ZigZag's parser costs Conv, Gemm and MatMul nodes and skips the rest; this is the reference
+    that `layer_workload` is checked against (test and `benchmarks/hardware_in_the_loop.py`):
+    the same nodes through our translation with `depthwise_mapping=False` give the same totals.
+    """
+    from zigzag.mapping.temporal_mapping import TemporalMappingType
+    from zigzag.stages.evaluation.cost_model_evaluation import CostModelStage
+    from zigzag.stages.main import MainStage
+    from zigzag.stages.mapping.spatial_mapping_generation import SpatialMappingGeneratorStage
+    from zigzag.stages.mapping.temporal_mapping_generator_stage import TemporalMappingGeneratorStage
+    from zigzag.stages.parser.accelerator_parser import AcceleratorParserStage
+    from zigzag.stages.parser.onnx_model_parser import ONNXModelParserStage
+    from zigzag.stages.results.reduce_stages import MinimalLatencyStage, SumStage
+    from zigzag.stages.workload_iterator import WorkloadStage
+    import onnx
+    _check(description)
+    model = onnx.shape_inference.infer_shapes(model)  # ZigZag's parser reads value_info shapes
+    hw, mp = DESCRIPTIONS[description]
+    d = _inputs_dir()
+    stages = [ONNXModelParserStage, AcceleratorParserStage, SumStage, WorkloadStage, MinimalLatencyStage,
+              SpatialMappingGeneratorStage, MinimalLatencyStage, TemporalMappingGeneratorStage, CostModelStage]
+    with _quiet_zigzag():
+        cmes = MainStage(stages, accelerator=f"{d}/hardware/{hw}.yaml", workload=model,
+                         mapping=f"{d}/mapping/{mp}.yaml", loma_lpf_limit=lpf_limit,
+                         loma_show_progress_bar=False, nb_mappings_generated=1,
+                         access_same_data_considered_as_no_access=True,
+                         temporal_mapping_type=TemporalMappingType.UNEVEN).run()
+    cme = cmes[0][0]
+    return float(cme.latency_total2), float(cme.energy_total)
