@@ -19,6 +19,16 @@ Sections (`--sections`, comma-separated; more land with the measurement backends
 - `onnxruntime`: the same networks measured twice on ONNX Runtime (1 thread, batch 1): the noise
   floor (Spearman between the passes), the surrogate fitted on `--train` (within 0.02 of the
   floor, MAPE <= 5 %), the analytic `mobile-cpu` preset before and after calibration.
+- `fusion`: MobileNetV2-1.0 at 224 px (ImageNet strides) and 32 px (CIFAR strides) in the raw
+  mobile space; for each block, the share of the network's latency saved by replacing that IBN
+  alone with a fused IBN (same kernel, expansion), under the analytic presets, the analytic model
+  calibrated on each ZigZag description, ZigZag itself and ONNX Runtime on this CPU; and the sum
+  over the blocks where fusing helps (the article: 35 % on its accelerator, from early blocks).
+- `onnx_models`: ZigZag's shipped MobileNetV2 and ResNet-18 ONNX files turned into layer tables
+  (`hwmodel.onnx_graph`, as `python -m experiments.cost` does): MACs, params, analytic latency,
+  and on each description ZigZag's own ONNX flow (Conv and Gemm nodes only, stock mapping) next
+  to our translation of the same nodes, and our totals over every row with stock and depthwise
+  mappings.
 
 Example (about 5 minutes on the 2-core CPU):
     python benchmarks/hardware_in_the_loop.py --num 20 --out benchmarks/results/hardware_in_the_loop_cpu.json
@@ -39,6 +49,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from hwmodel import layers as L  # noqa: E402
 from hwmodel.profile import backend_description  # noqa: E402
 
 SPACES = ("nb201", "fbnet-cifar100", "mobile-curated")
@@ -161,7 +172,8 @@ def _analytic_vs(space, archs: np.ndarray, y: np.ndarray, train: int, starts: di
                       "after": {k: round(after[k], 4) for k in ("spearman", "mape")},
                       "calibrated": {"clock_hz": cal.clock_hz, "dram_bytes_per_s": cal.dram_bytes_per_s,
                                      "layer_overhead_s": cal.layer_overhead_s,
-                                     "vector_lanes": cal.vector_lanes},
+                                     "vector_lanes": cal.vector_lanes,
+                                     "depthwise_efficiency": cal.depthwise_efficiency},
                       "array": [spec.mac_rows, spec.mac_cols, spec.cores]}
     return out
 
@@ -209,6 +221,107 @@ def onnxruntime_section(workdir: str, num: int, train: int) -> dict:
             "analytic": _analytic_vs(space, archs, ya, train, {"mobile-cpu": ACCELERATORS["mobile-cpu"]})}
 
 
+def mobilenetv2(px: int):
+    """MobileNetV2-1.0 (Sandler et al. 2018, Table 2) in the raw mobile space at `px` pixels, and
+    the architecture with block `b` fused (same kernel and expansion), for every block."""
+    from supernet import make_space
+    kw = dict(input_size=224, stem_stride=2, stage_strides=(1, 2, 2, 2, 1, 2, 1), num_classes=1000) \
+        if px == 224 else dict(input_size=px)
+    space = make_space("mobile-raw", **kw)
+    types = ["ibn:k3:e1"] + ["ibn:k3:e6"] * (space.num_blocks - 1)
+    base = f"mult=1.0|w={'-'.join(map(str, space.base_widths))}|"
+    archs = [space.decode(base + ",".join(types))]
+    for b in range(space.num_blocks):
+        t = list(types)
+        t[b] = t[b].replace("ibn", "fused")
+        archs.append(space.decode(base + ",".join(t)))
+    return space, archs
+
+
+def fusion_section(workdir: str, descriptions: list[str], train: int) -> dict:
+    """Latency gain of fusing each MobileNetV2 block alone, per cost model, at 224 and 32 px."""
+    from experiments.fit_surrogate import load_latency_csv
+    from hwmodel import ACCELERATORS, analytic
+    from hwmodel.calibrate import calibrate
+    from hwmodel.fit import split
+    from hwmodel.measure import make_backend
+    from hwmodel.simulator import analytic_spec
+    from supernet import make_space
+    mobile = make_space("mobile-curated")
+    specs = {n: ACCELERATORS[n] for n in ("npu", "npu-p32", "edgetpu", "mobile-cpu")}
+    for d in descriptions:  # the analytic model calibrated on each ZigZag description (50 networks)
+        path = os.path.join(workdir, f"zigzag_{d}.csv")
+        if os.path.exists(path):
+            archs, y = load_latency_csv(path, mobile)
+            tr, _ = split(len(y), train, 0)
+            specs[f"calibrated:{d}"] = calibrate(analytic_spec(d), jax.vmap(mobile.layers)(jnp.asarray(archs[tr])),
+                                                 y[tr])
+    out = {}
+    for px in (224, 32):
+        space, archs = mobilenetv2(px)
+        lat = {}
+        for name, spec in specs.items():
+            lat[f"analytic:{name}"] = [float(analytic.latency_ms(spec, space.layers(a))) for a in archs]
+        for d in descriptions:
+            b = make_backend(f"zigzag:{d}", workers=2)
+            b.prefetch([space.layers(a) for a in archs])
+            lat[f"zigzag:{d}"] = [b.measure(space.layers(a)).latency_ms for a in archs]
+            b.close()
+        ort = make_backend("onnxruntime", repeats=20)
+        lat["onnxruntime"] = [ort.measure(space.layers(a), layers=False).latency_ms for a in archs]
+        res = {}
+        for name, v in lat.items():
+            v = np.asarray(v)
+            gain = 100 * (v[0] - v[1:]) / v[0]  # % of the network saved by fusing block b alone
+            res[name] = {"mobilenetv2_ms": round(float(v[0]), 4),
+                         "gain_pct_by_block": [round(float(g), 2) for g in gain],
+                         "gain_pct_fusing_every_helpful_block": round(float(gain[gain > 0].sum()), 2),
+                         "blocks_that_help": [int(b) for b in np.flatnonzero(gain > 0)]}
+        out[f"{px}px"] = res
+    return out
+
+
+def onnx_models_section(descriptions: list[str]) -> dict:
+    """ZigZag's shipped ONNX models costed by `experiments.cost`'s path, next to ZigZag's own totals."""
+    import zigzag
+
+    from hwmodel import ACCELERATORS, analytic
+    from hwmodel.layers import OpKind
+    from hwmodel.measure import make_backend
+    from hwmodel.onnx_graph import computing_rows, layer_table
+    from hwmodel.simulator import zigzag_onnx_totals
+    import onnx
+    out = {}
+    for name in ("mobilenetv2", "resnet18"):
+        model = onnx.load(os.path.join(os.path.dirname(zigzag.__file__), "inputs", "workload", f"{name}.onnx"),
+                          load_external_data=False)
+        t = layer_table(model)
+        rows = computing_rows(t)
+        conv = np.isin(np.asarray(t.op), [OpKind.CONV, OpKind.DWCONV, OpKind.LINEAR])
+        res = {"macs": float(np.sum(np.asarray(L.macs(t)))), "params": float(L.total_params(t)),
+               "rows": int(len(rows))}
+        for p in ("npu", "edgetpu"):
+            res[f"analytic:{p}_ms"] = round(float(analytic.latency_ms(ACCELERATORS[p], t)), 4)
+        for d in descriptions:
+            t0 = time.perf_counter()
+            cyc, pj = zigzag_onnx_totals(model, d)
+            own_s = time.perf_counter() - t0
+            stock = make_backend(f"zigzag:{d}", depthwise_mapping=False, workers=2)
+            ms = stock.measure_rows(t, rows)
+            stock.close()
+            ours = make_backend(f"zigzag:{d}", workers=2)
+            mo = ours.measure_rows(t, rows)
+            ours.close()
+            res[f"zigzag:{d}"] = {
+                "zigzag_own_flow": {"cycles": cyc, "energy_mj": pj * 1e-9, "seconds": round(own_s, 1)},
+                "ours_conv_gemm_stock_mapping": {"cycles": float(ms.layer_latency_ms[conv].sum() * 1e6),
+                                                 "energy_mj": float(ms.layer_energy_mj[conv].sum())},
+                "ours_all_rows_stock_mapping": {"latency_ms": ms.latency_ms, "energy_mj": ms.energy_mj},
+                "ours_all_rows_depthwise_mapping": {"latency_ms": mo.latency_ms, "energy_mj": mo.energy_mj}}
+        out[name] = res
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sections", default="export,surrogate_vs_counts")
@@ -225,7 +338,7 @@ def main() -> None:
     if args.out and os.path.exists(args.out):
         p.exit(2, f"error: {args.out} exists; choose another --out\n")
     sections = [s for s in args.sections.split(",") if s]
-    valid = ("export", "surrogate_vs_counts", "zigzag", "onnxruntime")
+    valid = ("export", "surrogate_vs_counts", "zigzag", "onnxruntime", "fusion", "onnx_models")
     unknown = set(sections) - set(valid)
     if unknown:
         p.exit(2, f"error: unknown sections {sorted(unknown)}; valid: {', '.join(valid)}\n")
@@ -243,6 +356,10 @@ def main() -> None:
                                                    args.train)
     if "onnxruntime" in sections:
         res["sections"]["onnxruntime"] = onnxruntime_section(args.workdir, args.networks, args.train)
+    if "fusion" in sections:
+        res["sections"]["fusion"] = fusion_section(args.workdir, args.descriptions.split(","), args.train)
+    if "onnx_models" in sections:
+        res["sections"]["onnx_models"] = onnx_models_section(args.descriptions.split(","))
     res["seconds"] = time.perf_counter() - t0
     text = json.dumps(res, indent=1)
     print(text)

@@ -52,6 +52,9 @@ class AcceleratorSpec:
       layer_overhead_s: fixed cost in seconds of every layer that does work (command dispatch, DMA
         descriptor setup, synchronisation); it is why fusing two layers into one pays off.
       bytes_per_element: bytes of one activation or weight element (1 for int8 NPUs, 4 for fp32).
+      depthwise_efficiency: multiplier on `depthwise_lanes` (1: the diagonal of the array; larger
+        when the chip maps depthwise channel groups onto more of it, as ZigZag's depthwise
+        mapping does; fitted by `hwmodel.calibrate`).
       description: one line saying what the preset models.
       source: where the numbers come from (documents, or "assumption").
     """
@@ -66,12 +69,13 @@ class AcceleratorSpec:
     vector_lanes: int
     layer_overhead_s: float
     bytes_per_element: int
+    depthwise_efficiency: float = 1.0
     description: str = ""
     source: str = ""
 
     def __post_init__(self) -> None:
         for field in ("mac_rows", "mac_cols", "cores", "clock_hz", "sram_bytes", "dram_bytes_per_s",
-                      "vector_lanes", "bytes_per_element"):
+                      "vector_lanes", "bytes_per_element", "depthwise_efficiency"):
             if not getattr(self, field) > 0:
                 raise ValueError(f"AcceleratorSpec {self.name!r}: {field} must be > 0, "
                                  f"got {getattr(self, field)!r}")
@@ -84,7 +88,7 @@ class AcceleratorSpec:
         return self.mac_cols
 
     @property
-    def depthwise_lanes(self) -> int:
+    def depthwise_lanes(self) -> float:
         """MAC lanes a depthwise conv can use per cycle.
 
         A depthwise filter reads one input channel per output channel. On a 2-D array whose rows
@@ -94,7 +98,8 @@ class AcceleratorSpec:
         (`mac_rows == 1`) loads a different input channel into every lane (elementwise FMA), so all
         `mac_cols` lanes are busy.
         """
-        return self.mac_cols if self.mac_rows == 1 else min(self.mac_rows, self.mac_cols)
+        lanes = self.mac_cols if self.mac_rows == 1 else min(self.mac_rows, self.mac_cols)
+        return lanes * self.depthwise_efficiency
 
     @property
     def peak_macs_per_s(self) -> float:
@@ -146,6 +151,7 @@ def make_npu(parallelism: int, **overrides: Any) -> AcceleratorSpec:
         vector_lanes=p,
         layer_overhead_s=_NPU_LAYER_OVERHEAD_S,
         bytes_per_element=1,
+        depthwise_efficiency=1.0,
         description=f"Neural-Engine-like int8 NPU, {p}x{p} MAC array at 1 GHz",
         source=("Parallelism factor as in the Amazon Science article 'Optimizing neural networks "
                 "for special-purpose hardware' (2023); clock, SRAM (1 MiB per 16 lanes, 1-4 MiB), "

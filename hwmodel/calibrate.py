@@ -8,7 +8,8 @@ architectures on a backend (ZigZag, ONNX Runtime, a phone), `calibrate` fits the
 - `clock_hz`: the effective compute rate of the MAC array (absorbs utilisation below peak);
 - `dram_bytes_per_s`: the effective bandwidth of weight and spilled-activation traffic;
 - `layer_overhead_s`: the fixed cost per layer (dispatch, pipeline fill), the term fusion saves;
-- `vector_lanes`: the width of the unit that runs pooling and residual adds.
+- `vector_lanes`: the width of the unit that runs pooling and residual adds;
+- `depthwise_efficiency`: how many more lanes than the array's diagonal a depthwise conv uses.
 
 The integer array shape (`mac_rows`, `mac_cols`, `cores`) and the buffer size stay as given: they
 come from the hardware description, and the fit only sets the rates. The objective is the mean
@@ -43,7 +44,7 @@ from hwmodel.accelerators import AcceleratorSpec
 from hwmodel.layers import LayerTable
 
 #: The continuous `AcceleratorSpec` fields `calibrate` may fit.
-FREE_FIELDS = ("clock_hz", "dram_bytes_per_s", "layer_overhead_s", "vector_lanes")
+FREE_FIELDS = ("clock_hz", "dram_bytes_per_s", "layer_overhead_s", "vector_lanes", "depthwise_efficiency")
 
 
 def calibrate(spec: AcceleratorSpec, tables: LayerTable, latency_ms: np.ndarray,

@@ -348,6 +348,8 @@ def analytic_spec(description: str, clock_mhz: float = 1000.0) -> "AcceleratorSp
         # analytic vector time is elements / (vector_lanes * cores): lanes per core, possibly < 1
         vector_lanes=(float(np.prod(list(unrolls(add).values()))) if add else float(cols * cores)) / cores,
         layer_overhead_s=1e-8, bytes_per_element=1,
+        # `depthwise_mapping` puts channel groups where the default mapping has K: mac_cols lanes
+        depthwise_efficiency=cols / (cols if rows == 1 else min(rows, cols)),
         description=f"ZigZag's {description} description read as an analytic accelerator",
         source=f"zigzag-dse inputs/hardware/{hw_name}.yaml and inputs/mapping/{mp_name}.yaml")
     return spec
