@@ -15,7 +15,6 @@ it, `energy_mj`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Sequence
@@ -70,11 +69,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         res = {"model": args.onnx} | cost(model, args.backend)
     except (OnnxCostError, KeyError, ValueError) as e:
         p.exit(2, f"error: {e.args[0] if e.args else e}\n")
-    if args.json:
-        print(json.dumps(res))
-    else:
-        for k, v in res.items():
-            print(f"{k:>11}: {v:.6g}" if isinstance(v, float) else f"{k:>11}: {v}")
+    from experiments.fit_surrogate import print_result
+    print_result(res, args.json)
     return res
 
 

@@ -190,12 +190,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
                            train_size=args.train_size, seed=args.seed)
         except InputError as e:
             p.exit(2, f"error: {e}\n")
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>14}: {v:.4g}" if isinstance(v, float) else f"{k:>14}: {v}")
+    print_result(result, args.json)
     return result
+
+
+def print_result(result: dict, as_json: bool) -> None:
+    """One JSON line, or one readable `key: value` line per entry (the CLIs' shared output)."""
+    if as_json:
+        print(json.dumps(result))
+        return
+    for k, v in result.items():
+        print(f"{k:>14}: {v:.4g}" if isinstance(v, float) else f"{k:>14}: {v}")
 
 
 if __name__ == "__main__":
