@@ -22,8 +22,10 @@ Sections (`--sections`, comma-separated; more land with the measurement backends
 - `fusion`: MobileNetV2-1.0 at 224 px (ImageNet strides) and 32 px (CIFAR strides) in the raw
   mobile space; for each block, the share of the network's latency saved by replacing that IBN
   alone with a fused IBN (same kernel, expansion), under the analytic presets, the analytic model
-  calibrated on each ZigZag description, ZigZag itself and ONNX Runtime on this CPU; and the sum
-  over the blocks where fusing helps (the article: 35 % on its accelerator, from early blocks).
+  calibrated on each ZigZag description (the registered `zigzag-<description>` presets), ZigZag
+  itself and ONNX Runtime on this CPU; the sum over the blocks where fusing helps (the article:
+  35 % on its accelerator, from early blocks), and the Pearson correlation of each model's
+  block-by-block gains with ZigZag's.
 - `onnx_models`: ZigZag's shipped MobileNetV2 and ResNet-18 ONNX files turned into layer tables
   (`hwmodel.onnx_graph`, as `python -m experiments.cost` does): MACs, params, analytic latency,
   and on each description ZigZag's own ONNX flow (Conv and Gemm nodes only, stock mapping) next
@@ -189,14 +191,28 @@ def zigzag_section(workdir: str, descriptions: list[str], num: int, train: int) 
         tag = f"zigzag_{d}"
         m = _measure(workdir, f"zigzag:{d}", num, True, tag)
         layers = os.path.join(workdir, f"{tag}_layers.csv")
-        fits = {f"{col}/{mode}": _fit(m["csv"], col, train, layers if mode == "per_layer" else None)
+        # analytic features: `npu` and the description's calibrated preset (calibrated on the same 50
+        # training networks, seed-0 split, never on the test ones)
+        fits = {f"{col}/{mode}": _fit(m["csv"], col, train, layers if mode == "per_layer" else None,
+                                      accelerators=f"npu,zigzag-{d}")
                 for col in ("latency_ms", "energy_mj") for mode in ("per_layer", "whole_network")}
         archs, y = load_latency_csv(m["csv"], space)
         out[d] = {"measure": m, "surrogate_fit_on": train, "surrogate": fits,
                   "targets_met": all(v["spearman"] >= 0.99 and v["mape"] <= 3.0 for v in fits.values()),
                   "analytic": _analytic_vs(space, archs, y, train,
                                            {"from_description": analytic_spec(d), "npu": ACCELERATORS["npu"]})}
+        out[d]["analytic"]["registered_preset"] = _preset_vs(space, archs, y, train, ACCELERATORS[f"zigzag-{d}"])
     return out
+
+
+def _preset_vs(space, archs: np.ndarray, y: np.ndarray, train: int, spec) -> dict:
+    """A registered (already calibrated) preset on the test networks, as-is."""
+    from hwmodel import analytic
+    from hwmodel.fit import ranking_metrics, split
+    _, te = split(len(y), train, 0)
+    pred = np.asarray(jax.vmap(lambda a: analytic.latency_ms(spec, space.layers(a)))(jnp.asarray(archs[te])))
+    m = ranking_metrics(pred, y[te])
+    return {"name": spec.name, "spearman": round(m["spearman"], 4), "mape": round(m["mape"], 4)}
 
 
 def onnxruntime_section(workdir: str, num: int, train: int) -> dict:
@@ -238,24 +254,13 @@ def mobilenetv2(px: int):
     return space, archs
 
 
-def fusion_section(workdir: str, descriptions: list[str], train: int) -> dict:
+def fusion_section(descriptions: list[str]) -> dict:
     """Latency gain of fusing each MobileNetV2 block alone, per cost model, at 224 and 32 px."""
-    from experiments.fit_surrogate import load_latency_csv
     from hwmodel import ACCELERATORS, analytic
-    from hwmodel.calibrate import calibrate
-    from hwmodel.fit import split
     from hwmodel.measure import make_backend
-    from hwmodel.simulator import analytic_spec
-    from supernet import make_space
-    mobile = make_space("mobile-curated")
-    specs = {n: ACCELERATORS[n] for n in ("npu", "npu-p32", "edgetpu", "mobile-cpu")}
-    for d in descriptions:  # the analytic model calibrated on each ZigZag description (50 networks)
-        path = os.path.join(workdir, f"zigzag_{d}.csv")
-        if os.path.exists(path):
-            archs, y = load_latency_csv(path, mobile)
-            tr, _ = split(len(y), train, 0)
-            specs[f"calibrated:{d}"] = calibrate(analytic_spec(d), jax.vmap(mobile.layers)(jnp.asarray(archs[tr])),
-                                                 y[tr])
+    # the analytic model calibrated on each ZigZag description (registered presets, see accelerators.py)
+    specs = {n: ACCELERATORS[n] for n in ("npu", "npu-p32", "edgetpu", "mobile-cpu")} | \
+        {f"zigzag-{d}": ACCELERATORS[f"zigzag-{d}"] for d in descriptions}
     out = {}
     for px in (224, 32):
         space, archs = mobilenetv2(px)
@@ -277,6 +282,10 @@ def fusion_section(workdir: str, descriptions: list[str], train: int) -> dict:
                          "gain_pct_by_block": [round(float(g), 2) for g in gain],
                          "gain_pct_fusing_every_helpful_block": round(float(gain[gain > 0].sum()), 2),
                          "blocks_that_help": [int(b) for b in np.flatnonzero(gain > 0)]}
+        for name, r in res.items():  # block-by-block agreement with each simulated description
+            r["pearson_gain_vs_zigzag"] = {d: round(float(np.corrcoef(r["gain_pct_by_block"],
+                                                                       res[f"zigzag:{d}"]["gain_pct_by_block"])[0, 1]), 3)
+                                           for d in descriptions}
         out[f"{px}px"] = res
     return out
 
@@ -357,7 +366,7 @@ def main() -> None:
     if "onnxruntime" in sections:
         res["sections"]["onnxruntime"] = onnxruntime_section(args.workdir, args.networks, args.train)
     if "fusion" in sections:
-        res["sections"]["fusion"] = fusion_section(args.workdir, args.descriptions.split(","), args.train)
+        res["sections"]["fusion"] = fusion_section(args.descriptions.split(","))
     if "onnx_models" in sections:
         res["sections"]["onnx_models"] = onnx_models_section(args.descriptions.split(","))
     res["seconds"] = time.perf_counter() - t0

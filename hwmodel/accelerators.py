@@ -44,7 +44,10 @@ class AcceleratorSpec:
       cores: independent MAC arrays (or CPU cores) that split a layer's spatial work evenly.
       clock_hz: clock frequency in Hz (cycles per second) of the MAC arrays and vector unit.
       sram_bytes: on-chip buffer in bytes (scratchpad, or L2+L3 cache for a CPU). A layer whose
-        working set (input + output + weights) exceeds it spills its activations to DRAM.
+        working set (input + output + weights) exceeds it spills its activations to DRAM. 0: no
+        activation stays on chip between layers, every layer reads its inputs from and writes its
+        output to DRAM (the model of a single-layer simulator such as ZigZag, and of a chip whose
+        scheduler does not keep feature maps resident).
       dram_bytes_per_s: off-chip bandwidth in bytes per second (weights stream from it once per
         inference; spilled activations are read and written through it).
       vector_lanes: elements per cycle per core of the vector unit that runs pooling, residual adds
@@ -66,7 +69,7 @@ class AcceleratorSpec:
     clock_hz: float
     sram_bytes: float
     dram_bytes_per_s: float
-    vector_lanes: int
+    vector_lanes: float
     layer_overhead_s: float
     bytes_per_element: int
     depthwise_efficiency: float = 1.0
@@ -74,7 +77,9 @@ class AcceleratorSpec:
     source: str = ""
 
     def __post_init__(self) -> None:
-        for field in ("mac_rows", "mac_cols", "cores", "clock_hz", "sram_bytes", "dram_bytes_per_s",
+        if not self.sram_bytes >= 0:
+            raise ValueError(f"AcceleratorSpec {self.name!r}: sram_bytes must be >= 0, got {self.sram_bytes!r}")
+        for field in ("mac_rows", "mac_cols", "cores", "clock_hz", "dram_bytes_per_s",
                       "vector_lanes", "bytes_per_element", "depthwise_efficiency"):
             if not getattr(self, field) > 0:
                 raise ValueError(f"AcceleratorSpec {self.name!r}: {field} must be > 0, "
@@ -224,3 +229,34 @@ ACCELERATORS["mobile-cpu"] = AcceleratorSpec(
             "Raspberry Pi 5 product brief (4x A76 at 2.4 GHz, LPDDR4X-4267). Sustained bandwidth, "
             "cache-as-buffer and per-layer overhead: assumptions."),
 )
+
+# The analytic model calibrated on each ZigZag accelerator description (hwmodel.simulator): array
+# shape read off its YAML files (`simulator.analytic_spec`,
+# checked equal by tests/test_simulator.py), the rates fitted by `hwmodel.calibrate` to ZigZag's
+# whole-network latency of 50 mobile-curated networks (seed-0 split of 300 sampled with seed 0, at
+# 1 GHz, depthwise mapping over channel groups). Made by
+#     python benchmarks/hardware_in_the_loop.py --sections zigzag --networks 300 --train 50
+# (benchmarks/results/hardware_in_the_loop_zigzag_cpu.json, "analytic.from_description.calibrated";
+# test Spearman / MAPE on the other 250 networks in docs/results/hardware_in_the_loop.md). A
+# `vector_lanes` below 1 means ZigZag charges pooling and adds more than one cycle per element and
+# core (its Add mapping on that array moves both operands through the memory hierarchy); a large
+# one (tpu_like, eyeriss_like) that pooling and adds are nearly free next to the convolutions.
+# name: (mac_rows, mac_cols, cores, clock_hz, dram_bytes_per_s, layer_overhead_s, vector_lanes,
+#        depthwise_efficiency); sram_bytes = 0: ZigZag streams every layer's activations from DRAM.
+_ZIGZAG_CALIBRATED = {
+    "edge_tpu_like": (8, 8, 16, 9.5014e8, 8.1435e9, 7.1146e-14, 0.70297, 1.0011),
+    "tpu_like": (32, 32, 1, 1.5429e9, 8.4200e9, 4.5816e-7, 55.452, 1.0017),
+    "tesla_npu_like": (1, 32, 32, 1.3117e9, 7.7144e9, 6.0636e-7, 1.0007, 0.99995),
+    "ascend_like": (16, 16, 4, 1.1106e9, 8.2329e9, 2.8460e-7, 4.1433, 1.0001),
+    "eyeriss_like": (12, 14, 1, 1.0447e9, 5.5561e10, 1.9141e-8, 67.473, 1.1707),
+    "meta_prototype": (2, 32, 16, 1.0683e9, 7.9997e9, 1.0581e-6, 2.0638, 21.057),
+}
+for _d, (_r, _c, _k, _clk, _bw, _ov, _vl, _dw) in _ZIGZAG_CALIBRATED.items():
+    ACCELERATORS[f"zigzag-{_d}"] = AcceleratorSpec(
+        name=f"zigzag-{_d}", mac_rows=_r, mac_cols=_c, cores=_k, clock_hz=_clk, sram_bytes=0.0,
+        dram_bytes_per_s=_bw, vector_lanes=_vl, layer_overhead_s=_ov, bytes_per_element=1,
+        depthwise_efficiency=_dw,
+        description=f"Analytic model calibrated on ZigZag's {_d} description (int8, {_r}x{_c}x{_k} array)",
+        source=(f"zigzag-dse inputs/hardware/{_d}.yaml (array); rates fitted by hwmodel.calibrate "
+                "to ZigZag latencies of 50 mobile-curated networks "
+                "(benchmarks/results/hardware_in_the_loop_zigzag_cpu.json)."))

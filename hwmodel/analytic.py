@@ -18,7 +18,8 @@ Compute cycles, with R = `mac_rows`, C = `mac_cols` (the parallelism factor P) a
 - INPUT, MIX, IDENTITY, NONE do no work and cost nothing (no overhead either).
 
 Memory bytes: weights always stream from DRAM once per inference; activations (input + output) only
-when the layer's working set `(in + out + weights) * bytes_per_element` exceeds `sram_bytes` (spill).
+when the layer's working set `(in + out + weights) * bytes_per_element` exceeds `sram_bytes` (spill),
+and always when `sram_bytes == 0` (no residency between layers, as in ZigZag's per-layer model).
 
 The network latency is `sum_rows table.weight * t_layer`: for a discrete table the latency of the
 chosen rows, for a distribution over architectures the expected latency.
@@ -171,7 +172,9 @@ def _layer_terms(spec: AcceleratorSpec, table: LayerTable, temperature: float | 
     cycles = _compute_cycles(spec, table, ceil)
     compute_s = cycles / float(spec.clock_hz)
     w_bytes, act_bytes, working_set = _traffic(spec, table)
-    if temperature is None:
+    if spec.sram_bytes == 0:  # nothing resident between layers: all activation traffic is DRAM's
+        spill = jnp.ones_like(working_set)
+    elif temperature is None:
         spill = (working_set > spec.sram_bytes).astype(compute_s.dtype)
     else:
         # Sigmoid of the log-ratio: scale-free, so one temperature serves KiB and MiB layers.

@@ -310,7 +310,10 @@ def analytic_spec(description: str, clock_mhz: float = 1000.0) -> "AcceleratorSp
 
     Array shape from the description's default spatial mapping (`mac_rows` = the unrolling of input
     channels C, `mac_cols` = of output channels K, `cores` = of everything else, e.g. OX x OY),
-    `sram_bytes` = the largest on-chip memory holding activations, `dram_bytes_per_s` = the DRAM
+    `sram_bytes` = 0 (ZigZag costs one layer at a time with its operands' top memory level, DRAM,
+    holding the layer's inputs and outputs: every layer streams its activations through the DRAM
+    port, nothing stays resident between layers; the largest on-chip buffer holding activations
+    only bounds tiles inside a layer), `dram_bytes_per_s` = the DRAM
     port's bits per cycle at `clock_mhz`, `vector_lanes` = the unrolling of the `Add` mapping (else
     `mac_cols`), no per-layer overhead (ZigZag charges data on/off-loading per layer instead; a
     small start value for `hwmodel.calibrate`), int8. Before calibration this is what the
@@ -340,10 +343,9 @@ def analytic_spec(description: str, clock_mhz: float = 1000.0) -> "AcceleratorSp
     cores = int(np.prod(list(default.values()))) if default else 1
     mems = hw["memories"]
     dram = next(v for k, v in mems.items() if "dram" in k.lower())
-    sram = max(v["size"] for k, v in mems.items() if "dram" not in k.lower() and "I1" in v["operands"])
     spec = AcceleratorSpec(
-        name=f"zigzag-{description}", mac_rows=rows, mac_cols=cols, cores=cores,
-        clock_hz=clock_mhz * 1e6, sram_bytes=sram / 8,
+        name=f"zigzag-{description}-uncalibrated", mac_rows=rows, mac_cols=cols, cores=cores,
+        clock_hz=clock_mhz * 1e6, sram_bytes=0.0,
         dram_bytes_per_s=max(p["bandwidth_max"] for p in dram["ports"]) / 8 * clock_mhz * 1e6,
         # analytic vector time is elements / (vector_lanes * cores): lanes per core, possibly < 1
         vector_lanes=(float(np.prod(list(unrolls(add).values()))) if add else float(cols * cores)) / cores,

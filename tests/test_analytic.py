@@ -135,6 +135,19 @@ def test_spill_to_dram_when_working_set_exceeds_sram():
     assert float(latency(small, t)) >= float(latency(large, t))
 
 
+def test_no_residency_streams_every_layer_and_stays_differentiable():
+    """`sram_bytes=0` (ZigZag's per-layer model): activations always cross the DRAM port, even tiny ones."""
+    t = _conv_net(16, c_in=16, hw=8)  # 2 KiB of activations: resident on any buffer
+    stream = make_npu(16, sram_bytes=0.0)
+    b, b_res = breakdown(stream, t), breakdown(NPU, t)
+    assert bool(b["spill"][1]) and not bool(b_res["spill"][1])
+    assert float(b["bytes"][1] - b_res["bytes"][1]) == pytest.approx(2 * 16 * 8 * 8)
+    g = jax.grad(lambda w: analytic.latency_smooth(stream, dataclasses.replace(t, weight=w), 0.1).sum())(t.weight)
+    assert np.all(np.isfinite(np.asarray(g))) and float(g[1]) > 0
+    with pytest.raises(ValueError, match="sram_bytes must be >= 0"):
+        make_npu(16, sram_bytes=-1.0)
+
+
 def test_fused_ibn_wins_early_but_not_late_on_npu():
     def flops_and_latency(spec, **kw):
         return [(float(total_flops(t)), float(latency(spec, t)))

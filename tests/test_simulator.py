@@ -106,7 +106,18 @@ def test_doctests_of_the_simulator_and_the_calibration():
 def test_analytic_spec_reads_the_array_off_the_description():
     s = simulator.analytic_spec("edge_tpu_like")
     assert (s.mac_rows, s.mac_cols, s.cores) == (8, 8, 16)  # C 8 x K 8 x OX 4 x OY 4
-    assert s.sram_bytes == 2 * 2 ** 20 and s.dram_bytes_per_s == 8e9  # sram_2MB; 64 bit/cycle at 1 GHz
+    assert s.sram_bytes == 0 and s.dram_bytes_per_s == 8e9  # layers stream from DRAM; 64 bit/cycle at 1 GHz
+
+
+@pytest.mark.parametrize("description", sorted(simulator.DESCRIPTIONS))
+def test_calibrated_preset_keeps_the_description_structure(description):
+    """`ACCELERATORS["zigzag-<d>"]` (hard-coded fitted rates) has the array and buffer of the YAML files."""
+    from hwmodel import ACCELERATORS
+    raw, cal = simulator.analytic_spec(description), ACCELERATORS[f"zigzag-{description}"]
+    for f in ("mac_rows", "mac_cols", "cores", "bytes_per_element"):
+        assert getattr(cal, f) == getattr(raw, f), f
+    assert 0.5 < cal.clock_hz / 1e9 < 2  # ZigZag's stock descriptions run at the 1 GHz we assume
+    assert cal.sram_bytes == raw.sram_bytes == 0  # ZigZag streams every layer from DRAM
 
 
 def test_energy_and_latency_surrogates_fitted_on_zigzag_layers_are_differentiable():
