@@ -37,7 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hwmodel.fit import (DEAD_CODE, InputError, calibrate_to_networks, features_of, fit_layers, fit_space,
+from hwmodel.fit import (DEAD_CODE, InputError, features_of, fit_layers, fit_space,
                          ranking_metrics, split)
 from hwmodel.layers import LayerTable, OpKind
 from hwmodel.surrogate import FeatureConfig, Surrogate, layer_features
@@ -92,7 +92,8 @@ def load_layer_csv(path: str, column: str = "latency_ms",
     """Reads a per-layer CSV: `(arch strings [R], layer features [R, F], measured [R])`.
 
     One row per executed layer-table row, with the columns of `LAYER_COLUMNS` (op by `OpKind`
-    name), an `arch` column and the measured `column`; every row is checked.
+    name), an `arch` column and the measured `column` (>= 0: a row ONNX Runtime fused into its neighbour,
+a residual Add into the conv before it, costs 0 there); every row is checked.
     """
     header, rows = read_csv(path, "per-layer file", "write one with python -m experiments.measure --per-layer")
     require_columns(path, header, ["arch", *LAYER_COLUMNS, column])
@@ -104,8 +105,8 @@ def load_layer_csv(path: str, column: str = "latency_ms",
             v = float(r[column])
         except (KeyError, ValueError) as e:
             raise InputError(f"{path}, data row {i + 1}: bad layer description ({e})") from None
-        if not (np.isfinite(v) and v > 0):
-            raise InputError(f"{path}, data row {i + 1}: {column} must be a positive number, got {r[column]!r}")
+        if not (np.isfinite(v) and v >= 0):  # 0: the backend fused the row into another
+            raise InputError(f"{path}, data row {i + 1}: {column} must be a number >= 0, got {r[column]!r}")
         y.append(v)
     feats = np.asarray(layer_features(LayerTable.from_rows(layer_rows), config), np.float64)
     return np.asarray([r["arch"] for r in rows]), feats, np.asarray(y)
@@ -155,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             if args.prior_data:
                 raise InputError("--prior-data is for whole-network fits; drop it with --per-layer")
             train_archs = {space.encode(a) for a in archs[tr]}
-            by_config = {}
+            by_config, nets = {}, {}
             for c in [config] + ([replace(config, accelerators=())] if config.accelerators else []):
                 names, lx, ly = load_layer_csv(args.per_layer, args.column or "latency_ms", c)
                 keep = np.isin(names, list(train_archs))
@@ -163,9 +164,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     raise InputError(f"{args.per_layer} has no layers of the {len(tr)} training architectures "
                                      f"of {args.data}; measure both with the same hwmodel.measure run")
                 by_config[c] = lx[keep]
-            # per-layer files hold only rows that execute (the backend removed dead code)
-            s = fit_layers(by_config, ly[keep])
-            s = calibrate_to_networks(s, features_of(space, archs[tr], s.config, prune=True), y[tr])
+                # per-layer files hold only rows that execute (the backend removed dead code)
+                nets[c] = features_of(space, archs[tr], c, prune=True)
+            s = fit_layers(by_config, ly[keep], nets, y[tr])
         else:
             priors = []
             for path in args.prior_data:

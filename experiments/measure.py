@@ -48,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--per-layer", default=None, help="per-layer CSV (one row per executed table row)")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument("--ort-per-layer", default="profiler", choices=("profiler", "alone"),
+                   help="onnxruntime per-layer times: from its profiler on the whole network "
+                        "(sees fusions) or each row in its own session")
     p.add_argument("--workers", type=int, default=1, help="zigzag: processes costing layers")
     p.add_argument("--chunk", type=int, default=20, help="networks whose layers are costed together")
     args = p.parse_args(argv)
@@ -56,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.backend.startswith("zigzag"):
             kw = {"workers": args.workers}
         else:
-            kw = {"repeats": args.repeats} | ({"threads": args.threads} if args.backend == "onnxruntime" else {})
+            kw = {"repeats": args.repeats} | ({"threads": args.threads, "per_layer": args.ort_per_layer}
+                                              if args.backend == "onnxruntime" else {})
         backend = make_backend(args.backend, **kw)
         if args.num < 1 or args.chunk < 1:
             raise ValueError(f"--num and --chunk must be >= 1, got {args.num} and {args.chunk}")
@@ -104,8 +108,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             m = backend.measure(table, layers=bool(args.per_layer))
             if args.per_layer:
                 t = profile.concrete(table)
-                for i in np.nonzero(m.layer_latency_ms)[0]:
-                    r = profile.table_row(t, int(i))
+                # every computing row (0 where the backend fused it into another) and any row the
+                # backend timed (ORT's profiler: the Adds of a merge row)
+                rows = sorted({r.index for r in backend.executed_rows(t)}
+                              | set(np.nonzero(m.layer_latency_ms)[0].tolist()))
+                for i in rows:
+                    r = profile.table_row(t, i)
                     w_lay.writerow([s, int(i), r.op.name, r.c_in, r.c_out, r.kernel, r.stride, r.groups,
                                     r.h, r.w, r.act, f"{m.layer_latency_ms[i]:.6g}"]
                                    + ([f"{m.layer_energy_mj[i]:.6g}"] if energy else []))

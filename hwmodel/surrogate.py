@@ -246,8 +246,9 @@ def fit(features: np.ndarray, latency_ms: np.ndarray, *, config: FeatureConfig =
                          f"{x.shape} and {y.shape}")
     if len(y) < 2:
         raise ValueError(f"need at least 2 measurements to fit a surrogate, got {len(y)}")
-    if not np.all(np.isfinite(y)) or np.any(y <= 0):
-        raise ValueError("latencies must be finite and positive (milliseconds)")
+    if not np.all(np.isfinite(y)) or np.any(y < 0) or np.any(y == 0) and not per_layer or not np.any(y > 0):
+        raise ValueError("latencies must be finite and positive (milliseconds; per layer also 0, a "
+                         "row the device fused into another)")
     if any(p.config != config for p in priors):
         raise ValueError("prior surrogates must use the same FeatureConfig as the fit")
     nq = len(config.quantities)
@@ -263,7 +264,8 @@ def fit(features: np.ndarray, latency_ms: np.ndarray, *, config: FeatureConfig =
     xa = np.hstack(basis)
     penalty = np.r_[np.ones(x.shape[1]), np.full(shared.shape[1], shared_penalty),
                     np.full(xa.shape[1] - x.shape[1] - shared.shape[1], prior_penalty)]
-    sample_w = 1.0 / y ** 2 if relative else np.ones_like(y)
+    # a fused row (0 ms, per layer) weighs as much as the cheapest measured row
+    sample_w = 1.0 / np.maximum(y, y[y > 0].min()) ** 2 if relative else np.ones_like(y)
     coef, b, _, loo = _ridge_loo(xa, y, sample_w, penalty, lambdas, intercept=not per_layer)
     theta = coef[: x.shape[1]].copy()
     k = x.shape[1]
