@@ -15,16 +15,53 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import ast
+import contextlib
 import importlib.util
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import ml_collections
+
+from hwmodel.tables import InputError
 
 
 class ConfigError(ValueError):
     """A config file, argument or override that cannot be used (the message says how to fix it)."""
+
+
+#: What every command line reports as one `error: ...` line with exit code 2: bad configs and
+#: workdirs (`ConfigError`, `WorkdirError`), bad tables and data (`InputError`, `DataError`),
+#: unknown registry names (`KeyError`, whose message lists the valid names) and files that are
+#: missing, unreadable or unwritable (`OSError`).
+USER_ERRORS = (ConfigError, InputError, KeyError, OSError)
+
+
+def user_message(e: BaseException) -> str:
+    """The one line a user error prints (a KeyError's message without its repr quotes)."""
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return f"{e.strerror}: {e.filename}"
+    return str(e.args[0] if e.args else e)
+
+
+@contextlib.contextmanager
+def cli_errors(parser: argparse.ArgumentParser, also: tuple[type[BaseException], ...] = (),
+               resume: str | None = None, where: str = "") -> Iterator[None]:
+    """The one way a command line ends on an error: `USER_ERRORS` (and `also`, e.g. `ValueError`
+    where the command's library raises it for bad arguments) exit 2 with one `error: ...` line; a
+    search that diverged (`FloatingPointError`) exits 1; Ctrl-C exits 130 with one line (saying how
+    to resume when the command can: `resume` names where). `where` (e.g. " in run 'x'") follows
+    "error" / "interrupted"."""
+    try:
+        yield
+    except USER_ERRORS + tuple(also) as e:
+        parser.exit(2, f"error{where}: {user_message(e)}\n")
+    except FloatingPointError as e:  # diverged or collapsed: the workdir keeps its checkpoints
+        parser.exit(1, f"error{where}: {e}\n")
+    except KeyboardInterrupt:
+        hint = f"; rerun the same command to resume from {resume}" if resume else ""
+        parser.exit(130, f"interrupted{where}{hint}\n")
 
 
 def _load_module(path: str):
@@ -80,7 +117,13 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
             raise ConfigError(f"overrides look like --config.key=value, got {item!r}")
         key, _, text = item[len("--config."):].partition("=")
         if key not in flat:
-            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(flat))}")
+            import difflib
+            close = difflib.get_close_matches(key, list(flat), n=3, cutoff=0.6)
+            section = sorted(k for k in flat if k.split(".")[0] == key.split(".")[0])
+            hint = (f"did you mean {' or '.join(close)}?" if close else
+                    f"keys under {key.split('.')[0]!r}: {', '.join(section)}" if section else
+                    f"top-level sections: {', '.join(sorted({k.split('.')[0] for k in flat}))}")
+            raise ConfigError(f"unknown config key {key!r}; {hint}")
         try:
             value = parse_value(text, flat[key])
         except ConfigError as e:
@@ -89,7 +132,12 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
         node = cfg
         for p in parents:
             node = node[p]
-        node[leaf] = value
+        try:
+            node[leaf] = value
+        except (TypeError, ValueError):  # a typed field (FieldReference) that refuses the value
+            ref = node.get_ref(leaf) if hasattr(node, "get_ref") else None
+            want = getattr(getattr(ref, "_field_type", None), "__name__", "value of the field's type")
+            raise ConfigError(f"--config.{key}: expected a {want}, got {text!r}") from None
         flat[key] = value
     return cfg
 

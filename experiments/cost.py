@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 import onnx
 
+from experiments.config import cli_errors
 from hwmodel import ACCELERATORS, analytic
 from hwmodel.layers import macs, total_params
 from hwmodel.onnx_graph import OnnxCostError, computing_rows, layer_table
@@ -65,10 +66,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         model = onnx.load(args.onnx, load_external_data=False)
     except Exception as e:  # noqa: BLE001  (protobuf decode errors have several types)
         p.exit(2, f"error: {args.onnx} is not a readable ONNX model ({type(e).__name__}: {e})\n")
-    try:
+    with cli_errors(p, also=(OnnxCostError, ValueError)):
         res = {"model": args.onnx} | cost(model, args.backend)
-    except (OnnxCostError, KeyError, ValueError) as e:
-        p.exit(2, f"error: {e.args[0] if e.args else e}\n")
     from experiments.fit_surrogate import print_result
     print_result(res, args.json)
     return res

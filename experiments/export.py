@@ -26,7 +26,7 @@ from typing import Sequence
 
 import ml_collections
 
-from experiments.config import ConfigError
+from experiments.config import ConfigError, cli_errors
 
 
 def _from_workdir(path: str):
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         p.exit(2, f"error: {out} exists; remove it or choose another --out\n")
     if args.batch < 1:
         p.exit(2, f"error: --batch must be >= 1, got {args.batch}\n")
-    try:
+    with cli_errors(p, also=(ValueError, TypeError)):  # TypeError: --space-kwargs the space lacks
         if args.workdir:
             sub, space, weights = _from_workdir(args.workdir)
         else:
@@ -89,11 +89,9 @@ def main(argv: Sequence[str] | None = None) -> str:
             weights = "initial (seed 0)"
         from supernet.export import to_onnx
         model = to_onnx(sub, (args.batch, space.input_size, space.input_size, 3))
-    except (ConfigError, KeyError, ValueError, TypeError, FileNotFoundError) as e:
-        p.exit(2, f"error: {e.args[0] if e.args else e}\n")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "xb") as f:  # exclusive: never overwrite
-        f.write(model.SerializeToString())
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "xb") as f:  # exclusive: never overwrite
+            f.write(model.SerializeToString())
     convs = sum(n.op_type == "Conv" for n in model.graph.node)
     print(f"wrote {out}: {space.name} {sub.arch}, weights {weights}, input "
           f"[{args.batch}, {space.input_size}, {space.input_size}, 3] NHWC, {len(model.graph.node)} nodes "

@@ -27,7 +27,6 @@ for `python -m experiments.fit_surrogate`); the library functions it calls are p
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -37,35 +36,16 @@ from typing import Sequence
 
 import numpy as np
 
+from experiments.config import cli_errors
 from hwmodel.fit import (DEAD_CODE, InputError, features_of, fit_layers, fit_space,
                          ranking_metrics, split)
 from hwmodel.layers import LayerTable, OpKind
 from hwmodel.surrogate import FeatureConfig, Surrogate, layer_features
+from hwmodel.tables import numbers, read_csv, require_columns
 from supernet.spaces import make_space
 
 #: Columns of a per-layer CSV (`python -m experiments.measure --per-layer`) that describe the row.
 LAYER_COLUMNS = ("op", "c_in", "c_out", "kernel", "stride", "groups", "h", "w", "act")
-
-
-def read_csv(path: str, what: str, hint: str) -> tuple[list[str], list[dict[str, str]]]:
-    """`(header, rows)` of a CSV with at least one data row (clear errors when missing or empty)."""
-    if not os.path.isfile(path):
-        raise InputError(f"{what} {path!r} not found; {hint}")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        header = list(reader.fieldnames or [])
-    if not rows:
-        raise InputError(f"{path} has no data rows")
-    return header, rows
-
-
-def require_columns(path: str, header: Sequence[str], columns: Sequence[str | None], flag: str = "") -> None:
-    """Stops with the missing column(s) and the file's columns."""
-    missing = [c for c in columns if c is None or c not in header]
-    if missing:
-        raise InputError(f"{path}: no column {', '.join(map(repr, missing))}{f' (set {flag})' if flag else ''}; "
-                         f"columns: {header}")
 
 
 def load_latency_csv(path: str, space, column: str | None = None,
@@ -75,16 +55,18 @@ def load_latency_csv(path: str, space, column: str | None = None,
                             "(e.g. ../shared/data/latency/fbnet_cifar100/pixel3.csv)")
     arch_column = arch_column or next((c for c in ("arch", "arch_str") if c in header), None)
     column = column or "latency_ms"
+    if arch_column is None:
+        raise InputError(f"{path}: no architecture column (looked for 'arch' and 'arch_str'; name yours with "
+                         f"--arch-column); columns: {header}")
     require_columns(path, header, [arch_column], "--arch-column")
     require_columns(path, header, [column], "--column")
-    archs, lat = [], []
+    archs = []
     for i, r in enumerate(rows):
         try:
             archs.append(space.decode(r[arch_column]))
-            lat.append(float(r[column]))
         except ValueError as e:
             raise InputError(f"{path}, data row {i + 1}: {e}") from None
-    return np.stack(archs), np.asarray(lat)
+    return np.stack(archs), numbers(path, rows, column, positive=True)
 
 
 def load_layer_csv(path: str, column: str = "latency_ms",
@@ -97,19 +79,16 @@ a residual Add into the conv before it, costs 0 there); every row is checked.
     """
     header, rows = read_csv(path, "per-layer file", "write one with python -m experiments.measure --per-layer")
     require_columns(path, header, ["arch", *LAYER_COLUMNS, column])
-    layer_rows, y = [], []
+    layer_rows = []
     for i, r in enumerate(rows):
         try:
             op = OpKind[r["op"]]
             layer_rows.append({"op": op, **{k: int(r[k]) for k in LAYER_COLUMNS[1:]}})
-            v = float(r[column])
         except (KeyError, ValueError) as e:
             raise InputError(f"{path}, data row {i + 1}: bad layer description ({e})") from None
-        if not (np.isfinite(v) and v >= 0):  # 0: the backend fused the row into another
-            raise InputError(f"{path}, data row {i + 1}: {column} must be a number >= 0, got {r[column]!r}")
-        y.append(v)
+    y = numbers(path, rows, column, nonnegative=True)  # 0: the backend fused the row into another
     feats = np.asarray(layer_features(LayerTable.from_rows(layer_rows), config), np.float64)
-    return np.asarray([r["arch"] for r in rows]), feats, np.asarray(y)
+    return np.asarray([r["arch"] for r in rows]), feats, y
 
 
 def save_surrogate(s: Surrogate, path: str, **meta) -> None:
@@ -146,11 +125,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--save", default=None, help="write the fitted surrogate here (JSON)")
     p.add_argument("--json", action="store_true", help="print one JSON object (default: readable)")
     args = p.parse_args(argv)
-    try:
+    with cli_errors(p, also=(ValueError,)):
         space = make_space(args.space)
         config = FeatureConfig(tuple(a for a in args.accelerators.split(",") if a))
         archs, y = load_latency_csv(args.data, space, args.column, args.arch_column)
-        tr, te = split(len(y), args.train_size, args.seed)
+        # a repeated architecture stays on one side of the split (train_size counts architectures)
+        tr, te = split(len(y), args.train_size, args.seed, groups=np.asarray([space.encode(a) for a in archs]))
         t0 = time.perf_counter()
         if args.per_layer:
             if args.prior_data:
@@ -175,8 +155,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
             s = fit_space(space, archs[tr], y[tr], config=config, dead_code=args.dead_code, priors=priors)
         fit_seconds = time.perf_counter() - t0
         x = features_of(space, archs[te], s.config, prune=s.prunes_dead)
-    except (InputError, KeyError, ValueError) as e:
-        p.exit(2, f"error: {e.args[0] if e.args else e}\n")
     pred = x @ np.asarray(s.coef, np.float64) + float(s.intercept)
     result = ranking_metrics(pred, y[te]) | {"n_train": int(len(tr)), "n_test": int(len(te)),
                                              "fit": "per_layer" if args.per_layer else "whole_network",
@@ -186,11 +164,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                              + [f"analytic.{a}" for a in s.config.accelerators],
                                              "loo_rmse": s.loo_rmse}
     if args.save:
-        try:
+        with cli_errors(p):
             save_surrogate(s, args.save, space=args.space, data=args.data, column=args.column,
                            train_size=args.train_size, seed=args.seed)
-        except InputError as e:
-            p.exit(2, f"error: {e}\n")
     print_result(result, args.json)
     return result
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from hwmodel import profile
 from hwmodel.measure import BACKENDS, make_backend
+from experiments.config import cli_errors
 from experiments.fit_surrogate import LAYER_COLUMNS
 from supernet.spaces import make_space
 
@@ -54,74 +55,78 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=1, help="zigzag: processes costing layers")
     p.add_argument("--chunk", type=int, default=20, help="networks whose layers are costed together")
     args = p.parse_args(argv)
+    with cli_errors(p, also=(ValueError,), resume=f"the networks already in {args.out}"):
+        _measure(p, args)
+
+
+def _measure(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    space = make_space(args.space)
+    if args.backend.startswith("zigzag"):
+        kw = {"workers": args.workers}
+    else:
+        kw = {"repeats": args.repeats} | ({"threads": args.threads, "per_layer": args.ort_per_layer}
+                                          if args.backend == "onnxruntime" else {})
+    backend = make_backend(args.backend, **kw)
+    if args.num < 1 or args.chunk < 1:
+        raise ValueError(f"--num and --chunk must be >= 1, got {args.num} and {args.chunk}")
     try:
-        space = make_space(args.space)
-        if args.backend.startswith("zigzag"):
-            kw = {"workers": args.workers}
-        else:
-            kw = {"repeats": args.repeats} | ({"threads": args.threads, "per_layer": args.ort_per_layer}
-                                              if args.backend == "onnxruntime" else {})
-        backend = make_backend(args.backend, **kw)
-        if args.num < 1 or args.chunk < 1:
-            raise ValueError(f"--num and --chunk must be >= 1, got {args.num} and {args.chunk}")
-    except (KeyError, ValueError) as e:
-        p.exit(2, f"error: {e.args[0] if e.args else e}\n")
-    energy = backend.has_energy
-    net_fields = ["arch", "latency_ms", "spread_ms"] + (["energy_mj"] if energy else [])
-    layer_fields = list(_LAYER_FIELDS) + (["energy_mj"] if energy else [])
-    for path, fields in ((args.out, net_fields), (args.per_layer, layer_fields)):
-        if path and os.path.exists(path) and os.path.getsize(path):
-            with open(path, newline="") as f:
-                header = next(csv.reader(f), [])
-            if header != fields:
-                p.exit(2, f"error: {path} has columns {header}, backend {args.backend} writes {fields}; "
-                          "choose another file\n")
-    archs = np.asarray(space.sample(jax.random.key(args.seed), args.num))
-    strings = [space.encode(a) for a in archs]
-    done = _done_archs(args.out)
-    if done and done != strings[:len(done)]:
-        p.exit(2, f"error: {args.out} holds other architectures (another --space, --seed or file); "
-                  "choose another --out\n")
-    new = not os.path.exists(args.out) or not os.path.getsize(args.out)  # no header yet
-    if args.per_layer and os.path.exists(args.per_layer):  # drop the layers of an unfinished network
-        with open(args.per_layer, newline="") as f:
-            keep = [r for r in csv.DictReader(f) if r["arch"] in set(done)]
-        with open(args.per_layer + ".tmp", "w", newline="") as f:
-            wr = csv.DictWriter(f, layer_fields)
-            wr.writeheader()
-            wr.writerows(keep)
-        os.replace(args.per_layer + ".tmp", args.per_layer)
-    with open(args.out, "a", newline="") as f_net, \
-            (open(args.per_layer, "a", newline="") if args.per_layer else open(os.devnull, "w")) as f_lay:
-        w_net = csv.writer(f_net)
-        w_lay = csv.writer(f_lay)
-        if new:
-            w_net.writerow(net_fields)
-        if args.per_layer and not os.path.getsize(args.per_layer):
-            w_lay.writerow(layer_fields)
-        todo = list(zip(archs[len(done):], strings[len(done):]))
-        for k, (a, s) in enumerate(tqdm(todo, initial=len(done), total=len(strings),
-                                         desc=f"measure {args.backend}", file=sys.stderr)):
-            if k % args.chunk == 0:
-                backend.prefetch([space.layers(b) for b, _ in todo[k:k + args.chunk]])
-            table = space.layers(a)
-            m = backend.measure(table, layers=bool(args.per_layer))
-            if args.per_layer:
-                t = profile.concrete(table)
-                # every computing row (0 where the backend fused it into another) and any row the
-                # backend timed (ORT's profiler: the Adds of a merge row)
-                rows = sorted({r.index for r in backend.executed_rows(t)}
-                              | set(np.nonzero(m.layer_latency_ms)[0].tolist()))
-                for i in rows:
-                    r = profile.table_row(t, i)
-                    w_lay.writerow([s, int(i), r.op.name, r.c_in, r.c_out, r.kernel, r.stride, r.groups,
-                                    r.h, r.w, r.act, f"{m.layer_latency_ms[i]:.6g}"]
-                                   + ([f"{m.layer_energy_mj[i]:.6g}"] if energy else []))
-                f_lay.flush()
-            w_net.writerow([s, f"{m.latency_ms:.6g}", f"{m.spread_ms:.6g}"]
-                           + ([f"{m.energy_mj:.6g}"] if energy else []))  # last: marks it done
-            f_net.flush()
-    backend.close()
+        energy = backend.has_energy
+        net_fields = ["arch", "latency_ms", "spread_ms"] + (["energy_mj"] if energy else [])
+        layer_fields = list(_LAYER_FIELDS) + (["energy_mj"] if energy else [])
+        for path, fields in ((args.out, net_fields), (args.per_layer, layer_fields)):
+            if path and os.path.exists(path) and os.path.getsize(path):
+                with open(path, newline="") as f:
+                    header = next(csv.reader(f), [])
+                if header != fields:
+                    p.exit(2, f"error: {path} has columns {header}, backend {args.backend} writes {fields}; "
+                              "choose another file\n")
+        archs = np.asarray(space.sample(jax.random.key(args.seed), args.num))
+        strings = [space.encode(a) for a in archs]
+        done = _done_archs(args.out)
+        if done and done != strings[:len(done)]:
+            p.exit(2, f"error: {args.out} holds other architectures (another --space, --seed or file); "
+                      "choose another --out\n")
+        new = not os.path.exists(args.out) or not os.path.getsize(args.out)  # no header yet
+        if args.per_layer and os.path.exists(args.per_layer):  # drop the layers of an unfinished network
+            with open(args.per_layer, newline="") as f:
+                keep = [r for r in csv.DictReader(f) if r["arch"] in set(done)]
+            with open(args.per_layer + ".tmp", "w", newline="") as f:
+                wr = csv.DictWriter(f, layer_fields)
+                wr.writeheader()
+                wr.writerows(keep)
+            os.replace(args.per_layer + ".tmp", args.per_layer)
+        with open(args.out, "a", newline="") as f_net, \
+                (open(args.per_layer, "a", newline="") if args.per_layer else open(os.devnull, "w")) as f_lay:
+            w_net = csv.writer(f_net)
+            w_lay = csv.writer(f_lay)
+            if new:
+                w_net.writerow(net_fields)
+            if args.per_layer and not os.path.getsize(args.per_layer):
+                w_lay.writerow(layer_fields)
+            todo = list(zip(archs[len(done):], strings[len(done):]))
+            for k, (a, s) in enumerate(tqdm(todo, initial=len(done), total=len(strings),
+                                             desc=f"measure {args.backend}", file=sys.stderr)):
+                if k % args.chunk == 0:
+                    backend.prefetch([space.layers(b) for b, _ in todo[k:k + args.chunk]])
+                table = space.layers(a)
+                m = backend.measure(table, layers=bool(args.per_layer))
+                if args.per_layer:
+                    t = profile.concrete(table)
+                    # every computing row (0 where the backend fused it into another) and any row the
+                    # backend timed (ORT's profiler: the Adds of a merge row)
+                    rows = sorted({r.index for r in backend.executed_rows(t)}
+                                  | set(np.nonzero(m.layer_latency_ms)[0].tolist()))
+                    for i in rows:
+                        r = profile.table_row(t, i)
+                        w_lay.writerow([s, int(i), r.op.name, r.c_in, r.c_out, r.kernel, r.stride, r.groups,
+                                        r.h, r.w, r.act, f"{m.layer_latency_ms[i]:.6g}"]
+                                       + ([f"{m.layer_energy_mj[i]:.6g}"] if energy else []))
+                    f_lay.flush()
+                w_net.writerow([s, f"{m.latency_ms:.6g}", f"{m.spread_ms:.6g}"]
+                               + ([f"{m.energy_mj:.6g}"] if energy else []))  # last: marks it done
+                f_net.flush()
+    finally:  # a worker pool (zigzag) ends with the command, also on an error
+        backend.close()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -37,6 +38,7 @@ from supernet.spaces import make_space
 from supernet.training import DeviceData, OptimConfig, TrainConfig, Trainer, evaluate, make_mesh, recalibrate_bn
 from experiments import data as D
 from experiments.config import ConfigError
+from hwmodel.tables import numbers, read_csv, require_columns
 from experiments.workdir import Workdir
 
 STAGES: Registry[Callable[["Context"], dict[str, Any]]] = Registry("stage")
@@ -95,6 +97,20 @@ class Context:
         return self._data
 
 
+def resolve_data_source(cfg: Any, quiet: bool = False) -> None:
+    """Replaces `data.name = "auto"` by the source it finds now (`cifar10` when CIFAR-10 is there,
+    else `synthetic`), before the workdir records the config: a run started on one source then
+    never resumes on the other (the workdir refuses the changed `data.name`)."""
+    if cfg.data.name == "auto":
+        try:
+            D.find_source(cfg.data.dir or None)
+            cfg.data.name = "cifar10"
+        except FileNotFoundError:
+            if not quiet:
+                print("data.name=auto: CIFAR-10 not found, using the synthetic stand-in (set HWNAS_DATA_DIR)")
+            cfg.data.name = "synthetic"
+
+
 def check_stages(stages: list[str]) -> None:
     """Unknown names and senseless orders fail before any work."""
     if not stages:
@@ -120,14 +136,30 @@ def check_stages(stages: list[str]) -> None:
 
 def _checkpointer(ctx: Context, stage: str) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.abspath(ctx.wd.file("checkpoints", stage)),
-                                 options=ocp.CheckpointManagerOptions(max_to_keep=2))
+                                 # a save interrupted by Ctrl-C or a kill leaves a `*.orbax-checkpoint-tmp*`
+                                 # folder: removed here, and never taken for a checkpoint
+                                 options=ocp.CheckpointManagerOptions(max_to_keep=2, cleanup_tmp_directories=True))
 
 
 def _restore(mngr: ocp.CheckpointManager, template: dict[str, Any]) -> dict[str, Any] | None:
-    step = mngr.latest_step()
-    if step is None:
-        return None
-    return mngr.restore(step, args=ocp.args.StandardRestore(template))
+    """The newest checkpoint that reads back; an unreadable one (a corrupted or truncated file) is
+    skipped with one line saying so, and the previous kept one is used (`max_to_keep=2`)."""
+    steps = sorted(mngr.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+        try:
+            return mngr.restore(step, args=ocp.args.StandardRestore(template))
+        except Exception as e:  # orbax/tensorstore raise many types for a damaged file
+            what = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            nxt = f"falling back to checkpoint {steps[i + 1]}" if i + 1 < len(steps) else "no older checkpoint"
+            print(f"warning: checkpoint {step} in {mngr.directory} is unreadable ({what}); {nxt}")
+            try:  # the epoch runs again and saves this step anew
+                mngr.delete(step)
+            except Exception:  # noqa: BLE001  (a folder that cannot be removed: the save will say so)
+                pass
+    if steps:
+        raise ConfigError(f"every checkpoint in {mngr.directory} is unreadable; delete that folder to "
+                          "restart the stage from scratch")
+    return None
 
 
 def _pure(state: dict[str, Any]) -> dict[str, Any]:
@@ -146,15 +178,30 @@ def _splits(ctx: Context) -> tuple[DeviceData, DeviceData]:
     return DeviceData.put(tr.x, tr.y, ctx.mesh), DeviceData.put(va.x, va.y, ctx.mesh)
 
 
+def target_of(cfg: Any, space: SearchSpace | None = None) -> tuple[float | None, str]:
+    """`(target ms, where it came from)`: an explicit `cost.target_ms` wins; else `target_frac`
+    (a config's own key) times the space's baseline architecture's exact analytic latency on
+    `cost.accelerator`; else none."""
+    if cfg.cost.target_ms is not None:
+        return cfg.cost.target_ms, "cost.target_ms"
+    frac = cfg.get("target_frac")
+    if frac is None or frac == 0:
+        return None, "none"
+    if not isinstance(frac, (int, float)) or not 0 < frac:
+        raise ConfigError(f"target_frac must be a number > 0 (a fraction of the baseline's latency), got {frac!r}")
+    if space is None or not hasattr(space, "baseline_arch"):
+        raise ConfigError("target_frac needs a space with a baseline architecture; set cost.target_ms instead")
+    base_ms = float(analytic.latency_ms(ACCELERATORS[cfg.cost.accelerator],
+                                        space.layers(jnp.asarray(space.baseline_arch()))))
+    return frac * base_ms, f"target_frac {frac:g} x baseline {base_ms:.4g} ms (analytic {cfg.cost.accelerator})"
+
+
 def cost_config(cfg: Any, space: SearchSpace | None = None) -> CostConfig:
-    """The CostConfig of `cfg.cost`; with `cfg.target_frac` the target is that fraction of the
-    space's baseline architecture's exact analytic latency on `cfg.cost.accelerator`."""
+    """The CostConfig of `cfg.cost`, its target from `target_of`."""
     c = cfg.cost
-    target = c.target_ms
-    if cfg.get("target_frac") and space is not None and hasattr(space, "baseline_arch"):
-        base_ms = float(analytic.latency_ms(ACCELERATORS[c.accelerator],
-                                            space.layers(jnp.asarray(space.baseline_arch()))))
-        target = cfg.target_frac * base_ms
+    target, source = target_of(cfg, space)
+    if c.form in ("proxyless", "tunas", "hinge") and target is None:
+        raise ConfigError(f"cost.form={c.form!r} needs a latency target: set cost.target_ms (ms) or target_frac")
     return CostConfig(form=c.form, target_ms=target, weight=c.weight, exponent=c.exponent,
                       model=c.model, accelerator=c.accelerator, temperature=c.temperature,
                       memory=c.memory, memory_budget_bytes=c.memory_budget_bytes,
@@ -170,16 +217,29 @@ def fitted_surrogate(ctx: Context):
         return ctx._surrogate
     from experiments import fit_surrogate as F
     from hwmodel.fit import fit_space, split
+    from hwmodel.tables import InputError
     s = ctx.cfg.cost.surrogate
-    if s.file:
-        ctx._surrogate = F.load_surrogate(s.file)
-    elif s.csv:
-        archs, lat = F.load_latency_csv(_data_path(s.csv), ctx.space, s.column or None, s.arch_column or None)
-        idx, _ = split(len(archs), s.train_size, ctx.cfg.seed)
-        ctx._surrogate = fit_space(ctx.space, archs[idx], lat[idx], dead_code=s.dead_code)
-    else:
-        raise ConfigError("cost.model='surrogate' needs cost.surrogate.file or cost.surrogate.csv")
+    try:
+        if s.file:
+            ctx._surrogate = F.load_surrogate(_data_path(s.file))
+        elif s.csv:
+            archs, lat = F.load_latency_csv(_data_path(s.csv), ctx.space, s.column or None, s.arch_column or None)
+            idx, _ = split(len(archs), s.train_size, ctx.cfg.seed)
+            ctx._surrogate = fit_space(ctx.space, archs[idx], lat[idx], dead_code=s.dead_code)
+        else:
+            raise ConfigError("cost.model='surrogate' needs cost.surrogate.file or cost.surrogate.csv")
+    except InputError as e:  # the fit's messages name its command-line flags: say the config keys
+        msg = str(e.args[0] if e.args else e)
+        for flag, key in _SURROGATE_FLAGS.items():
+            msg = msg.replace(flag, key)
+        raise ConfigError(msg) from None
     return ctx._surrogate
+
+
+#: `python -m experiments.fit_surrogate` flags and the config keys that set the same thing in a run.
+_SURROGATE_FLAGS = {"--arch-column": "cost.surrogate.arch_column", "--column": "cost.surrogate.column",
+                    "--train-size": "cost.surrogate.train_size", "--data": "cost.surrogate.csv",
+                    "--dead-code": "cost.surrogate.dead_code"}
 
 
 def _data_path(path: str) -> str:
@@ -211,15 +271,124 @@ def search_config(cfg: Any, space: SearchSpace) -> SearchConfig:
         raise ConfigError(f"config single_shot / cost: {e}") from None
 
 
+#: `matmul_precision` values JAX accepts (`jax_default_matmul_precision`).
+MATMUL_PRECISIONS = ("default", "high", "highest", "bfloat16", "tensorfloat32", "float32")
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _number(cfg: Any, key: str, low: float | None = None, high: float | None = None, integer: bool = False,
+            low_open: bool = False, high_open: bool = False, note: str = "") -> None:
+    """`key` (dotted) is a number in the range; else one message naming the key, range and value
+    (and `note`, e.g. what 0 means)."""
+    v = cfg
+    for k in key.split("."):
+        v = v[k]
+    kind = int if integer else (int, float)
+    ok = isinstance(v, kind) and not isinstance(v, bool) and np.isfinite(v)
+    ok = ok and (low is None or (v > low if low_open else v >= low)) and (high is None or (v < high if high_open else v <= high))
+    if not ok:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        rng = " and ".join(x for x in (lo, hi) if x)
+        raise ConfigError(f"{key} must be {'an integer' if integer else 'a number'}{' ' + rng if rng else ''}{note}, got {v!r}")
+
+
 def check_config(cfg: Any) -> None:
-    """Values the stages will need, checked before the workdir is touched (one message each)."""
-    if "single_shot" in cfg.stages:
-        if cfg.single_shot.steps_per_epoch < 0:
-            raise ConfigError(f"single_shot.steps_per_epoch must be >= 1 (or 0 for full epochs), "
-                              f"got {cfg.single_shot.steps_per_epoch}")
-        if cfg.single_shot.bn_recalibration < 0:
-            raise ConfigError(f"single_shot.bn_recalibration must be >= 0 batches, got {cfg.single_shot.bn_recalibration}")
-        search_config(cfg, make_space(cfg.space.name, **dict(cfg.space.kwargs)))
+    """The whole config, checked before the workdir is touched and before any work: types, ranges,
+    names (stages, space, accelerators, algorithms, evaluators), files and their columns. One
+    `ConfigError` naming the key and what to fix. (Checks that need the data, e.g. a batch larger
+    than the training set, stay where the data is loaded.)"""
+    import jax
+    from supernet.multishot import ALGORITHMS
+    check_stages(list(cfg.stages))
+    stages = set(cfg.stages)
+    _number(cfg, "seed", 0, integer=True)
+    _number(cfg, "num_devices", 0, integer=True)
+    _need(cfg.num_devices <= jax.device_count(),
+          f"num_devices={cfg.num_devices} but this machine has {jax.device_count()} "
+          f"{jax.devices()[0].platform} device(s); use 0 (all) or at most {jax.device_count()}")
+    _need(cfg.get("matmul_precision", "default") in MATMUL_PRECISIONS,
+          f"unknown matmul_precision {cfg.get('matmul_precision')!r}; valid: {', '.join(MATMUL_PRECISIONS)}")
+    try:
+        space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"space {cfg.space.name!r} with kwargs {dict(cfg.space.kwargs)}: "
+                          f"{e.args[0] if e.args else e}") from None
+    _need(cfg.data.name in ("auto", "cifar10", "synthetic"),
+          f"unknown data.name {cfg.data.name!r}; valid: auto, cifar10, synthetic")
+    _number(cfg, "data.num_train", 0, integer=True)
+    _number(cfg, "data.num_test", 0, integer=True)
+    if cfg.data.name == "cifar10":
+        try:
+            D.find_source(cfg.data.dir or None)
+        except FileNotFoundError as e:
+            raise ConfigError(f"data.name='cifar10': {e}") from None
+    for name in cfg.report.accelerators:
+        _need(name in ACCELERATORS, f"unknown accelerator {name!r} in report.accelerators; valid: "
+                                    f"{', '.join(sorted(ACCELERATORS))}")
+    _need(cfg.cost.accelerator in ACCELERATORS, f"unknown cost.accelerator {cfg.cost.accelerator!r}; valid: "
+                                                 f"{', '.join(sorted(ACCELERATORS))}")
+    t = cfg.cost.target_ms
+    _need(t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and np.isfinite(t) and t > 0),
+          f"cost.target_ms must be a latency in ms > 0 (or None), got {t!r}")
+    _number(cfg, "cost.weight", 0)
+    try:
+        cost = cost_config(cfg, space)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config cost: {e}") from None
+    if not cost.uses_latency and (cfg.cost.target_ms is not None or cfg.cost.weight > 0):
+        print(f"warning: cost.form='none': no latency term in the loss, so cost.target_ms={cfg.cost.target_ms!r} "
+              f"and cost.weight={cfg.cost.weight!r} have no effect (set cost.form, e.g. hinge)", file=sys.stderr)
+    if cost.model == "surrogate" and cost.uses_latency:
+        sur = cfg.cost.surrogate
+        _need(bool(sur.file or sur.csv), "cost.model='surrogate' needs cost.surrogate.file or cost.surrogate.csv")
+        path = _data_path(sur.file or sur.csv)
+        _need(os.path.isfile(path), f"cost.surrogate.{'file' if sur.file else 'csv'} {path!r} not found")
+    if cfg.table.csv:
+        path = _data_path(cfg.table.csv)
+        if os.path.isfile(path):
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                header = next(csv.reader(f), [])
+            for key, col in [("table.arch_column", cfg.table.arch_column), ("table.column", cfg.table.column)] + \
+                    [("table.latency_columns", c) for c in cfg.table.latency_columns]:
+                _need(col in header, f"{key}={col!r} is not a column of {path}; columns: {header}")
+        elif cfg.data.name != "auto":  # the quickstart runs without the table
+            raise ConfigError(f"lookup table {path!r} not found (config table.csv)")
+    if "single_shot" in stages:
+        _number(cfg, "single_shot.epochs", 1, integer=True)
+        _number(cfg, "single_shot.batch_size", 1, integer=True)
+        _number(cfg, "single_shot.val_fraction", 0, 1, low_open=True, high_open=True)
+        _number(cfg, "single_shot.steps_per_epoch", 0, integer=True, note=" (0 = full epochs)")
+        _number(cfg, "single_shot.bn_recalibration", 0, integer=True)
+        _number(cfg, "single_shot.top_k", 1, integer=True)
+        search_config(cfg, space)
+    if "retrain" in stages:
+        _number(cfg, "retrain.epochs", 1, integer=True)
+        _number(cfg, "retrain.batch_size", 1, integer=True)
+        _number(cfg, "retrain.steps_per_epoch", 0, integer=True, note=" (0 = full epochs)")
+        _number(cfg, "retrain.label_smoothing", 0, 1, high_open=True)
+    if "zero_shot" in stages:
+        _number(cfg, "zero_shot.target_fraction", 0, 1, low_open=True)
+        _number(cfg, "zero_shot.sample", 1, integer=True)
+        _number(cfg, "zero_shot.batch_size", 1, integer=True)
+        _need(cfg.zero_shot.method in ("marginal", "progressive"),
+              f"unknown zero_shot.method {cfg.zero_shot.method!r}; valid: marginal, progressive")
+    if "evolve" in stages:
+        e = cfg.evolve
+        _need(e.algorithm in ALGORITHMS, f"unknown evolve.algorithm {e.algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+        _need(e.evaluator in ("table", "supernet", "train", "zero_shot"),
+              f"unknown evolve.evaluator {e.evaluator!r}; valid: table, supernet, train, zero_shot")
+        if e.evaluator == "table":
+            _need(bool(cfg.table.csv and cfg.table.column), "evolve.evaluator='table' needs table.csv and table.column")
+        _number(cfg, "evolve.budget_evals", 0, integer=True)
+        _number(cfg, "evolve.budget_seconds", 0)
+        _need(e.budget_evals > 0 or e.budget_seconds > 0,
+              "evolve needs a budget: evolve.budget_evals > 0 or evolve.budget_seconds > 0")
+        _number(cfg, "evolve.guide_prob", 0, 1)
 
 
 def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]:
@@ -239,6 +408,8 @@ def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]
     restored = _restore(mngr, _pure(search.state()))
     if restored is not None:
         search.load_state(_unpure(search.state(), restored), steps)
+    if ctx.wd.stage_done("single_shot") is None:  # epochs after the checkpoint run (and are logged) again
+        ctx.wd.drop_metrics("single_shot", from_epoch=search.epoch)
     return search, mngr, train, val
 
 
@@ -374,6 +545,7 @@ def stage_retrain(ctx: Context) -> dict[str, Any]:
                        seed=cfg.seed, steps_per_epoch=rc.steps_per_epoch or None,
                        label_smoothing=rc.label_smoothing)
     trainer = Trainer(sub, tcfg, augment=D.augment, mesh=ctx.mesh, eval_input=lambda k, x: D.normalize(x))
+    ctx.wd.drop_metrics("retrain")  # retraining restarts from scratch: a killed run's epochs go
     t0 = time.perf_counter()
     hist = trainer.fit(train, test, callback=lambda r: ctx.wd.log({"stage": "retrain", **r}))
     save_subnet(trainer.model, ctx.wd.file(MODEL_DIR))
@@ -409,13 +581,14 @@ def table_lookup(ctx: Context, arch: np.ndarray) -> dict[str, Any]:
             return {}
         raise ConfigError(f"lookup table {path!r} not found (config table.csv)")
     key = ctx.space.encode(arch)
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row[t.arch_column] == key:
-                out = {"table_accuracy": float(row[t.column])}
-                for c in t.latency_columns:
-                    out.setdefault("table_latency_ms", {})[c] = float(row[c])
-                return out
+    header, rows = read_csv(path, "lookup table (config table.csv)")
+    require_columns(path, header, [t.arch_column, t.column, *t.latency_columns])
+    for i, row in enumerate(rows):
+        if row[t.arch_column] == key:
+            out = {"table_accuracy": float(numbers(path, [row], t.column, first_row=i + 1)[0])}
+            for c in t.latency_columns:
+                out.setdefault("table_latency_ms", {})[c] = float(numbers(path, [row], c, positive=True, first_row=i + 1)[0])
+            return out
     raise ConfigError(f"architecture {key} not in {path}")
 
 
@@ -457,6 +630,9 @@ def run_pipeline(cfg: Any, wd: Workdir) -> dict[str, Any]:
                 if k in outputs.get(s, {})), None)  # a zero-shot-scored evolve has no accuracy
     res["accuracy"] = None if src is None else outputs[src[0]][src[1]]
     res["accuracy_source"] = None if src is None else ACCURACY_SOURCES[src]
+    target, source = target_of(cfg, space)
+    if target is not None:  # every target a stage worked against, and where it came from
+        res["latency_target_ms"], res["latency_target_source"] = target, source
     res.update(hardware_costs(ctx, ctx.arch))
     res.update(table_lookup(ctx, ctx.arch))
     res["stages"] = {s: {k: v for k, v in o.items() if k not in ("probs", "mask", "ranking", "history")}

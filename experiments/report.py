@@ -31,18 +31,21 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from experiments.config import flatten
+from experiments.config import cli_errors, flatten
 
 
-def find_runs(dirs: Sequence[str]) -> list[dict[str, Any]]:
-    """Loads `results.json`, the config and the metrics of every run folder under `dirs`."""
-    runs = []
+def find_runs(dirs: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """`(runs, unfinished)`: the `results.json`, config and metrics of every finished run folder
+    under `dirs`, and the folders of runs that have a config but no results yet."""
+    runs, unfinished = [], []
     for top in dirs:
         if not os.path.isdir(top):
             raise FileNotFoundError(f"{top!r} is not a directory")
         for root, subdirs, files in sorted(os.walk(top)):
             subdirs[:] = sorted(d for d in subdirs if not d.startswith(("old-", "checkpoints")))
             if "results.json" not in files:
+                if "config.json" in files:  # a run that started and has not finished (or died)
+                    unfinished.append(root)
                 continue
             with open(os.path.join(root, "results.json")) as f:
                 res = json.load(f)
@@ -56,18 +59,30 @@ def find_runs(dirs: Sequence[str]) -> list[dict[str, Any]]:
                     metrics = [json.loads(line) for line in f if line.strip()]
             runs.append({"dir": root, "results": res, "config": flatten(cfg), "metrics": metrics})
     if not runs:
-        raise FileNotFoundError(f"no results.json under {list(dirs)}")
-    return runs
+        raise FileNotFoundError(f"no results.json under {list(dirs)}"
+                                + (f" ({len(unfinished)} unfinished runs: {', '.join(unfinished[:5])})" if unfinished else ""))
+    return runs, unfinished
 
 
-def run_metrics(run: dict[str, Any], latency: str, accelerator: str) -> dict[str, float]:
-    r = run["results"]
-    acc = r.get("table_accuracy", r.get("accuracy"))
+def run_metrics(run: dict[str, Any], latency: str, accelerator: str) -> dict[str, Any]:
+    """The run's accuracy and latency, each with its source and unit (the report never puts two
+    sources or units in one column): the table's accuracy (percent) when a lookup table applies,
+    else the run's own (`accuracy_source`); the table's latency column, else the analytic model."""
+    r, c = run["results"], run["config"]
+    if r.get("table_accuracy") is not None:
+        acc, acc_src = r["table_accuracy"], f"table {c.get('table.column') or 'accuracy'} (%)"
+    else:
+        acc = r.get("accuracy")
+        src = r.get("accuracy_source") or "accuracy"
+        unit = "%" if "percent" in src else "fraction"
+        acc_src = f"{src.split(':')[0]} {'score' if 'score' in src else 'accuracy'} ({unit})"
     lat = (r.get("table_latency_ms") or {}).get(latency)
+    lat_src = f"table {latency}"
     if lat is None:
-        lat = (r.get("latency_ms") or {}).get(f"analytic:{accelerator}")
+        lat, lat_src = (r.get("latency_ms") or {}).get(f"analytic:{accelerator}"), f"analytic:{accelerator} ms"
     return {"accuracy": np.nan if acc is None else float(acc), "latency_ms": np.nan if lat is None else float(lat),
-            "search_seconds": float(r.get("search_seconds") or 0.0)}
+            "search_seconds": float(r.get("search_seconds") or 0.0),
+            "section": (str(r.get("space") or c.get("space.name") or "?"), acc_src, lat_src)}
 
 
 def group_label(run: dict[str, Any], varying: list[str]) -> str:
@@ -98,15 +113,18 @@ def pareto_front(acc: np.ndarray, lat: np.ndarray) -> np.ndarray:
 
 def summarise(runs: list[dict[str, Any]], latency: str, accelerator: str,
               group_by: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Mean and std per group, groups inside sections of comparable runs (same space, accuracy
+    source and unit, latency source): a group never mixes them."""
     varying = list(group_by) or varying_keys(runs)
-    groups: dict[str, list[dict[str, float]]] = {}
+    groups: dict[tuple, list[dict[str, float]]] = {}
     for r in runs:
         r["label"] = group_label(r, varying)
         r["values"] = run_metrics(r, latency, accelerator)
-        groups.setdefault(r["label"], []).append(r["values"])
+        groups.setdefault((r["values"]["section"], r["label"]), []).append(r["values"])
     rows = []
-    for label, vals in groups.items():
-        row: dict[str, Any] = {"group": label, "runs": len(vals)}
+    for (section, label), vals in groups.items():
+        row: dict[str, Any] = {"group": label, "runs": len(vals), "space": section[0],
+                               "accuracy_source": section[1], "latency_source": section[2]}
         for k in ("accuracy", "latency_ms", "search_seconds"):
             x = np.asarray([v[k] for v in vals], float)
             row[k] = float(np.nanmean(x)) if np.isfinite(x).any() else None
@@ -115,37 +133,64 @@ def summarise(runs: list[dict[str, Any]], latency: str, accelerator: str,
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], latency_name: str) -> str:
+def sections(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The distinct (space, accuracy source, latency source) of `rows`, in order of appearance."""
+    return list(dict.fromkeys((r["space"], r["accuracy_source"], r["latency_source"]) for r in rows))
+
+
+def markdown(rows: list[dict[str, Any]], unfinished: Sequence[str] = ()) -> str:
+    """One table per section of comparable runs, every column labelled with its unit and source."""
     def cell(r, k, digits):
         return "n/a" if r[k] is None else f"{r[k]:.{digits}f} ± {r[k + '_std']:.{digits}f}"
-    lines = [f"| group | runs | accuracy | {latency_name} | search seconds |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['group']} | {r['runs']} | {cell(r, 'accuracy', 2)} | {cell(r, 'latency_ms', 3)} | "
-                     f"{cell(r, 'search_seconds', 1)} |")
-    return "\n".join(lines) + "\n"
+    out = []
+    secs = sections(rows)
+    for space, acc_src, lat_src in secs:
+        if len(secs) > 1:
+            out.append(f"Space `{space}`:\n")
+        out += [f"| group | runs | accuracy: {acc_src} | latency: {lat_src} | search seconds |",
+                "|---|---|---|---|---|"]
+        for r in rows:
+            if (r["space"], r["accuracy_source"], r["latency_source"]) == (space, acc_src, lat_src):
+                out.append(f"| {r['group']} | {r['runs']} | {cell(r, 'accuracy', 2)} | {cell(r, 'latency_ms', 3)} | "
+                           f"{cell(r, 'search_seconds', 1)} |")
+        out.append("")
+    if unfinished:
+        out.append(f"Unfinished runs (no results.json yet, not in the tables): {', '.join(unfinished)}\n")
+    return "\n".join(out)
 
 
-def plot(runs: list[dict[str, Any]], prefix: str, latency_name: str) -> list[str]:
+def _short(label: str, n: int = 48) -> str:
+    return label if len(label) <= n else label[: n - 1] + "…"
+
+
+def plot(runs: list[dict[str, Any]], prefix: str) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    acc = np.asarray([r["values"]["accuracy"] for r in runs])
-    lat = np.asarray([r["values"]["latency_ms"] for r in runs])
     labels = sorted({r["label"] for r in runs})
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for i, lab in enumerate(labels):
-        sel = [j for j, r in enumerate(runs) if r["label"] == lab]
-        ax.scatter(lat[sel], acc[sel], label=lab, s=25, color=plt.cm.tab20(i % 20))
-    front = pareto_front(acc, lat)
-    if front.size:
-        ax.step(lat[front], acc[front], where="post", color="k", lw=1, label="Pareto front")
-    ax.set_xlabel(latency_name)
-    ax.set_ylabel("accuracy")
-    ax.legend(fontsize=6, loc="lower right")
+    secs = list(dict.fromkeys(r["values"]["section"] for r in runs))
+    # one panel per section of comparable runs (a front over mixed units or sources means nothing);
+    # the legend sits outside the axes so that long group labels never cover the points
+    fig, axes = plt.subplots(1, len(secs), figsize=(5.5 * len(secs) + 3.5, 4.6), squeeze=False)
+    for ax, sec in zip(axes[0], secs):
+        sub = [r for r in runs if r["values"]["section"] == sec]
+        acc = np.asarray([r["values"]["accuracy"] for r in sub])
+        lat = np.asarray([r["values"]["latency_ms"] for r in sub])
+        for i, lab in enumerate(labels):
+            sel = [j for j, r in enumerate(sub) if r["label"] == lab]
+            if sel:
+                ax.scatter(lat[sel], acc[sel], label=_short(lab), s=25, color=plt.cm.tab20(i % 20))
+        front = pareto_front(acc, lat)
+        if front.size:
+            ax.step(lat[front], acc[front], where="post", color="k", lw=1, label="Pareto front")
+        ax.set(xlabel=f"latency: {sec[2]}", ylabel=f"accuracy: {sec[1]}", title=f"space {sec[0]}")
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
+    fig.legend(handles.values(), handles.keys(), fontsize=6, loc="center left", bbox_to_anchor=(0.99, 0.5),
+               frameon=False)
     fig.tight_layout()
     out = [f"{prefix}_pareto.png"]
-    fig.savefig(out[0], dpi=130)
+    fig.savefig(out[0], dpi=130, bbox_inches="tight")
     plt.close(fig)
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -199,8 +244,10 @@ def search_length_curves(runs: list[dict[str, Any]]) -> dict[int, tuple[list[int
             continue
         key = (path, c.get("table.arch_column", "arch_str"), c.get("table.column", ""))
         if key not in tables:
-            with open(path, newline="") as f:
-                tables[key] = {row[key[1]]: float(row[key[2]]) for row in csv.DictReader(f)}
+            from hwmodel.tables import numbers, read_csv, require_columns
+            header, rows = read_csv(path, "lookup table (config table.csv)")
+            require_columns(path, header, key[1:])
+            tables[key] = dict(zip((row[key[1]] for row in rows), numbers(path, rows, key[2]).tolist()))
         spe = c.get("single_shot.steps_per_epoch") or None
         n_train = r["results"].get("stages", {}).get("single_shot", {}).get("steps_per_epoch")
         per = spe or n_train or 1
@@ -217,18 +264,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--group-by", default="", help="config keys that define a group, e.g. stages,cost.form "
                    "(default: every key that differs between runs, except seed)")
     args = p.parse_args(argv)
-    try:
-        runs = find_runs(args.dirs)
-    except FileNotFoundError as e:
-        p.exit(2, f"error: {e}\n")
+    with cli_errors(p, also=(ValueError,)):  # a missing folder, an unreadable or edited JSON file
+        runs, unfinished = find_runs(args.dirs)
     group_by = [k for k in args.group_by.split(",") if k]
     unknown = [k for k in group_by if not any(k in r["config"] for r in runs)]
     if unknown:
         p.exit(2, f"error: --group-by key(s) {unknown} are in no run's config\n")
-    rows = summarise(runs, args.latency, args.accelerator, group_by)
-    has_table = any(r["results"].get("table_latency_ms", {}).get(args.latency) is not None for r in runs)
-    lat_name = args.latency if has_table else f"analytic:{args.accelerator} ms"
-    md = markdown(rows, lat_name)
+    with cli_errors(p):  # a lookup table with a bad row, an unknown accelerator preset
+        rows = summarise(runs, args.latency, args.accelerator, group_by)
+    md = markdown(rows, unfinished)
     print(md)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -237,12 +281,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                     "\n\n" + md)
         with open(f"{args.out}.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["dir", "group", "seed", "architecture", "accuracy", "latency_ms", "search_seconds"])
+            w.writerow(["dir", "group", "seed", "space", "architecture", "accuracy", "accuracy_source", "latency_ms",
+                        "latency_source", "search_seconds"])
             for r in runs:
                 v = r["values"]
-                w.writerow([r["dir"], r["label"], r["config"].get("seed"), r["results"].get("architecture"),
-                            v["accuracy"], v["latency_ms"], v["search_seconds"]])
-        for path in plot(runs, args.out, lat_name):
+                w.writerow([r["dir"], r["label"], r["config"].get("seed"), v["section"][0], r["results"].get("architecture"),
+                            v["accuracy"], v["section"][1], v["latency_ms"], v["section"][2], v["search_seconds"]])
+        for path in plot(runs, args.out):
             print(f"wrote {path}")
     return rows
 

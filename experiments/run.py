@@ -16,9 +16,8 @@ import json
 import sys
 from typing import Sequence
 
-from experiments.config import ConfigError, load_config, to_dict
+from experiments.config import cli_errors, load_config, to_dict
 from experiments.configs.common import base
-from experiments.workdir import WorkdirError
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -27,20 +26,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--workdir", required=True, help="folder for config.json, metrics, checkpoints, results")
     p.add_argument("--overwrite", action="store_true", help="move an existing different run aside")
     args, overrides = p.parse_known_args(argv)
-    try:
+    with cli_errors(p, resume=f"the last checkpoint in {args.workdir}"):
         cfg = load_config(args.config, overrides)
-        from experiments.pipeline import check_config, check_stages, run_pipeline  # heavy imports after parsing
-        check_stages(list(cfg.stages))
-        check_config(cfg)
+        from experiments.pipeline import check_config, resolve_data_source, run_pipeline  # heavy imports
+        resolve_data_source(cfg)
+        check_config(cfg)  # the whole config, before the workdir is touched
         import jax
         jax.config.update("jax_default_matmul_precision", cfg.get("matmul_precision", "default"))
         from experiments.workdir import Workdir
         wd = Workdir.open(args.workdir, to_dict(cfg), overwrite=args.overwrite, defaults=to_dict(base()))
         results = run_pipeline(cfg, wd)
-    except (ConfigError, KeyError, FileNotFoundError, WorkdirError) as e:
-        p.exit(2, f"error: {e.args[0] if e.args else e}\n")
-    except FloatingPointError as e:  # a search that diverged or collapsed: the workdir keeps its checkpoints
-        p.exit(1, f"error: {e}\n")
     print(json.dumps(results, indent=1, sort_keys=True))
     print(summary(results, args.workdir))
     return results

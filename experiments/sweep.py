@@ -31,9 +31,8 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from experiments.config import ConfigError, apply_overrides, load_config, to_dict
+from experiments.config import ConfigError, apply_overrides, cli_errors, load_config, to_dict
 from experiments.configs.common import base
-from experiments.workdir import WorkdirError
 
 
 def _format(value: Any) -> str:
@@ -58,7 +57,7 @@ def load_sweep(spec: str, overrides: Sequence[str] = ()) -> list[tuple[str, ml_c
       ConfigError: the file has no `get_sweep`, two runs share a name, or a run's override is an
         unknown key / a value of the wrong type / a bad stage list.
     """
-    from experiments.pipeline import check_stages
+    from experiments.pipeline import check_config, resolve_data_source
     path, _, arg = spec.partition(":")
     base = load_config(spec, overrides)
     mod_spec = importlib.util.spec_from_file_location("_hwnas_sweep", path)
@@ -66,21 +65,30 @@ def load_sweep(spec: str, overrides: Sequence[str] = ()) -> list[tuple[str, ml_c
     mod_spec.loader.exec_module(mod)
     if not hasattr(mod, "get_sweep"):
         raise ConfigError(f"{path} defines no get_sweep(arg); a sweep file lists its runs as override dicts")
-    runs = []
+    cli_keys = {o[len("--config."):].partition("=")[0] for o in overrides}
+    runs, conflicts = [], {}
     for item in mod.get_sweep(arg or None):
         item = dict(item)
         name = run_name(item)
         item.pop("name", None)
+        for k in cli_keys & set(item):
+            conflicts.setdefault(k, []).append(name)
         cfg = copy.deepcopy(base)
         # dict items become typed `--config.` overrides: the same checks as the command line
         texts = [f"--config.{k}={v!r}" if not isinstance(v, str) else f"--config.{k}={v}"
                  for k, v in item.items()]
         try:
             apply_overrides(cfg, texts)
-            check_stages(list(cfg.stages))
+            resolve_data_source(cfg, quiet=True)
+            check_config(cfg)  # every run's whole config, before the first run starts
         except ConfigError as e:
             raise ConfigError(f"sweep run {name!r}: {e}") from None
         runs.append((name, cfg))
+    if conflicts:  # the sweep would silently replace the user's value in these runs
+        raise ConfigError("the sweep itself sets " + "; ".join(
+            f"{k} (in {len(v)} runs, e.g. {v[0]!r})" for k, v in sorted(conflicts.items()))
+            + ": a command-line --config override of these keys would be ignored there; select runs with "
+              "--only REGEX or edit get_sweep instead")
     names = [n for n, _ in runs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -99,9 +107,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--overwrite", action="store_true", help="move existing different runs aside")
     args, overrides = p.parse_known_args(argv)
     try:
-        runs = [(n, c) for n, c in load_sweep(args.config, overrides) if re.search(args.only, n)]
-    except ConfigError as e:
-        p.exit(2, f"error: {e}\n")
+        only = re.compile(args.only)
+    except re.error as e:
+        p.exit(2, f"error: --only {args.only!r} is not a regular expression ({e})\n")
+    with cli_errors(p):
+        every = load_sweep(args.config, overrides)
+    runs = [(n, c) for n, c in every if only.search(n)]
+    if not runs:
+        names = ", ".join(n for n, _ in every[:6]) + (", ..." if len(every) > 6 else "")
+        p.exit(2, f"error: no run matched --only {args.only!r}; the {len(every)} runs: {names}\n")
     if args.list:
         for n, _ in runs:
             print(os.path.join(args.workdir, n))
@@ -115,12 +129,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         wd_path = os.path.join(args.workdir, name)
         print(f"[{i + 1}/{len(runs)}] {wd_path}", flush=True)
         t0 = time.perf_counter()
-        try:
+        with cli_errors(p, resume="each run's last checkpoint", where=f" in run {name!r}"):
             jax.config.update("jax_default_matmul_precision", cfg.get("matmul_precision", "default"))
             wd = Workdir.open(wd_path, to_dict(cfg), overwrite=args.overwrite, defaults=defaults)
             res = run_pipeline(cfg, wd)
-        except (ConfigError, KeyError, FileNotFoundError, WorkdirError) as e:
-            p.exit(2, f"error in run {name!r}: {e.args[0] if e.args else e}\n")
         summary[name] = {k: res.get(k) for k in ("architecture", "accuracy", "table_accuracy")}
         print(f"  done in {time.perf_counter() - t0:.1f} s: {json.dumps(summary[name])}", flush=True)
     return summary

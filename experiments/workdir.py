@@ -25,6 +25,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from experiments.config import ConfigError
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "orbax-checkpoint", "numpy", "ml_collections")
 
 
@@ -82,7 +84,33 @@ def _with_new_defaults(old: dict, new: dict, defaults: dict) -> dict:
     return out
 
 
-class WorkdirError(RuntimeError):
+def _leaves(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict) or not d:
+        return {prefix[:-1]: d} if prefix else {}
+    out = {}
+    for k, v in d.items():
+        out.update(_leaves(v, f"{prefix}{k}."))
+    return out
+
+
+def config_diff(old: Any, new: Any, limit: int = 6) -> str:
+    """`key: stored -> given` for the leaf keys that differ (the first `limit`)."""
+    a, b = _leaves(old or {}), _leaves(new or {})
+    keys = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    items = [f"{k}: stored {a.get(k, '<absent>')!r}, given {b.get(k, '<absent>')!r}" for k in keys[:limit]]
+    return "; ".join(items) + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _load_json(path: str, fix: str) -> Any:
+    """A workdir's JSON file, or one `WorkdirError` naming the file and `fix` (edited by hand, cut off)."""
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise WorkdirError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); {fix}") from None
+
+
+class WorkdirError(ConfigError):
     """The workdir holds another experiment (the message says how to proceed)."""
 
 
@@ -101,18 +129,20 @@ class Workdir:
         holds at its default value, was added to the code after the run started; by the house rule
         (a new key's default keeps the old behaviour) it changes nothing, so the run still resumes.
         """
-        os.makedirs(path, exist_ok=True)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise WorkdirError(f"workdir {path!r} is a file, not a folder; choose another --workdir")
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise WorkdirError(f"cannot create workdir {path!r} ({e.strerror}); choose another --workdir") from None
         cfg_path = os.path.join(path, "config.json")
         if os.path.exists(cfg_path):
-            with open(cfg_path) as f:
-                old = json.load(f).get("config")
+            old = _load_json(cfg_path, "restore it from a copy, or choose another --workdir").get("config")
             if defaults is not None and isinstance(old, dict):
                 old = _with_new_defaults(old, _jsonable(config), _jsonable(defaults))
             if old != _jsonable(config):
                 if not overwrite:
-                    diff = sorted(k for k in set(old or {}) | set(config)
-                                  if (old or {}).get(k) != _jsonable(config).get(k))
-                    raise WorkdirError(f"{path} holds a run with a different config (differs in {diff}); "
+                    raise WorkdirError(f"{path} holds a run with a different config ({config_diff(old, _jsonable(config))}); "
                                        "use another --workdir, or --overwrite to move the old run aside")
                 aside = os.path.join(path, f"old-{time.strftime('%Y%m%d-%H%M%S')}")
                 os.makedirs(aside)
@@ -121,6 +151,8 @@ class Workdir:
                         os.replace(os.path.join(path, name), os.path.join(aside, name))
         wd = cls(path)
         if not os.path.exists(cfg_path):
+            if not os.access(path, os.W_OK):
+                raise WorkdirError(f"workdir {path!r} is not writable; choose another --workdir")
             write_json(cfg_path, {"config": config, **provenance(), "created": time.time()})
         return wd
 
@@ -131,21 +163,51 @@ class Workdir:
         with open(self.file("metrics.jsonl"), "a") as f:
             f.write(json.dumps(_jsonable(record), sort_keys=True) + "\n")
 
+    def drop_metrics(self, stage: str, from_epoch: int = 0) -> int:
+        """Removes `stage`'s records of epochs >= `from_epoch` (atomically; returns how many).
+
+        A resumed stage calls this first: the epochs after its last complete checkpoint run again
+        and are logged again, so their records from the killed run must go (never a step twice)."""
+        old = self.metrics()
+        keep = [m for m in old if not (m.get("stage") == stage and m.get("epoch", -1) >= from_epoch)]
+        if len(keep) != len(old):
+            tmp = self.file(f"metrics.jsonl.tmp{os.getpid()}")
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(_jsonable(m), sort_keys=True) + "\n" for m in keep)
+            os.replace(tmp, self.file("metrics.jsonl"))
+        return len(old) - len(keep)
+
     def metrics(self) -> list[dict[str, Any]]:
         if not os.path.exists(self.file("metrics.jsonl")):
             return []
         with open(self.file("metrics.jsonl")) as f:
-            return [json.loads(line) for line in f if line.strip()]
+            lines = f.read().split("\n")
+        out = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:  # a record cut off by a kill mid-write: its epoch reruns
+                    break
+                raise WorkdirError(f"{self.file('metrics.jsonl')}, line {i + 1} is not JSON (edited?); "
+                                   "fix or delete that line") from None
+        return out
 
     def write_results(self, results: dict[str, Any]) -> None:
+        """Writes `results.json`, unless it already holds exactly these results (so a finished run
+        in a read-only workdir still prints them)."""
+        if self.read_json("results.json") == json.loads(json.dumps(_jsonable(results), sort_keys=True)):
+            return
         write_json(self.file("results.json"), results)
 
     def read_json(self, name: str) -> Any:
         p = self.file(name)
         if not os.path.exists(p):
             return None
-        with open(p) as f:
-            return json.load(f)
+        fix = ("delete it to rerun that stage" if name.startswith("stages") else "delete it to rewrite it")
+        return _load_json(p, f"restore it, or {fix}")
 
     def write_stage(self, stage: str, data: dict[str, Any]) -> None:
         """Marks a pipeline stage done with its outputs (`stages/<stage>.json`)."""

@@ -36,7 +36,6 @@ This is a command-line entry point (the issue's interface); the library function
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -45,19 +44,14 @@ from typing import Sequence
 
 import numpy as np
 
+from experiments.config import cli_errors
+
 
 def _read_truth(path: str, column: str, arch_column: str = "arch_str") -> tuple[list[str], np.ndarray]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"truth file {path!r} not found (a CSV with {arch_column!r} and {column!r})")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {arch_column, column} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path} lacks column(s) {sorted(missing)}; columns: {reader.fieldnames}")
-        rows = [(r[arch_column], float(r[column])) for r in reader]
-    if not rows:
-        raise ValueError(f"{path} has no rows")
-    return [a for a, _ in rows], np.asarray([v for _, v in rows])
+    from hwmodel.tables import numbers, read_csv, require_columns
+    header, rows = read_csv(path, "truth file", f"a CSV with {arch_column!r} and {column!r} columns")
+    require_columns(path, header, [arch_column, column])
+    return [r[arch_column] for r in rows], numbers(path, rows, column)  # every row finite
 
 
 def draw_inputs(space, pool: np.ndarray, n: int, data, batch_size: int, seed: int, init: str,
@@ -224,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     names = [n for n in args.proxies.split(",") if n]
     base = [n for n in names if n != "ensemble"]
-    try:
+    with cli_errors(p, also=(ValueError, TypeError)):  # TypeError: --space-kwargs the space lacks
         if not names:
             raise ValueError("--proxies is empty")
         for n in base:
@@ -266,10 +260,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             d = D.load_cifar10(args.data_dir)
         # an unknown --init fails here with the valid names (zero_shot.INITS)
         idx, (x, y), net, key = draw_inputs(space, pool, n, d, args.batch_size, args.seed, args.init, rng)
-    except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
-        p.exit(2, f"error: {e.args[0] if e.args else e}\n")
 
-    scores, seconds = _score_resumably(args, base, net, all_archs[idx], (x, y), key, score_batch, repeats)
+    with cli_errors(p, resume=f"{args.save}.partial.npz" if args.save else None):
+        scores, seconds = _score_resumably(args, base, net, all_archs[idx], (x, y), key, score_batch, repeats)
     seconds = {k: v / n for k, v in seconds.items()}
     if "ensemble" in names:
         scores["ensemble"] = np.asarray(Z.rank_ensemble({k: scores[k] for k in base}, base))
@@ -322,15 +315,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
             rec["spearman_no_unreachable"] = float(spearmanr(s[keep], truth[idx][keep])[0])
             out["n_no_unreachable"] = int(keep.sum())
         out["proxies"][name] = rec
-    if args.save:
-        np.savez(args.save, archs=all_archs[idx], truth=truth[idx], **scores)
-        if os.path.exists(f"{args.save}.partial.npz"):
-            os.remove(f"{args.save}.partial.npz")
-    if args.ranking:
-        order = np.argsort(-np.nan_to_num(scores[names[-1]], nan=-np.inf), kind="stable")
-        with open(args.ranking, "x") as f:  # never overwrite earlier results
-            f.write(f"# {space.name} cells best first by {names[-1]!r} (seed {args.seed}, n={n})\n")
-            f.writelines(strings[idx[i]] + "\n" for i in order)
+    with cli_errors(p):  # an unwritable --save or --ranking
+        if args.save:
+            np.savez(args.save, archs=all_archs[idx], truth=truth[idx], **scores)
+            if os.path.exists(f"{args.save}.partial.npz"):
+                os.remove(f"{args.save}.partial.npz")
+        if args.ranking:
+            order = np.argsort(-np.nan_to_num(scores[names[-1]], nan=-np.inf), kind="stable")
+            with open(args.ranking, "x") as f:  # never overwrite earlier results
+                f.write(f"# {space.name} cells best first by {names[-1]!r} (seed {args.seed}, n={n})\n")
+                f.writelines(strings[idx[i]] + "\n" for i in order)
     print(json.dumps(out, indent=None if args.json else 1))
     return out
 

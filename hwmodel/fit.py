@@ -18,10 +18,7 @@ from scipy import stats
 
 from hwmodel.layers import prune_dead
 from hwmodel.surrogate import FeatureConfig, Surrogate, fit, network_features
-
-
-class InputError(ValueError):
-    """Bad user input (missing file or column, malformed architecture, impossible size)."""
+from hwmodel.tables import InputError  # noqa: F401  (re-exported: the fit's bad-input error)
 
 
 def features_of(space, archs: np.ndarray, config: FeatureConfig = FeatureConfig(),
@@ -131,10 +128,31 @@ def ranking_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
             "mape": float(100 * rel.mean()), "within_10pct": float(100 * (rel <= 0.10).mean())}
 
 
-def split(n: int, train_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random train/test split of `n` rows."""
-    if not 2 <= train_size < n:
-        raise InputError(f"--train-size must be between 2 and {n - 1} (the file has {n} rows), "
-                         f"got {train_size}")
-    idx = np.random.default_rng(seed).permutation(n)
-    return idx[:train_size], idx[train_size:]
+#: Fewest rows a split leaves for testing: a rank correlation over fewer is noise (over 1, NaN).
+MIN_TEST = 5
+
+
+def split(n: int, train_size: int, seed: int, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random train/test split of `n` rows, at least `MIN_TEST` of them for testing.
+
+    With `groups` (one key per row, e.g. the architecture string) rows of one key land on the
+    same side, so a repeated measurement of a training architecture never scores as unseen;
+    `train_size` then counts keys.
+    """
+    if groups is not None:
+        _, first, inverse = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+        rank = np.empty(len(first), np.int64)
+        rank[np.argsort(first)] = np.arange(len(first))  # keys numbered in order of first appearance
+        row_key = rank[inverse.ravel()]
+        if len(first) == n:  # no repeats: the same split as without groups
+            groups = None
+    m = n if groups is None else len(first)
+    if not 2 <= train_size <= m - MIN_TEST:
+        what = "rows" if groups is None else "distinct architectures"
+        raise InputError(f"--train-size must be between 2 and {m - MIN_TEST} (the file has {m} {what}; "
+                         f"at least {MIN_TEST} are kept for testing), got {train_size}")
+    perm = np.random.default_rng(seed).permutation(m)
+    if groups is None:
+        return perm[:train_size], perm[train_size:]
+    train = np.isin(row_key, perm[:train_size])
+    return np.nonzero(train)[0], np.nonzero(~train)[0]

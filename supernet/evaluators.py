@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import abc
-import csv
 import os
 from typing import Any, Callable, Mapping, Sequence
 
@@ -47,6 +46,7 @@ from hwmodel import analytic, memory as hwmemory
 from hwmodel.accelerators import ACCELERATORS
 from hwmodel.layers import prune_dead
 from hwmodel.registry import Registry
+from hwmodel.tables import numbers, read_csv, require_columns
 from supernet.blocks import single_path
 from supernet.space import SearchSpace
 from supernet.training import (AugmentFn, BNRecalibrator, DeviceData, OptimConfig, cross_entropy, identity_input,
@@ -140,20 +140,13 @@ class TableEvaluator(Evaluator):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"lookup table {path!r} not found (shared data lives in "
                                     "$HWNAS_DATA_DIR or ../shared/data)")
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            for c in [arch_column, *cols.values()]:
-                if c not in header:
-                    raise ValueError(f"{path}: no column {c!r}; columns: {header}")
-            rows = list(reader)
-        if not rows:
-            raise ValueError(f"{path} has no data rows")
+        header, rows = read_csv(path, "lookup table")
+        require_columns(path, header, [arch_column, *cols.values()])
         try:
             self.archs = np.stack([space.decode(r[arch_column]) for r in rows])
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
-        self.values = {k: np.asarray([float(r[c]) for r in rows], np.float64) for k, c in cols.items()}
+        self.values = {k: numbers(path, rows, c) for k, c in cols.items()}  # every row finite
         self.path, self.names = path, tuple(cols)
         codes = arch_codes(space, self.archs)
         if space.size <= 2**26:  # a dense row index: one gather per batch

@@ -133,8 +133,11 @@ class SearchConfig:
         if self.epochs < 1 or not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"need epochs >= 1 and 0 <= warmup_epochs <= epochs, got {self.epochs}, "
                              f"{self.warmup_epochs}")
-        if not self.arch_lr > 0 or min(self.tau) <= 0:
-            raise ValueError("arch_lr and the temperatures must be > 0")
+        if not self.arch_lr > 0:
+            raise ValueError(f"arch_lr must be > 0, got {self.arch_lr}")
+        if min(self.tau) < TAU_MIN:  # logits / tau overflows float32 (1e-40 is a subnormal: inf / NaN)
+            raise ValueError(f"the temperatures tau must be >= {TAU_MIN:g} (a colder Gumbel softmax is a "
+                             f"hard argmax: use hard=True), got {tuple(self.tau)}")
         if self.arch_lr_min is not None and not 0 <= self.arch_lr_min <= self.arch_lr:
             raise ValueError(f"arch_lr_min must be in [0, arch_lr], got {self.arch_lr_min}")
         if len(self.tau) != 2 or self.tau[1] > self.tau[0]:
@@ -158,6 +161,9 @@ class SearchConfig:
 
 
 ESTIMATORS = ("relaxed", "reinforce")
+#: Coldest Gumbel-softmax temperature accepted: logits / tau stays far from float32 overflow, and a
+#: colder softmax is a hard argmax in float32 anyway (use `hard=True` for one-hot samples).
+TAU_MIN = 1e-6
 
 
 class RewardBaseline(nnx.Module):
@@ -367,7 +373,9 @@ class SingleShot:
         bad = [k for k, v in rec.items() if not np.isfinite(v)]
         if bad:
             raise FloatingPointError(f"non-finite {bad} in search epoch {self.epoch}; lower the learning "
-                                     "rates or the latency weight")
+                                     f"rates (weights {cfg.optim.lr}, logits {cfg.arch_lr}) or the latency weight"
+                                     + (f", or raise the temperatures tau={tuple(cfg.tau)}"
+                                        if cfg.relaxation == "gumbel" else ""))
         arch = self.derive_arch()
         rec.update(epoch=self.epoch, seconds=self.seconds, arch=self.space.encode(arch),
                    arch_entropy=float(mean_entropy(jnp.asarray(self.probs()), self.allowed)))

@@ -103,8 +103,9 @@ def test_search_killed_mid_way_and_resumed_ends_like_an_uninterrupted_one(tmp_pa
 
     monkeypatch.setattr(SingleShot, "run_epoch", dies_in_epoch_two)
     wd = str(tmp_path / "killed")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as e:  # the launcher turns ^C into exit 130 and a resume hint
         main(["--config", f"{CFG}:smoke", "--workdir", wd, *over])
+    assert e.value.code == 130
     assert not os.path.exists(os.path.join(wd, "results.json"))
     monkeypatch.setattr(SingleShot, "run_epoch", real)
     resumed = main(["--config", f"{CFG}:smoke", "--workdir", wd, *over])
@@ -146,8 +147,9 @@ def test_evolve_stage_killed_and_resumed_ends_like_an_uninterrupted_run(tmp_path
 
     monkeypatch.setattr(TableEvaluator, "evaluate", dies)
     wd = str(tmp_path / "killed")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as e:
         main(args + ["--workdir", wd])
+    assert e.value.code == 130
     monkeypatch.setattr(TableEvaluator, "evaluate", real)
     resumed = main(args + ["--workdir", wd])
     idx = [json.loads(l)["index"] for l in open(os.path.join(wd, "metrics.jsonl"))]

@@ -297,10 +297,10 @@ def test_bad_search_settings_stop_with_one_message():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("--config.cost.target_ms=-1", "target_ms > 0"),
+    ("--config.cost.target_ms=-1", "cost.target_ms must be a latency in ms > 0"),
     ("--config.single_shot.tau=(0.1,10.0)", "must not increase"),
-    ("--config.single_shot.epochs=0", "need epochs >= 1"),
-    ("--config.single_shot.steps_per_epoch=-1", "steps_per_epoch must be >= 1"),
+    ("--config.single_shot.epochs=0", "single_shot.epochs must be an integer >= 1"),
+    ("--config.single_shot.steps_per_epoch=-1", "steps_per_epoch must be an integer >= 0 (0 = full epochs)"),
 ])
 def test_launcher_refuses_bad_search_settings_before_the_workdir(tmp_path, capsys, override, message):
     from experiments import run

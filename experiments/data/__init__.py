@@ -9,6 +9,7 @@ from experiments.data.cifar10 import (
     CIFAR10_STD,
     CLASSES,
     Cifar10,
+    DataError,
     Split,
     augment,
     batches,
@@ -24,7 +25,7 @@ from experiments.data.cifar10 import (
 )
 
 __all__ = [
-    "CIFAR10_MEAN", "CIFAR10_STD", "CLASSES", "Cifar10", "Split", "augment", "batches", "crop_flip",
+    "CIFAR10_MEAN", "CIFAR10_STD", "CLASSES", "Cifar10", "DataError", "Split", "augment", "batches", "crop_flip",
     "crop_flip_params", "find_source", "load_cifar10", "normalize", "random_crops", "resolve_data_dir",
     "split_train", "synthetic_cifar10",
 ]

@@ -29,6 +29,7 @@ import os
 import pickle
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -36,6 +37,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from hwmodel.tables import InputError
 from jaxtyping import Array, Bool, Float, Int, Shaped, UInt8
 
 log = logging.getLogger(__name__)
@@ -215,6 +218,10 @@ def _unpickle_batches(read: dict[str, bytes]) -> dict[str, np.ndarray]:
     return dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
 
 
+class DataError(InputError):
+    """A data source that exists but cannot be read (corrupt, truncated, wrong content)."""
+
+
 def _decode(kind: str, path: Path) -> dict[str, np.ndarray]:
     if kind == "jpeg-tar":
         return _decode_jpeg_tar(path)
@@ -243,6 +250,7 @@ def load_cifar10(data_dir: str | os.PathLike | None = None,
 
     Raises:
         FileNotFoundError: no source found (the message lists the paths tried).
+        DataError: the source is corrupt or truncated (names the file).
     """
     kind, path = find_source(data_dir)
     files = _source_files(kind, path)
@@ -252,7 +260,11 @@ def load_cifar10(data_dir: str | os.PathLike | None = None,
     arrays = _read_cache(cache)
     if arrays is None:
         log.info("decoding CIFAR-10 from %s (one time; cached at %s)", path, cache)
-        arrays = _decode(kind, path)
+        try:
+            arrays = _decode(kind, path)
+        except (tarfile.TarError, EOFError, OSError, zlib.error, pickle.UnpicklingError, KeyError, ValueError) as e:
+            raise DataError(f"CIFAR-10 source {path} is corrupt or truncated ({type(e).__name__}: {e}); "
+                            "download it again or point HWNAS_DATA_DIR at a good copy") from None
         _write_cache(cache, arrays)
     return Cifar10(**arrays, source=str(path))
 
