@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from supernet.spaces import make_space  # noqa: E402
-from experiments.zero_shot_eval import _read_truth  # noqa: E402
+from experiments.zero_shot_eval import read_truth  # noqa: E402
 from zero_shot.prune import best_covering_mask, mask_quality, prune_marginal, survival, top_archs  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
         if "archs" not in saved.files:
             raise ValueError(f"{args.scores} has no 'archs'; is it a experiments.zero_shot_eval --save file?")
         space = make_space(args.space)
-        strings, truth = _read_truth(args.truth, args.column, args.arch_column)
+        strings, truth = read_truth(args.truth, args.column, args.arch_column)
     except (KeyError, ValueError, FileNotFoundError) as e:
         p.exit(2, f"error: {e.args[0] if e.args else e}\n")
     all_archs = np.stack([space.decode(s) for s in strings])

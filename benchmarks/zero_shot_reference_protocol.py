@@ -38,7 +38,7 @@ from tqdm import tqdm
 import zero_shot as Z
 from experiments import data as D
 from supernet.spaces import make_space
-from experiments.zero_shot_eval import _read_truth, draw_inputs
+from experiments.zero_shot_eval import read_truth, draw_inputs
 from zero_shot.gradient import fisher_per_channel
 from zero_shot.network import Network
 from zero_shot.registry import PROXIES
@@ -75,7 +75,7 @@ def draw_sample(p: argparse.ArgumentParser, args):
     if not os.path.exists(truth_path):
         p.error(f"{truth_path} not found; pass --truth or --data-dir")
     space = make_space("nb201")
-    strings, truth = _read_truth(truth_path, args.column)
+    strings, truth = read_truth(truth_path, args.column)
     d = D.load_cifar10(args.data_dir)
     idx, batch, net, key = draw_inputs(space, np.arange(len(strings)), args.sample, d, args.batch_size,
                                        args.seed, "torch", np.random.default_rng(args.seed))

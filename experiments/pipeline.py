@@ -172,7 +172,7 @@ def _unpure(template: dict[str, Any], pure: dict[str, Any]) -> dict[str, Any]:
     return {"nnx": template["nnx"], "epoch": int(pure["epoch"]), "seconds": float(pure["seconds"])}
 
 
-def _splits(ctx: Context) -> tuple[DeviceData, DeviceData]:
+def splits(ctx: Context) -> tuple[DeviceData, DeviceData]:
     d = ctx.data()
     tr, va = D.split_train(d, val_fraction=ctx.cfg.single_shot.val_fraction, seed=ctx.cfg.seed)
     return DeviceData.put(tr.x, tr.y, ctx.mesh), DeviceData.put(va.x, va.y, ctx.mesh)
@@ -221,9 +221,9 @@ def fitted_surrogate(ctx: Context):
     s = ctx.cfg.cost.surrogate
     try:
         if s.file:
-            ctx._surrogate = F.load_surrogate(_data_path(s.file))
+            ctx._surrogate = F.load_surrogate(data_path(s.file))
         elif s.csv:
-            archs, lat = F.load_latency_csv(_data_path(s.csv), ctx.space, s.column or None, s.arch_column or None)
+            archs, lat = F.load_latency_csv(data_path(s.csv), ctx.space, s.column or None, s.arch_column or None)
             idx, _ = split(len(archs), s.train_size, ctx.cfg.seed)
             ctx._surrogate = fit_space(ctx.space, archs[idx], lat[idx], dead_code=s.dead_code)
         else:
@@ -242,7 +242,7 @@ _SURROGATE_FLAGS = {"--arch-column": "cost.surrogate.arch_column", "--column": "
                     "--dead-code": "cost.surrogate.dead_code"}
 
 
-def _data_path(path: str) -> str:
+def data_path(path: str) -> str:
     """`{data}/...` in config paths means the shared data folder (`$HWNAS_DATA_DIR` or ../shared/data)."""
     return path.replace("{data}", str(D.resolve_data_dir(None)))
 
@@ -346,10 +346,10 @@ def check_config(cfg: Any) -> None:
     if cost.model == "surrogate" and cost.uses_latency:
         sur = cfg.cost.surrogate
         _need(bool(sur.file or sur.csv), "cost.model='surrogate' needs cost.surrogate.file or cost.surrogate.csv")
-        path = _data_path(sur.file or sur.csv)
+        path = data_path(sur.file or sur.csv)
         _need(os.path.isfile(path), f"cost.surrogate.{'file' if sur.file else 'csv'} {path!r} not found")
     if cfg.table.csv:
-        path = _data_path(cfg.table.csv)
+        path = data_path(cfg.table.csv)
         if os.path.isfile(path):
             with open(path, newline="", encoding="utf-8-sig") as f:
                 header = next(csv.reader(f), [])
@@ -401,7 +401,7 @@ def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]
     search = SingleShot(ctx.space, net, search_cfg, mask=ctx.mask,
                         cost_fn=make_cost_fn(ctx.space, cost, surrogate) if cost.uses_latency else None,
                         augment=D.augment, mesh=ctx.mesh)
-    train, val = _splits(ctx)
+    train, val = splits(ctx)
     steps = min(len(train) // sc.batch_size, sc.steps_per_epoch or 10**9)
     mngr = _checkpointer(ctx, "single_shot")
     search._setup(steps)
@@ -574,7 +574,7 @@ def table_lookup(ctx: Context, arch: np.ndarray) -> dict[str, Any]:
     t = ctx.cfg.table
     if not t.csv:
         return {}
-    path = _data_path(t.csv)
+    path = data_path(t.csv)
     if not os.path.isfile(path):
         if ctx.cfg.data.name == "auto":  # the quickstart runs on whatever data is there
             print(f"lookup table {path!r} not found: no table accuracy (set HWNAS_DATA_DIR)")

@@ -233,12 +233,12 @@ def plot(runs: list[dict[str, Any]], prefix: str) -> list[str]:
 def search_length_curves(runs: list[dict[str, Any]]) -> dict[int, tuple[list[int], list[float]]]:
     """Run index -> (steps after each `single_shot` epoch, table accuracy of that epoch's argmax cell),
     for runs whose config names a lookup table that exists (NAS-Bench-201)."""
-    from experiments.pipeline import _data_path
+    from experiments.pipeline import data_path
     tables: dict[tuple[str, str, str], dict[str, float]] = {}
     out = {}
     for i, r in enumerate(runs):
         c = r["config"]
-        path = _data_path(c.get("table.csv") or "")
+        path = data_path(c.get("table.csv") or "")
         ss = [m for m in r["metrics"] if m.get("stage") == "single_shot" and "arch" in m]
         if not ss or not c.get("table.csv") or not os.path.isfile(path):
             continue

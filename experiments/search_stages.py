@@ -28,7 +28,7 @@ from flax import nnx
 
 from experiments import data as D
 from experiments.config import ConfigError
-from experiments.pipeline import (STAGES, Context, _data_path, _splits, cost_config, fitted_surrogate,
+from experiments.pipeline import (STAGES, Context, data_path, splits, cost_config, fitted_surrogate,
                                   trained_supernet)
 from experiments.workdir import write_json
 from supernet.model import make_supernet
@@ -176,10 +176,10 @@ def _accuracy_evaluator(ctx: Context):
     if name == "table":
         if not cfg.table.csv or not cfg.table.column:
             raise ConfigError("evolve.evaluator='table' needs table.csv and table.column")
-        return E.TableEvaluator(space, _data_path(cfg.table.csv), {"accuracy": cfg.table.column},
+        return E.TableEvaluator(space, data_path(cfg.table.csv), {"accuracy": cfg.table.column},
                                 cfg.table.arch_column)
     if name == "supernet":
-        train, val = _splits(ctx)
+        train, val = splits(ctx)
         if ec.supernet_bn not in E.BN_MODES:
             raise ConfigError(f"unknown evolve.supernet_bn {ec.supernet_bn!r}; valid: {', '.join(E.BN_MODES)}")
         return E.SupernetEvaluator(space, trained_supernet(ctx), val, prepare=lambda k, x: D.normalize(x),
@@ -187,7 +187,7 @@ def _accuracy_evaluator(ctx: Context):
                                    calib_batches=cfg.single_shot.bn_recalibration or 10,
                                    calib_batch_size=cfg.single_shot.batch_size)
     if name == "train":
-        train, val = _splits(ctx)
+        train, val = splits(ctx)
         return E.TrainEvaluator(space, train, val, steps=ec.train_steps, batch_size=cfg.single_shot.batch_size,
                                 seed=cfg.seed, net_kwargs=dict(cfg.single_shot.supernet), augment=D.augment,
                                 prepare=lambda k, x: D.normalize(x), mesh=ctx.mesh)

@@ -47,7 +47,7 @@ import numpy as np
 from experiments.config import cli_errors
 
 
-def _read_truth(path: str, column: str, arch_column: str = "arch_str") -> tuple[list[str], np.ndarray]:
+def read_truth(path: str, column: str, arch_column: str = "arch_str") -> tuple[list[str], np.ndarray]:
     from hwmodel.tables import numbers, read_csv, require_columns
     header, rows = read_csv(path, "truth file", f"a CSV with {arch_column!r} and {column!r} columns")
     require_columns(path, header, [arch_column, column])
@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                              "scores the supernet with the whole --batch-size and one key: drop them or use "
                              "--prune-method marginal")
         space = make_space(args.space, **_kwargs(args.space_kwargs))
-        strings, truth = _read_truth(args.truth, args.column, args.arch_column)
+        strings, truth = read_truth(args.truth, args.column, args.arch_column)
         all_archs = np.stack([space.decode(s) for s in strings])
         rng = np.random.default_rng(args.seed)
         # NAS-Bench-201: cells with unreachable branches (outside the published rank average's subset)

@@ -240,6 +240,11 @@ def slice_bn(src: BatchNorm, c: int) -> BatchNorm:
 _ACTIVE: contextvars.ContextVar["Taps | None"] = contextvars.ContextVar("supernet_taps", default=None)
 
 
+def active_taps() -> "Taps | None":
+    """The `Taps` collecting inside the current `with Taps(...)` block, or None outside one."""
+    return _ACTIVE.get()
+
+
 @dataclasses.dataclass(eq=False)
 class Taps:
     """Trace-time collector of what zero-shot scores read (see the module docstring).

@@ -91,12 +91,12 @@ def test_unquoted_mobile_architecture_says_to_quote(tmp_path, capsys):
 
 
 def test_zero_shot_truth_file_rows_are_checked(tmp_path):
-    from experiments.zero_shot_eval import _read_truth
+    from experiments.zero_shot_eval import read_truth
     path = tmp_path / "t.csv"
     for cell, msg in (("", "must be a number, got ''"), ("nan", "must be a finite number")):
         path.write_text(f"arch_str,acc\na,90.1\nb,{cell}\n")
         with pytest.raises(InputError, match=f"data row 2: acc {msg}"):
-            _read_truth(str(path), "acc")
+            read_truth(str(path), "acc")
 
 
 def test_sweep_refuses_overrides_the_sweep_itself_sets(capsys):

@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from supernet.blocks import Taps, _ACTIVE
+from supernet.blocks import Taps, active_taps
 from supernet.model import Subnet, Supernet
 from supernet.space import SearchSpace
 
@@ -77,7 +77,7 @@ class Network:
         return nnx.merge(self.graphdef, self.state if state is None else state, copy=True)
 
     def _run(self, fn: Callable[[], Array]) -> Array:
-        if _ACTIVE.get() is not None:
+        if active_taps() is not None:
             return fn()
         with Taps(select=self.select):  # freezes BN statistics; one-hot mixed ops via switch
             return fn()

@@ -57,7 +57,7 @@ from supernet.blocks import BatchNorm, SharedConv, batch_norm, conv2d, slice_bn,
 from supernet.heads import ClassificationHead
 from supernet.model import SUPERNETS, Supernet
 from supernet.space import Architecture, ArchProbs
-from supernet.spaces.fbnet import _IBN, OPS, STAGE_LAYERS, FBNetSpace
+from supernet.spaces.fbnet import IBN_SHAPES, OPS, STAGE_LAYERS, FBNetSpace
 
 SKIP = len(OPS) - 1
 KERNELS, EXPANSIONS, MAX_EXPANSION = (3, 5), (1, 3, 6), 6
@@ -156,7 +156,7 @@ class MixedLayer(nnx.Module):
         """The standalone op `op` with weights sliced from this layer (no masks)."""
         if op == SKIP:
             return Skip(None if self.skip is None else nnx.clone(self.skip))
-        k, e, g = _IBN[OPS[op]]
+        k, e, g = IBN_SHAPES[OPS[op]]
         c, mid, hid = self.c_in, e * self.c_in, MAX_EXPANSION * self.c_in
         ki = KERNELS.index(k)
         if g == 1:

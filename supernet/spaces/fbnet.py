@@ -41,7 +41,7 @@ from supernet.template import TableTemplate, ref
 #: Operation names, in the index order of the published FBNet latency tables.
 OPS = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
 #: (kernel, expansion, groups) of each IBN op; `skip` is last.
-_IBN = {name: (int(name[1]), int(name.split("_")[1][1:]), 2 if name.endswith("g2") else 1)
+IBN_SHAPES = {name: (int(name[1]), int(name.split("_")[1][1:]), 2 if name.endswith("g2") else 1)
         for name in OPS[:-1]}
 
 STAGE_LAYERS = (1, 4, 4, 4, 4, 4, 1)
@@ -92,7 +92,7 @@ class FBNetSpace(SearchSpace):
         out = size // stride if size % stride == 0 else -(-size // stride)
         outs = []
         for c, name in enumerate(OPS[:-1]):
-            k, e, g = _IBN[name]
+            k, e, g = IBN_SHAPES[name]
             p, mid = ref("p", d, c), e * c_in
             y = t.add(OpKind.CONV, src=x, act=1, weight=p, c_in=c_in, c_out=mid, groups=g, h=size, w=size)
             if g > 1:
