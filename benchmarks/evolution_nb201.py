@@ -39,13 +39,11 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from supernet import pareto  # noqa: E402
 from supernet.evaluators import ZeroShotEvaluator, arch_codes, make_evaluator  # noqa: E402

@@ -24,11 +24,9 @@ import argparse
 import csv
 import json
 import os
-import sys
 import time
 from typing import Any, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -29,7 +29,6 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from supernet.spaces import make_space  # noqa: E402
 from experiments.zero_shot_eval import read_truth  # noqa: E402

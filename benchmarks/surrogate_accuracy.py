@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hwmodel.layers import prune_dead  # noqa: E402
 from experiments.fit_surrogate import load_latency_csv  # noqa: E402

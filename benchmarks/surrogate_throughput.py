@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hwmodel.profile import backend_description, time_fn  # noqa: E402
-from hwmodel.surrogate import FeatureConfig, fit, network_features, predict  # noqa: E402
+from hwmodel.surrogate import fit, network_features, predict  # noqa: E402
 from supernet.spaces import make_space  # noqa: E402
 
 

@@ -67,7 +67,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 import zero_shot as Z
 from supernet.spaces.nb201 import CONV1X1, CONV3X3, EDGES, NONE, NUM_NODES, OPS, POOL3X3, SKIP
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# (a sibling script: `python benchmarks/X.py` puts the folder of the script on the import path)
 from zero_shot_reference_protocol import add_sample_args, correlations, draw_sample  # noqa: E402
 
 NAMES = ("snip", "grad_norm", "fisher")

@@ -16,6 +16,8 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 import ast
 import contextlib
 import importlib.util
@@ -150,6 +152,40 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     if not isinstance(cfg, ml_collections.ConfigDict):
         cfg = ml_collections.ConfigDict(cfg)
     return apply_overrides(cfg, overrides)
+
+
+def defaults_of(cls: type, skip: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """A config section holding the defaults of dataclass `cls`'s fields (except `skip`): the
+    dataclass that uses the options is their one source. A nested dataclass becomes a dict, a
+    `None` default a typed `FieldReference` (so `--config.key=1.5` is checked against the type).
+
+    >>> from supernet.objectives import CostConfig
+    >>> c = defaults_of(CostConfig, skip=("target_ms",))
+    >>> c.form, c.memory_budget_bytes, c.get_ref("memory_budget_bytes").get_type().__name__
+    ('none', None, 'float')
+    """
+    hints = typing.get_type_hints(cls)
+    out = ml_collections.ConfigDict()
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(value):
+            out[f.name] = dataclasses.asdict(value)
+        elif value is None:
+            kind = next(t for t in typing.get_args(hints[f.name]) if t is not type(None))
+            out[f.name] = ml_collections.FieldReference(None, field_type=kind)
+        else:
+            out[f.name] = value
+    return out
+
+
+def from_section(cls: type, section: Any, **given: Any) -> Any:
+    """`cls(**given, **{field: section[field]})` for every field of dataclass `cls` that `section`
+    holds and `given` does not: the one translation of a config section into the dataclass its
+    options belong to (keys of the section that are no field of `cls` are the caller's)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**given, **{k: section[k] for k in section.keys() if k in names and k not in given})
 
 
 def to_dict(cfg: Any) -> Any:

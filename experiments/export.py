@@ -30,7 +30,7 @@ from experiments.config import ConfigError, cli_errors
 
 
 def _from_workdir(path: str):
-    from experiments import pipeline as P
+    from experiments import train_stages as P
     from experiments.configs.common import base
     from supernet.spaces import make_space
 

@@ -3,7 +3,8 @@
 Every folder under the given directories that holds a `results.json` is one run. Runs are grouped
 by the config keys that differ between them, except `seed` (so a sweep over seeds becomes one row
 per method), and each group reports mean +- std over its runs of
-- `accuracy`: `table_accuracy` when a lookup table applies (NAS-Bench-201), else the run's accuracy;
+- `accuracy`: `table_accuracy_pct` when a lookup table applies (NAS-Bench-201), else the run's `accuracy_pct`
+  (older workdirs: their `table_accuracy` / `accuracy`, whose unit the `accuracy_source` names);
 - `latency_ms`: the measured table column named by `--latency` (e.g. `pixel3_latency_ms`), else
   the analytic latency on `--accelerator`;
 - `search_seconds` (wall time of the search stages).
@@ -69,9 +70,13 @@ def run_metrics(run: dict[str, Any], latency: str, accelerator: str) -> dict[str
     sources or units in one column): the table's accuracy (percent) when a lookup table applies,
     else the run's own (`accuracy_source`); the table's latency column, else the analytic model."""
     r, c = run["results"], run["config"]
-    if r.get("table_accuracy") is not None:
-        acc, acc_src = r["table_accuracy"], f"table {c.get('table.column') or 'accuracy'} (%)"
-    else:
+    table = r.get("table_accuracy_pct", r.get("table_accuracy"))  # (`table_accuracy`: workdirs before 2026-12-04)
+    if table is not None:
+        acc, acc_src = table, f"table {c.get('table.column') or 'accuracy'} (%)"
+    elif "accuracy_pct" in r:
+        acc, src = r["accuracy_pct"], r.get("accuracy_source") or "accuracy"
+        acc_src = f"{src.split(':')[0]} {'score' if 'score' in src else 'accuracy'} (%)"
+    else:  # results.json before 2026-12-04: `accuracy` a fraction, or the table's percent
         acc = r.get("accuracy")
         src = r.get("accuracy_source") or "accuracy"
         unit = "%" if "percent" in src else "fraction"
@@ -233,7 +238,7 @@ def plot(runs: list[dict[str, Any]], prefix: str) -> list[str]:
 def search_length_curves(runs: list[dict[str, Any]]) -> dict[int, tuple[list[int], list[float]]]:
     """Run index -> (steps after each `single_shot` epoch, table accuracy of that epoch's argmax cell),
     for runs whose config names a lookup table that exists (NAS-Bench-201)."""
-    from experiments.pipeline import data_path
+    from experiments.context import data_path
     tables: dict[tuple[str, str, str], dict[str, float]] = {}
     out = {}
     for i, r in enumerate(runs):

@@ -16,8 +16,7 @@ import json
 import sys
 from typing import Sequence
 
-from experiments.config import cli_errors, load_config, to_dict
-from experiments.configs.common import base
+from experiments.config import cli_errors, load_config
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -28,14 +27,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args, overrides = p.parse_known_args(argv)
     with cli_errors(p, resume=f"the last checkpoint in {args.workdir}"):
         cfg = load_config(args.config, overrides)
-        from experiments.pipeline import check_config, resolve_data_source, run_pipeline  # heavy imports
-        resolve_data_source(cfg)
-        check_config(cfg)  # the whole config, before the workdir is touched
-        import jax
-        jax.config.update("jax_default_matmul_precision", cfg.get("matmul_precision", "default"))
-        from experiments.workdir import Workdir
-        wd = Workdir.open(args.workdir, to_dict(cfg), overwrite=args.overwrite, defaults=to_dict(base()))
-        results = run_pipeline(cfg, wd)
+        from experiments.pipeline import launch, prepare  # heavy imports
+        prepare(cfg)  # the whole config, before the workdir is touched
+        results = launch(cfg, args.workdir, overwrite=args.overwrite)
     print(json.dumps(results, indent=1, sort_keys=True))
     print(summary(results, args.workdir))
     return results
@@ -44,14 +38,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
 def summary(res: dict, workdir: str) -> str:
     """A few lines a person reads: what was found, which accuracy is which, costs, time, where."""
     lines = [f"found ({res.get('space')}): {res.get('architecture')}"]
-    if res.get("accuracy") is not None:
-        lines.append(f"  accuracy {res['accuracy']:.4g}: {res.get('accuracy_source')}")
+    if res.get("accuracy_pct") is not None:
+        lines.append(f"  accuracy {res['accuracy_pct']:.2f} %: {res.get('accuracy_source')}")
     ss = res.get("stages", {}).get("single_shot", {})
-    if "inherited_val_accuracy" in ss and res.get("accuracy") != ss["inherited_val_accuracy"]:
-        lines.append(f"  inherited accuracy {ss['inherited_val_accuracy']:.4g}: the searched supernet's weights, BN "
+    if "inherited_val_accuracy_pct" in ss and res.get("accuracy_pct") != ss["inherited_val_accuracy_pct"]:
+        lines.append(f"  inherited accuracy {ss['inherited_val_accuracy_pct']:.2f} %: the searched supernet's weights, BN "
                      "recalibrated (near chance after mixture training: the weights were trained in the mixture)")
-    if "table_accuracy" in res:
-        lines.append(f"  table accuracy {res['table_accuracy']:.2f} %: the same cell in the benchmark's own network "
+    if "table_accuracy_pct" in res:
+        lines.append(f"  table accuracy {res['table_accuracy_pct']:.2f} %: the same cell in the benchmark's own network "
                      "(NAS-Bench-201 lookup)")
     lat = dict(res.get("latency_ms", {}), **{f"table:{k}": v for k, v in res.get("table_latency_ms", {}).items()})
     if lat:

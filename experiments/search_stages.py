@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 from flax import nnx
 
+from hwmodel.registry import Registry
 from experiments import data as D
 from experiments.config import ConfigError
-from experiments.pipeline import (STAGES, Context, data_path, splits, cost_config, fitted_surrogate,
-                                  trained_supernet)
+from experiments.context import STAGES, Context, cost_config, data_path, fitted_surrogate, splits
+from experiments.train_stages import trained_supernet
 from experiments.workdir import write_json
 from supernet.model import make_supernet
 
@@ -56,12 +57,10 @@ def _zero_shot_inputs(ctx: Context) -> tuple[list[str], Any, tuple[jax.Array, ja
     """The configured score names (checked), the scored supernet, the image batch and the key."""
     import zero_shot as Z
     z = ctx.cfg.zero_shot
-    names = list(z.proxies)
-    if not names:
-        raise ConfigError("zero_shot.proxies is empty; choose from " + ", ".join(sorted(Z.PROXIES)))
-    for n in names:
-        if n not in Z.PROXIES:
-            raise ConfigError(f"unknown zero-shot score {n!r}; valid: {', '.join(sorted(Z.PROXIES))}")
+    try:
+        names = list(Z.check_names(tuple(z.proxies)))
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"zero_shot.proxies: {e.args[0]}") from None
     batch = _score_batch(ctx, z.batch_size)
     if z.init not in Z.INITS:
         raise ConfigError(f"unknown zero_shot.init {z.init!r}; valid: {', '.join(Z.INITS)}")
@@ -169,31 +168,56 @@ def stage_zero_shot(ctx: Context) -> dict[str, Any]:
             "kept_fraction": mask.size / space.size, "scored": len(archs), "ranking": ctx.ranking}
 
 
+#: How `evolve` builds the accuracy evaluator that `evolve.evaluator` names, from the run's context
+#: (each builds the `supernet.evaluators.EVALUATORS` entry of that name with the run's data).
+ACCURACY_EVALUATORS: Registry[Callable[[Context], Any]] = Registry("evolve.evaluator")
+
+
+@ACCURACY_EVALUATORS.register("table")
+def _table_accuracy(ctx: Context):
+    from supernet.evaluators import make_evaluator
+    t = ctx.cfg.table
+    if not t.csv or not t.column:
+        raise ConfigError("evolve.evaluator='table' needs table.csv and table.column")
+    return make_evaluator("table", ctx.space, path=data_path(t.csv), columns={"accuracy": t.column},
+                          arch_column=t.arch_column)
+
+
+@ACCURACY_EVALUATORS.register("supernet")
+def _supernet_accuracy(ctx: Context):
+    from supernet.evaluators import BN_MODES, make_evaluator
+    cfg, ec = ctx.cfg, ctx.cfg.evolve
+    train, val = splits(ctx)
+    if ec.supernet_bn not in BN_MODES:
+        raise ConfigError(f"unknown evolve.supernet_bn {ec.supernet_bn!r}; valid: {', '.join(BN_MODES)}")
+    return make_evaluator("supernet", ctx.space, net=trained_supernet(ctx), data=val,
+                          prepare=lambda k, x: D.normalize(x), mesh=ctx.mesh, bn=ec.supernet_bn, calib=train,
+                          calib_batches=cfg.single_shot.bn_recalibration or 10,
+                          calib_batch_size=cfg.single_shot.batch_size)
+
+
+@ACCURACY_EVALUATORS.register("train")
+def _train_accuracy(ctx: Context):
+    from supernet.evaluators import make_evaluator
+    cfg = ctx.cfg
+    train, val = splits(ctx)
+    return make_evaluator("train", ctx.space, train=train, val=val, steps=cfg.evolve.train_steps,
+                          batch_size=cfg.single_shot.batch_size, seed=cfg.seed,
+                          net_kwargs=dict(cfg.single_shot.supernet), augment=D.augment,
+                          prepare=lambda k, x: D.normalize(x), mesh=ctx.mesh)
+
+
+@ACCURACY_EVALUATORS.register("zero_shot")
+def _zero_shot_accuracy(ctx: Context):
+    from supernet.evaluators import ZeroShotEvaluator
+    return ZeroShotEvaluator(ctx.space, zero_shot_scorer(ctx), name="accuracy")
+
+
 def _accuracy_evaluator(ctx: Context):
-    from supernet import evaluators as E
-    cfg, ec, space = ctx.cfg, ctx.cfg.evolve, ctx.space
-    name = ec.evaluator
-    if name == "table":
-        if not cfg.table.csv or not cfg.table.column:
-            raise ConfigError("evolve.evaluator='table' needs table.csv and table.column")
-        return E.TableEvaluator(space, data_path(cfg.table.csv), {"accuracy": cfg.table.column},
-                                cfg.table.arch_column)
-    if name == "supernet":
-        train, val = splits(ctx)
-        if ec.supernet_bn not in E.BN_MODES:
-            raise ConfigError(f"unknown evolve.supernet_bn {ec.supernet_bn!r}; valid: {', '.join(E.BN_MODES)}")
-        return E.SupernetEvaluator(space, trained_supernet(ctx), val, prepare=lambda k, x: D.normalize(x),
-                                   mesh=ctx.mesh, bn=ec.supernet_bn, calib=train,
-                                   calib_batches=cfg.single_shot.bn_recalibration or 10,
-                                   calib_batch_size=cfg.single_shot.batch_size)
-    if name == "train":
-        train, val = splits(ctx)
-        return E.TrainEvaluator(space, train, val, steps=ec.train_steps, batch_size=cfg.single_shot.batch_size,
-                                seed=cfg.seed, net_kwargs=dict(cfg.single_shot.supernet), augment=D.augment,
-                                prepare=lambda k, x: D.normalize(x), mesh=ctx.mesh)
-    if name == "zero_shot":
-        return E.ZeroShotEvaluator(space, zero_shot_scorer(ctx), name="accuracy")
-    raise ConfigError(f"unknown evolve.evaluator {name!r}; valid: table, supernet, train, zero_shot")
+    name = ctx.cfg.evolve.evaluator
+    if name not in ACCURACY_EVALUATORS:
+        raise ConfigError(f"unknown evolve.evaluator {name!r}; valid: {', '.join(sorted(ACCURACY_EVALUATORS))}")
+    return ACCURACY_EVALUATORS[name](ctx)
 
 
 @STAGES.register("evolve")

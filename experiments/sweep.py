@@ -31,8 +31,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from experiments.config import ConfigError, apply_overrides, cli_errors, load_config, to_dict
-from experiments.configs.common import base
+from experiments.config import ConfigError, apply_overrides, cli_errors, load_config
 
 
 def _format(value: Any) -> str:
@@ -57,7 +56,7 @@ def load_sweep(spec: str, overrides: Sequence[str] = ()) -> list[tuple[str, ml_c
       ConfigError: the file has no `get_sweep`, two runs share a name, or a run's override is an
         unknown key / a value of the wrong type / a bad stage list.
     """
-    from experiments.pipeline import check_config, resolve_data_source
+    from experiments.pipeline import prepare
     path, _, arg = spec.partition(":")
     base = load_config(spec, overrides)
     mod_spec = importlib.util.spec_from_file_location("_hwnas_sweep", path)
@@ -79,8 +78,7 @@ def load_sweep(spec: str, overrides: Sequence[str] = ()) -> list[tuple[str, ml_c
                  for k, v in item.items()]
         try:
             apply_overrides(cfg, texts)
-            resolve_data_source(cfg, quiet=True)
-            check_config(cfg)  # every run's whole config, before the first run starts
+            prepare(cfg, quiet=True)  # every run's whole config, before the first run starts
         except ConfigError as e:
             raise ConfigError(f"sweep run {name!r}: {e}") from None
         runs.append((name, cfg))
@@ -120,20 +118,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for n, _ in runs:
             print(os.path.join(args.workdir, n))
         return {}
-    from experiments.pipeline import run_pipeline
-    from experiments.workdir import Workdir
-    import jax
+    from experiments.pipeline import launch
     summary: dict[str, Any] = {}
-    defaults = to_dict(base())  # keys added since a run started resume at these values
     for i, (name, cfg) in enumerate(runs):
         wd_path = os.path.join(args.workdir, name)
         print(f"[{i + 1}/{len(runs)}] {wd_path}", flush=True)
         t0 = time.perf_counter()
         with cli_errors(p, resume="each run's last checkpoint", where=f" in run {name!r}"):
-            jax.config.update("jax_default_matmul_precision", cfg.get("matmul_precision", "default"))
-            wd = Workdir.open(wd_path, to_dict(cfg), overwrite=args.overwrite, defaults=defaults)
-            res = run_pipeline(cfg, wd)
-        summary[name] = {k: res.get(k) for k in ("architecture", "accuracy", "table_accuracy")}
+            res = launch(cfg, wd_path, overwrite=args.overwrite)
+        summary[name] = {k: res.get(k) for k in ("architecture", "accuracy_pct", "table_accuracy_pct")}
         print(f"  done in {time.perf_counter() - t0:.1f} s: {json.dumps(summary[name])}", flush=True)
     return summary
 

@@ -1,4 +1,4 @@
-"""The workdir contract (DESIGN.md): everything a run produced, in one folder, never overwritten silently.
+"""The workdir contract (docs/design.md): everything a run produced, in one folder, never overwritten silently.
 
 - `config.json`: the resolved config, git commit and dirty flag, package versions, device kind.
 - `metrics.jsonl`: one JSON object per logged step/epoch (appended; survives a kill).
@@ -84,6 +84,26 @@ def _with_new_defaults(old: dict, new: dict, defaults: dict) -> dict:
     return out
 
 
+def _without(old: dict, retired: dict[str, Any]) -> dict:
+    """`old` without the dotted keys of `retired` whose stored value is the retired one."""
+    out = dict(old)
+    for key, value in retired.items():
+        head, _, rest = key.partition(".")
+        if rest and isinstance(out.get(head), dict):
+            out[head] = _without(out[head], {rest: value})
+        elif not rest and head in out and out[head] == _jsonable(value):
+            del out[head]
+    return out
+
+
+def recorded_config(path: str) -> dict[str, Any] | None:
+    """The config a workdir recorded (`config.json`), or None for a new folder."""
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        return None
+    return _load_json(cfg_path, "restore it from a copy, or choose another --workdir").get("config")
+
+
 def _leaves(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, dict) or not d:
         return {prefix[:-1]: d} if prefix else {}
@@ -122,12 +142,14 @@ class Workdir:
 
     @classmethod
     def open(cls, path: str, config: dict[str, Any], overwrite: bool = False,
-             defaults: dict[str, Any] | None = None) -> "Workdir":
+             defaults: dict[str, Any] | None = None, retired: dict[str, Any] | None = None) -> "Workdir":
         """Opens (or creates) the run folder for `config`.
 
         `defaults` (the base config): a key the stored config lacks, but `defaults` has and `config`
         holds at its default value, was added to the code after the run started; by the house rule
         (a new key's default keeps the old behaviour) it changes nothing, so the run still resumes.
+        `retired` (dotted key -> value): keys removed from the code; a stored config holding one at
+        that value (a key nothing read) still resumes.
         """
         if os.path.exists(path) and not os.path.isdir(path):
             raise WorkdirError(f"workdir {path!r} is a file, not a folder; choose another --workdir")
@@ -140,6 +162,8 @@ class Workdir:
             old = _load_json(cfg_path, "restore it from a copy, or choose another --workdir").get("config")
             if defaults is not None and isinstance(old, dict):
                 old = _with_new_defaults(old, _jsonable(config), _jsonable(defaults))
+            if retired and isinstance(old, dict):
+                old = _without(old, retired)
             if old != _jsonable(config):
                 if not overwrite:
                     raise WorkdirError(f"{path} holds a run with a different config ({config_diff(old, _jsonable(config))}); "

@@ -67,7 +67,7 @@ def draw_inputs(space, pool: np.ndarray, n: int, data, batch_size: int, seed: in
     from supernet.model import make_supernet
     idx = np.sort(rng.choice(pool, n, replace=False))
     pick = rng.choice(len(data.x_train), batch_size, replace=False)
-    x = D.normalize(jax.numpy.asarray(D.random_crops(data.x_train[pick], getattr(space, "input_size", None), rng)))
+    x = D.normalize(jax.numpy.asarray(D.random_crops(data.x_train[pick], space.input_size, rng)))
     y = jax.numpy.asarray(data.y_train[pick])
     key = jax.random.key(seed)
     net = Z.initialise(make_supernet(space, rngs=nnx.Rngs(seed)), init, jax.random.fold_in(key, 1))
@@ -213,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import zero_shot as Z
     from experiments import data as D
     from supernet.spaces import make_space
+    from supernet.space import HasUnreachableBranches
     from zero_shot.prune import (best_covering_mask, mask_quality, prune_marginal, prune_progressive, top_archs,
                                  weight_scorer)
 
@@ -221,8 +222,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with cli_errors(p, also=(ValueError, TypeError)):  # TypeError: --space-kwargs the space lacks
         if not names:
             raise ValueError("--proxies is empty")
-        for n in base:
-            Z.PROXIES[n]  # unknown names fail here, listing the valid ones
+        if base:
+            Z.check_names(base)  # unknown names fail here, listing the valid ones
         if "ensemble" in names and len(base) < 2:
             raise ValueError("'ensemble' needs at least two other scores in --proxies")
         for path in (args.ranking, args.save):
@@ -244,8 +245,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         all_archs = np.stack([space.decode(s) for s in strings])
         rng = np.random.default_rng(args.seed)
         # NAS-Bench-201: cells with unreachable branches (outside the published rank average's subset)
-        unreachable = (space.has_unreachable_branch(all_archs) if hasattr(space, "has_unreachable_branch")
-                       else None)
+        unreachable = space.has_unreachable_branch(all_archs) if isinstance(space, HasUnreachableBranches) else None
         pool = np.arange(len(strings))
         if args.no_unreachable:
             if unreachable is None:

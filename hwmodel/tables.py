@@ -11,9 +11,9 @@ row (1 = the first row after the header) and what to fix. Handled here once:
 - a number that does not parse, is NaN or infinite, or (for latencies) is not positive.
 
 Example:
-    >>> import io, tempfile, os
+    >>> import os, pathlib, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "t.csv")
-    >>> _ = open(path, "w").write("arch,latency_ms\\na,1.5\\nb,-2\\n")
+    >>> _ = pathlib.Path(path).write_text("arch,latency_ms\\na,1.5\\nb,-2\\n")
     >>> header, rows = read_csv(path, "latency file")
     >>> numbers(path, rows, "latency_ms", positive=True)
     Traceback (most recent call last):

@@ -245,6 +245,12 @@ def active_taps() -> "Taps | None":
     return _ACTIVE.get()
 
 
+class ReportsTaps:
+    """Marks a network (a supernet or a derived backbone) whose every ReLU, BN and mixed op reports
+    to an active `Taps`: the zero-shot scores that read activations (naswot, jacob_cov, ...) need
+    one, and say so in one line for any other network (`zero_shot.network.Network.require_taps`)."""
+
+
 @dataclasses.dataclass(eq=False)
 class Taps:
     """Trace-time collector of what zero-shot scores read (see the module docstring).

@@ -23,6 +23,7 @@ work). They are registered by name in `EVALUATORS` and built with `make_evaluato
 - `composite`: several evaluators whose objectives are merged (names must not clash).
 
 Example:
+    >>> from supernet.spaces import make_space
     >>> space = make_space("nb201")
     >>> ev = make_evaluator("hwcost", space, accelerators=("npu",))
     >>> sorted(ev(space.sample(jax.random.key(0), 4)))
@@ -49,8 +50,9 @@ from hwmodel.registry import Registry
 from hwmodel.tables import numbers, read_csv, require_columns
 from supernet.blocks import single_path
 from supernet.space import SearchSpace
-from supernet.training import (AugmentFn, BNRecalibrator, DeviceData, OptimConfig, cross_entropy, identity_input,
-                               make_mesh, weight_tx)
+from supernet.training import (AugmentFn, BNRecalibrator, DeviceData, OptimConfig, cross_entropy, held_out_batch,
+                               held_out_correct, identity_input, make_mesh, weight_tx)
+
 
 Objectives = dict[str, np.ndarray]
 """Named objective values, each `float64 [N]`."""
@@ -65,7 +67,7 @@ class Evaluator(abc.ABC):
         self.space = space
 
     def __call__(self, archs: Int[np.ndarray, "n d"]) -> Objectives:
-        a = check_archs(self.space, archs)
+        a = self.space.validate_batch(archs)
         out = self.evaluate(a)
         for k in self.names:
             if k not in out or np.shape(out[k]) != (len(a),):
@@ -89,20 +91,6 @@ def make_evaluator(name: str, space: SearchSpace, **kwargs: Any) -> Evaluator:
     return EVALUATORS[name](space, **kwargs)
 
 
-def check_archs(space: SearchSpace, archs: Any) -> np.ndarray:
-    """`archs` as `int32 [N, D]` with every choice in range (one clear error otherwise)."""
-    a = np.asarray(archs)
-    if a.ndim == 1:
-        a = a[None]
-    if a.ndim != 2 or a.shape[1] != space.num_decisions:
-        raise ValueError(f"expected architectures [N, {space.num_decisions}] for space {space.name!r}, "
-                         f"got shape {np.shape(archs)}")
-    bad = np.flatnonzero(((a < 0) | (a >= space.num_choices)).any(axis=1))
-    if bad.size:
-        space.validate(a[bad[0]])  # raises with the decision and its valid choices
-    return a.astype(np.int32)
-
-
 def arch_codes(space: SearchSpace, archs: np.ndarray) -> np.ndarray:
     """A unique integer per architecture (mixed radix); object ints when the space exceeds int64."""
     if space.size < 2**62:
@@ -117,9 +105,14 @@ class TableEvaluator(Evaluator):
     """Objectives looked up in a CSV with an architecture column (the space's string encoding).
 
     Example:
-        >>> ev = TableEvaluator(space, "nb201_cifar10.csv", {"accuracy": "cifar10_valid_acc"})
-        >>> ev(np.stack([space.decode("|nor_conv_3x3~0|+|nor_conv_1x1~0|nor_conv_3x3~1|+|skip_connect~0|"
-        ...                           "nor_conv_1x1~1|nor_conv_3x3~2|")]))["accuracy"]  # the table's best
+        >>> import os, pathlib, tempfile
+        >>> from supernet.spaces import make_space
+        >>> space = make_space("nb201")
+        >>> best = "|nor_conv_3x3~0|+|nor_conv_1x1~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|"
+        >>> path = os.path.join(tempfile.mkdtemp(), "nb201.csv")  # e.g. NAS-Bench-201's table
+        >>> _ = pathlib.Path(path).write_text(f"arch_str,cifar10_valid_acc\\n{best},91.57\\n")
+        >>> ev = TableEvaluator(space, path, {"accuracy": "cifar10_valid_acc"})
+        >>> ev(np.stack([space.decode(best)]))["accuracy"]
         array([91.57])
     """
 
@@ -184,6 +177,8 @@ class ZeroShotEvaluator(Evaluator):
     """A scoring callable as an evaluator: `score_fn(archs [N, D]) -> scores [N]` (or a dict of them).
 
     Example:
+        >>> from supernet.spaces import make_space
+        >>> space = make_space("nb201")
         >>> ev = ZeroShotEvaluator(space, lambda a: a.sum(1) * 1.0, name="score")  # any scorer
         >>> ev(np.array([[1, 2, 3, 4, 0, 1]]))["score"]
         array([11.])
@@ -204,33 +199,6 @@ class ZeroShotEvaluator(Evaluator):
 
 
 # ------------------------------------------------------------------ one-shot (inherited weights)
-def _held_out_correct(model: Any, data: DeviceData, w: jax.Array, prepare: AugmentFn, bs: int,
-                      mesh: jax.sharding.Mesh, unroll: bool = False) -> jax.Array:
-    """Number of correct predictions of `model(x, w)` over all of `data` (inside jit; last batch
-    clamped). `unroll`: a Python loop instead of `fori_loop`, for a train-mode model whose BatchNorm
-    writes statistics (NNX refuses that inside a loop body's trace); the writes are dropped."""
-    n = len(data)
-
-    def body(i, total):
-        pos = i * bs + jnp.arange(bs)
-        idx = jnp.minimum(pos, n - 1)
-        xb = jax.lax.with_sharding_constraint(data.x[idx], NamedSharding(mesh, P("data")))
-        logits = model(prepare(None, xb), w)
-        return total + jnp.sum((jnp.argmax(logits, -1) == data.y[idx]) & (pos < n))
-
-    if unroll:
-        total = jnp.int32(0)
-        for i in range(-(-n // bs)):
-            total = body(i, total)
-        return total
-    return jax.lax.fori_loop(0, -(-n // bs), body, jnp.int32(0))
-
-
-def _eval_batch(batch_size: int, n: int, mesh: jax.sharding.Mesh) -> int:
-    d = mesh.devices.size
-    return max(d, (min(batch_size, n) // d) * d)
-
-
 @EVALUATORS.register("supernet")
 class SupernetEvaluator(Evaluator):
     """Held-out accuracy of `net(x, space.one_hot(arch))` with the supernet's (inherited) weights.
@@ -260,7 +228,7 @@ class SupernetEvaluator(Evaluator):
             raise ValueError("bn='recalibrate' needs calib, the training images to recompute the statistics on")
         self.names, self.data, self.traces = (name,), data, 0
         mesh = mesh or make_mesh()
-        bs = _eval_batch(batch_size, len(data), mesh)
+        bs = held_out_batch(batch_size, len(data), mesh)
         self._calib = (BNRecalibrator(net, calib, prepare, batches=calib_batches, batch_size=calib_batch_size,
                                       mesh=mesh) if bn == "recalibrate" else None)
         if bn != "batch":
@@ -272,7 +240,7 @@ class SupernetEvaluator(Evaluator):
             self.traces += 1
             model = nnx.merge(graphdef, state)
             with single_path():  # one-hot weights: only the candidate's operations run
-                return _held_out_correct(model, data, space.one_hot(arch), prepare, bs, mesh,
+                return held_out_correct(model, data, space.one_hot(arch), prepare, bs, mesh,
                                          unroll=bn == "batch")
 
         self._correct = jax.jit(correct)
@@ -338,7 +306,7 @@ class TrainEvaluator(Evaluator):
         graphdef, self._state0 = nnx.split((net, opt))
         self._key = jax.random.key(seed)
         n_train, bs = len(train), batch_size
-        ebs = _eval_batch(eval_batch_size, len(val), mesh)
+        ebs = held_out_batch(eval_batch_size, len(val), mesh)
         per_epoch = n_train // bs
         epochs = -(-steps // per_epoch)
         tail = max(1, steps // 10)
@@ -363,7 +331,7 @@ class TrainEvaluator(Evaluator):
             state, loss_sum = jax.lax.fori_loop(0, steps, step, (state, jnp.float32(0.0)))
             model, _ = nnx.merge(graphdef, state)
             model.eval()
-            correct = _held_out_correct(model, val, w, prepare, ebs, mesh)
+            correct = held_out_correct(model, val, w, prepare, ebs, mesh)
             return correct, loss_sum / tail
 
         self._run = jax.jit(run)
@@ -451,7 +419,12 @@ class CompositeEvaluator(Evaluator):
     """Merges the objectives of several evaluators (given as evaluators or `{"name": ..., **kwargs}`).
 
     Example:
-        >>> ev = CompositeEvaluator(space, [table_ev, {"name": "hwcost", "accelerators": ["npu"]}])
+        >>> from supernet.spaces import make_space
+        >>> space = make_space("nb201")
+        >>> score = ZeroShotEvaluator(space, lambda a: a.sum(1) * 1.0, name="score")
+        >>> ev = CompositeEvaluator(space, [score, {"name": "hwcost", "accelerators": ["npu"]}])
+        >>> ev.names
+        ('score', 'latency_ms:npu', 'params_bytes', 'peak_activation_bytes')
     """
 
     def __init__(self, space: SearchSpace, parts: Sequence[Evaluator | Mapping[str, Any]]):

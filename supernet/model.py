@@ -4,7 +4,7 @@ A supernet is one NNX module per search space that holds every weight once at it
 (`supernet/blocks.py`). The architecture enters `__call__` as an array of per-decision weights
 `[n_decisions, max_choices]`: `space.one_hot(arch)` for a discrete architecture, probabilities or
 Gumbel-softmax samples during search (`supernet/relax.py`). It is an *input array*, never Python
-structure, so one compiled function serves every architecture (DESIGN.md, "One compile per search").
+structure, so one compiled function serves every architecture (one compile per search).
 
 The architecture logits live in the module as `ArchLogits`, an `nnx.Variable` subtype that is *not*
 an `nnx.Param`, so `nnx.Optimizer(model, tx, wrt=nnx.Param)` trains the weights and
@@ -15,8 +15,8 @@ detection and segmentation heads (`supernet/heads.py`) plug in without touching 
 
 Example:
     >>> from supernet import make_space, make_supernet
-    >>> space = make_space("nb201")
-    >>> net = make_supernet(space, rngs=nnx.Rngs(0), channels=4, cells_per_stage=1)
+    >>> space = make_space("nb201", channels=4, cells_per_stage=1)
+    >>> net = make_supernet(space, rngs=nnx.Rngs(0))
     >>> logits = net(jnp.zeros((2, 32, 32, 3)), space.one_hot(space.sample(jax.random.key(0))))
     >>> logits.shape
     (2, 10)
@@ -93,6 +93,5 @@ def make_supernet(space: SearchSpace, *, rngs: nnx.Rngs, **kwargs: Any) -> Super
     Raises:
       KeyError: no supernet is registered for the space (lists the registered families).
     """
-    family = space.name.split("-")[0]
-    return SUPERNETS[family](space, rngs=rngs, **kwargs)
+    return SUPERNETS[space.family](space, rngs=rngs, **kwargs)
 

@@ -44,7 +44,11 @@ number), so a run is a function of the seed and the history. `Evolution.state()`
 (config, mask, warm start, history, population, counters); `Evolution.from_state` continues it, and a
 run killed at any query and resumed ends exactly where an uninterrupted run ends.
 
-Example:
+Example (NAS-Bench-201's table from the shared data folder):
+    >>> import os
+    >>> from supernet.evaluators import make_evaluator
+    >>> from supernet.spaces import make_space
+    >>> csv = os.path.join(os.environ.get("HWNAS_DATA_DIR", "../shared/data"), "nas-bench-201", "nb201_cifar10.csv")
     >>> space = make_space("nb201")
     >>> ev = make_evaluator("table", space, path=csv, columns={"accuracy": "cifar10_valid_acc"})
     >>> res = evolve(space, ev, EvolutionConfig(max_evals=300, seed=1))
@@ -278,9 +282,17 @@ class Evolution:
     """A resumable multishot search (see module docstring); `run()` returns an `EvolutionResult`.
 
     Example:
-        >>> search = Evolution(space, evaluator, EvolutionConfig(max_evals=50), log=print)
-        >>> result = search.run()
-        >>> json.dumps(search.state())  # resume later: Evolution.from_state(space, evaluator, state)
+        >>> import json
+        >>> from supernet.evaluators import ZeroShotEvaluator
+        >>> from supernet.spaces import make_space
+        >>> space = make_space("nb201")
+        >>> evaluator = ZeroShotEvaluator(space, lambda a: a.sum(1) * 1.0, name="accuracy")  # any scorer
+        >>> search = Evolution(space, evaluator, EvolutionConfig(max_evals=50))
+        >>> best = search.run().best["objectives"]["accuracy"]
+        >>> state = json.loads(json.dumps(search.state()))  # saved as JSON, resumed later
+        >>> again = Evolution.from_state(space, evaluator, state, EvolutionConfig(max_evals=50))
+        >>> again.run().best["objectives"]["accuracy"] == best, len(again.history)
+        (True, 50)
     """
 
     def __init__(self, space: SearchSpace, evaluator: Evaluator, cfg: EvolutionConfig = EvolutionConfig(),
@@ -302,7 +314,11 @@ class Evolution:
         self.mask = space.check_mask(mask)
         self.objectives = cfg.parsed_objectives()
         self.constraints = cfg.parsed_constraints()
-        names = tuple(getattr(evaluator, "names", ()))
+        for what, ev in (("evaluator", evaluator), ("guide", guide)):
+            if ev is not None and not isinstance(ev, Evaluator):  # `names` is what makes objectives checkable
+                raise TypeError(f"the {what} must be a supernet.evaluators.Evaluator (it declares the names of "
+                                f"its objectives), got {type(ev).__name__}")
+        names = evaluator.names
         for what, n in [("objective", o) for o, _ in self.objectives] + [("constraint", c[0]) for c in self.constraints]:
             if n not in names:
                 raise KeyError(f"unknown {what} {n!r}: the evaluator returns {', '.join(names) or 'nothing'}")
@@ -310,9 +326,9 @@ class Evolution:
         if (guide is None) != (self.guide_objective is None):
             raise ValueError("cfg.guide names the guide's objective and the guide argument is its evaluator: "
                              f"give both or neither (cfg.guide={cfg.guide!r}, guide={type(guide).__name__})")
-        if guide is not None and self.guide_objective[0] not in tuple(getattr(guide, "names", ())):
+        if guide is not None and self.guide_objective[0] not in guide.names:
             raise KeyError(f"unknown guide objective {self.guide_objective[0]!r}: the guide evaluator returns "
-                           f"{', '.join(getattr(guide, 'names', ())) or 'nothing'}")
+                           f"{', '.join(guide.names) or 'nothing'}")
         self.init = [space.decode(a) if isinstance(a, str) else space.validate(a) for a in (init or [])]
         if self.init and cfg.algorithm == "random":
             raise ValueError("random search takes no warm start (init); use rea or nsga2")
@@ -588,9 +604,15 @@ def evolve(space: SearchSpace, evaluator: Evaluator, cfg: EvolutionConfig | None
       The `EvolutionResult`: best architecture, Pareto front, history and the final state.
 
     Example:
-        >>> res = evolve(space, evaluator, EvolutionConfig(algorithm="nsga2", population=20, max_evals=400,
-        ...              objectives=("max:accuracy", "min:pixel3_latency_ms")))
-        >>> [r["arch"] for r in res.front]
+        >>> from supernet.evaluators import ZeroShotEvaluator
+        >>> from supernet.spaces import make_space
+        >>> space = make_space("nb201")
+        >>> ev = ZeroShotEvaluator(space, lambda a: {"accuracy": a.sum(1) * 1.0, "cost": a.sum(1) * 2.0},
+        ...                        name=("accuracy", "cost"))  # two objectives in conflict
+        >>> res = evolve(space, ev, EvolutionConfig(algorithm="nsga2", population=20, max_evals=200,
+        ...              objectives=("max:accuracy", "min:cost")))
+        >>> len(res.front) > 1, len(res.history)
+        (True, 200)
     """
     if state is not None:
         if mask is not None or init is not None:

@@ -167,7 +167,7 @@ def hypervolume_ratio(found: Float[np.ndarray, "n 2"], reference_set: Float[np.n
 
     Example:
         >>> table = np.array([[90.0, 10.0], [80.0, 2.0], [10.0, 1.0], [50.0, 20.0]])
-        >>> hypervolume_ratio(table[:2], table, ("max", "min")) < 1.0
+        >>> hypervolume_ratio(table[:1], table, ("max", "min")) < 1.0  # (80, 2) missing from the front
         True
     """
     ref_pts = np.asarray(reference_set, np.float64)

@@ -212,7 +212,10 @@ class SingleShot:
         self._argmax_cost: Callable | None = None
 
     # ----------------------------------------------------------------- optimizers and state
-    def _setup(self, steps_per_epoch: int) -> None:
+    def init_optimizers(self, steps_per_epoch: int) -> None:
+        """Builds the weight and architecture optimizers (their schedules need the epoch length);
+        called by `run_epoch`, and before `state()` when a checkpoint is to be restored into it.
+        Idempotent."""
         if self._opts is not None:
             return
         total = self._total_steps or self.cfg.epochs * steps_per_epoch
@@ -236,7 +239,7 @@ class SingleShot:
         return {"nnx": nnx.state(self._modules()), "epoch": self.epoch, "seconds": self.seconds}
 
     def load_state(self, state: dict[str, Any], steps_per_epoch: int) -> None:
-        self._setup(steps_per_epoch)
+        self.init_optimizers(steps_per_epoch)
         nnx.update(self._modules(), state["nnx"])
         self.epoch, self.seconds = int(state["epoch"]), float(state["seconds"])
 
@@ -350,7 +353,7 @@ class SingleShot:
         steps = check_batch(cfg.batch_size, self.mesh, len(train), "training split")
         val_steps = check_batch(cfg.batch_size, self.mesh, len(val), "validation split")
         steps = min(steps, cfg.steps_per_epoch or steps)
-        self._setup(steps)
+        self.init_optimizers(steps)
         arch_on = self.epoch >= cfg.warmup_epochs
         if arch_on not in self._step_fns:
             self._step_fns[arch_on] = self._make_step(arch_on, steps, val_steps)

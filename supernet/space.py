@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float, Int
 
 from hwmodel.layers import LayerTable, prune_dead
 from supernet.template import TableTemplate
@@ -85,12 +85,33 @@ class SpaceMask:
         return self.allowed[np.arange(a.shape[-1]), a].all(-1)
 
 
+@runtime_checkable
+class HasBaseline(Protocol):
+    """A space with a reference architecture (MobileNetV2 in the mobile spaces): the `baseline`
+    stage and `target_frac` (a latency target as a fraction of the baseline's) need one."""
+
+    def baseline_arch(self) -> np.ndarray: ...
+
+
+@runtime_checkable
+class HasUnreachableBranches(Protocol):
+    """A space whose architectures can hold branches that reach no output (NAS-Bench-201 cells cut
+    by `none` edges): benchmarks report rank correlations with and without them."""
+
+    def has_unreachable_branch(self, archs: Any) -> np.ndarray: ...
+
+
 class SearchSpace(abc.ABC):
     """Base class of search spaces (see module docstring). Subclasses define the template and scalars."""
 
     name: str = "space"
+    #: the supernet family that builds its networks (`supernet.model.SUPERNETS`; e.g. `mobile` for
+    #: `mobile-curated` and `mobile-raw`); "" for a space without a supernet (tests' toy spaces)
+    family: ClassVar[str] = ""
     #: input height = width of the networks (NHWC, 3 channels); subclasses set it from their args
     input_size: int = 32
+    #: classifier outputs; subclasses set it from their args
+    num_classes: int = 10
 
     def __init__(self, decisions: Sequence[Decision], template: TableTemplate):
         names = [d.name for d in decisions]
@@ -194,6 +215,32 @@ class SearchSpace(abc.ABC):
             d = self.decisions[bad[0]]
             raise ValueError(f"choice {a[bad[0]]} out of range for decision {d.name!r} "
                              f"(valid 0..{d.num_choices - 1}: {list(d.choices)})")
+        return a.astype(np.int32)
+
+    def validate_batch(self, archs: Any) -> np.ndarray:
+        """`archs` as int32 `[N, D]` (one `[D]` architecture becomes `[1, D]`) with every choice in
+        range; otherwise one error naming the first bad architecture and decision. What every batched
+        consumer (evaluators, zero-shot scoring) checks its input with.
+
+        >>> from supernet import make_space
+        >>> make_space("nb201").validate_batch([[0, 1, 2, 3, 4, 5]])
+        Traceback (most recent call last):
+        ValueError: architecture 0: choice 5 out of range for decision 'edge_3_2' (valid 0..4: ['none', 'skip_connect', 'nor_conv_1x1', 'nor_conv_3x3', 'avg_pool_3x3'])
+        """
+        a = np.asarray(archs)
+        if a.ndim == 1:
+            a = a[None]
+        if a.ndim != 2 or a.shape[1] != self.num_decisions:
+            raise ValueError(f"expected architectures [N, {self.num_decisions}] for space {self.name!r}, "
+                             f"got shape {np.shape(archs)}")
+        if a.size and not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"architectures must hold integer choice indices, got dtype {a.dtype}")
+        bad = np.argwhere((a < 0) | (a >= self.num_choices[None, :]))
+        if bad.size:
+            i, d = bad[0]
+            dec = self.decisions[d]
+            raise ValueError(f"architecture {i}: choice {a[i, d]} out of range for decision {dec.name!r} "
+                             f"(valid 0..{dec.num_choices - 1}: {list(dec.choices)})")
         return a.astype(np.int32)
 
     def encode(self, arch: Architecture) -> str:

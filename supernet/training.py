@@ -4,7 +4,7 @@
   cosine schedule, the DARTS / NAS-Bench-201 recipe (lr 0.025 -> 0.001, momentum 0.9, wd 5e-4,
   clip 5); any optax transform can be passed instead.
 - `DeviceData`: a dataset put on the devices once (uint8 images, replicated), batches gathered inside
-  the jitted step from an on-device permutation, so no host round trip per step (DESIGN.md).
+  the jitted step from an on-device permutation, so no host round trip per step (docs/design.md).
 - `Mesh`-based data parallelism: `jax.make_mesh` over the local devices with `NamedSharding`; the
   batch is sharded on the `data` axis, state replicated, and XLA inserts the all-reduces. BatchNorm
   statistics are computed over the global batch, so 1 and N devices compute the same function.
@@ -67,6 +67,8 @@ def weight_tx(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformatio
 
 
 def cross_entropy(logits: Float[Array, "b k"], labels: Int[Array, "b"]) -> jax.Array:
+    """Mean softmax cross-entropy over integer labels, in float32 (PyTorch's `F.cross_entropy`):
+    the loss of search, training and the gradient-based zero-shot scores alike."""
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
 
 
@@ -290,34 +292,57 @@ def recalibrate_bn(model: nnx.Module, data: DeviceData, prepare: AugmentFn, *, b
     return calib.batches
 
 
+def held_out_correct(model: Any, data: DeviceData, w: jax.Array, prepare: AugmentFn, bs: int,
+                      mesh: jax.sharding.Mesh, unroll: bool = False) -> jax.Array:
+    """Number of correct predictions of `model(x, w)` over all of `data` (inside jit; the last
+    partial batch is included, its indices clamped and the repeats not counted): the one held-out
+    loop of `evaluate` and of the `supernet` and `train` evaluators. `unroll`: a Python loop instead of `fori_loop`, for a train-mode model whose BatchNorm
+    writes statistics (NNX refuses that inside a loop body's trace); the writes are dropped."""
+    n = len(data)
+
+    def body(i, total):
+        pos = i * bs + jnp.arange(bs)
+        idx = jnp.minimum(pos, n - 1)
+        xb = jax.lax.with_sharding_constraint(data.x[idx], NamedSharding(mesh, P("data")))
+        logits = model(prepare(None, xb), w)
+        return total + jnp.sum((jnp.argmax(logits, -1) == data.y[idx]) & (pos < n))
+
+    if unroll:
+        total = jnp.int32(0)
+        for i in range(-(-n // bs)):
+            total = body(i, total)
+        return total
+    return jax.lax.fori_loop(0, -(-n // bs), body, jnp.int32(0))
+
+
+def held_out_batch(batch_size: int, n: int, mesh: jax.sharding.Mesh) -> int:
+    """The held-out batch: at most `batch_size` and `n`, a multiple of the mesh's devices."""
+    d = mesh.devices.size
+    return max(d, (min(batch_size, n) // d) * d)
+
+
 def evaluate(model: nnx.Module, data: DeviceData, prepare: AugmentFn, arch_weights: jax.Array | None = None,
              batch_size: int = 500, mesh: jax.sharding.Mesh | None = None) -> float:
     """Top-1 accuracy over `data` with `model` in eval mode (BatchNorm running statistics).
 
     `model(x)` for a standalone network, `model(x, arch_weights)` for a supernet (one-hot weights
-    run single-path). The last partial batch is included (indices clamped, the repeats not
-    counted). The model is left in train mode.
+    run single-path). The last partial batch is included (`held_out_correct`). The model is left in
+    train mode.
     """
     mesh = mesh or make_mesh()
-    d = mesh.devices.size
-    bs = max(d, (min(batch_size, len(data)) // d) * d)
-    n = len(data)
+    bs = held_out_batch(batch_size, len(data), mesh)
     model.eval()
     graphdef, state = nnx.split(model)
     one_hot = arch_weights is not None and bool(jnp.all((arch_weights == 0) | (arch_weights == 1)))
 
     @jax.jit
-    def correct(state, data, start, w):
+    def correct(state, data, w):
         m = nnx.merge(graphdef, state)
-        pos = start + jnp.arange(bs)
-        idx = jnp.minimum(pos, n - 1)
-        xb = jax.lax.with_sharding_constraint(data.x[idx], NamedSharding(mesh, P("data")))
-        xb = prepare(None, xb)
         with single_path(one_hot):
-            logits = m(xb) if w is None else m(xb, w)
-        return jnp.sum((jnp.argmax(logits, -1) == data.y[idx]) & (pos < n))
+            return held_out_correct(m if w is not None else (lambda x, _: m(x)), data, w, prepare, bs, mesh)
 
-
-    total = sum(int(correct(state, data, jnp.int32(s), arch_weights)) for s in range(0, n, bs))
+    total = int(correct(state, data, arch_weights))
     model.train()
-    return total / n
+    return total / len(data)
+
+

@@ -133,7 +133,7 @@ def test_report_never_mixes_spaces_units_or_sources_and_lists_unfinished_runs(tm
 
 
 def test_explicit_latency_target_wins_and_is_recorded(tmp_path, capsys):
-    from experiments.pipeline import cost_config, target_of
+    from experiments.context import cost_config, target_of
     from supernet import make_space
     path = "experiments/configs/mobile/npu.py:search,smoke"
     cfg = load_config(path)
@@ -153,7 +153,7 @@ def test_explicit_latency_target_wins_and_is_recorded(tmp_path, capsys):
 
 def test_auto_data_source_is_recorded_and_a_resume_on_another_source_refused(tmp_path, data_dir):
     from experiments.config import to_dict
-    from experiments.pipeline import resolve_data_source
+    from experiments.checks import resolve_data_source
     a = load_config(SMOKE, ["--config.data.name=auto", f"--config.data.dir={tmp_path}"])  # no CIFAR-10 there
     resolve_data_source(a)
     assert a.data.name == "synthetic"
@@ -248,6 +248,7 @@ def test_drop_metrics_never_leaves_a_step_twice(tmp_path):
                                                                     ("evolve", None)]
 
 
+@pytest.mark.slow  # 50-150 s: two smoke runs and a corrupted checkpoint (suite time)
 def test_corrupted_latest_checkpoint_falls_back_and_resume_logs_each_epoch_once(tmp_path, capsys):
     """A smoke search (2 epochs, a checkpoint after each), then: the newest checkpoint's files
     damaged, a leftover `*.orbax-checkpoint-tmp*` folder of an interrupted save, the stage not

@@ -102,7 +102,7 @@ def test_retrained_network_is_saved_and_exported_from_its_workdir(tmp_path, data
 
     from experiments import export as export_cli
     from experiments.config import load_config
-    from experiments.pipeline import load_subnet
+    from experiments.train_stages import load_subnet
     from experiments.run import main
 
     wd = str(tmp_path / "run")

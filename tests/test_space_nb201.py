@@ -245,13 +245,13 @@ def test_single_shot_never_returns_a_constant_output_cell():
     """The derivation skips the most probable cells when they predict a constant (seen with a latency
     hinge on near-uniform logits), and says so when the search has collapsed entirely."""
     import types
-    from experiments.pipeline import _live_top_k
+    from experiments.train_stages import live_top_k
     space = make_space("nb201")
     dead = space.decode("|none~0|+|none~0|skip_connect~1|+|none~0|none~1|nor_conv_3x3~2|")
     live = [space.decode(ALL_SKIP), space.decode(ALL_CONV3)]
     ctx = types.SimpleNamespace(space=space)
     search = types.SimpleNamespace(top_k=lambda k: ([dead, live[0], dead, live[1]] * 30)[:k])
-    got = _live_top_k(ctx, search, 2)
+    got = live_top_k(ctx, search, 2)
     assert [space.encode(a) for a in got] == [ALL_SKIP, ALL_CONV3]
     with pytest.raises(FloatingPointError, match="each of the 100 most probable.*does not depend on its input"):
-        _live_top_k(ctx, types.SimpleNamespace(top_k=lambda k: [dead] * k), 10)
+        live_top_k(ctx, types.SimpleNamespace(top_k=lambda k: [dead] * k), 10)

@@ -73,7 +73,7 @@ def test_sweep_runs_are_reproducible_and_the_report_aggregates_them(tmp_path, da
     rows = report.main([root, "--out", out])
     # the runs differ only in seed (and name): one group of three
     assert len(rows) == 1 and rows[0]["runs"] == 3
-    acc = [r["table_accuracy"] for r in res.values()]
+    acc = [r["table_accuracy_pct"] for r in res.values()]
     assert rows[0]["accuracy"] == pytest.approx(np.mean(acc))
     assert rows[0]["accuracy_std"] == pytest.approx(np.std(acc))
     for suffix in (".md", ".csv", "_pareto.png", "_trajectories.png"):
@@ -102,7 +102,7 @@ def test_report_groups_by_the_given_keys(tmp_path):
         write_json(str(tmp_path / name / "config.json"),
                    {"config": {"stages": stages, "zero_shot": {"sample": sample}, "seed": seed}})
         write_json(str(tmp_path / name / "results.json"),
-                   {"table_accuracy": acc, "table_latency_ms": {"pixel3_latency_ms": 10.0}, "search_seconds": 1})
+                   {"table_accuracy_pct": acc, "table_latency_ms": {"pixel3_latency_ms": 10.0}, "search_seconds": 1})
     rows = report.main([str(tmp_path), "--group-by", "stages"])
     assert [(r["group"], r["runs"], r["accuracy"]) for r in rows] == [("stages=evolve", 2, 90.5),
                                                                      ("stages=zero_shot", 1, 85.0)]

@@ -49,6 +49,12 @@ FAST = ("naswot", "synflow", "jacob_cov", "snip", "grad_norm", "fisher", "linear
 HEAVY = ("grasp", "ntk", "zen")
 
 
+def test_every_registered_score_is_checked():
+    """Conformance by registry: a score added to `PROXIES` must join FAST or HEAVY, whose tests check
+    it is finite and that a one-hot supernet scores like the derived subnet."""
+    assert set(FAST) | set(HEAVY) == set(Z.PROXIES) and not set(FAST) & set(HEAVY)
+
+
 def _compare(got, want, names):
     for n in names:
         assert np.isfinite(want[n]), f"{n} is not finite on the test cell"
@@ -254,6 +260,7 @@ def test_zen_reads_the_running_variance_after_two_train_forwards(supernet, batch
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+@pytest.mark.slow  # suite time; test_many_architectures_in_one_compile covers the batched scorer by default
 def test_repeats_average_the_score_over_keys_on_a_sub_batch(supernet, batch):
     """`repeats={"zen": 3}, batch_sizes={"zen": 4}` (the reference protocol's shape, Zen-NAS: batch 16,
     32 repeats) is the mean of the score at keys `fold_in(k_zen, r)` on the first 4 images, where

@@ -6,7 +6,16 @@ like the derived subnet. Networks that do not report activations (only the NB201
 derived subnets do) raise a ValueError naming the supported ones.
 
 Example:
-    >>> PROXIES["naswot"](network_of(subnet), (x, y), jax.random.key(0))
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from supernet import make_space, make_supernet
+    >>> space = make_space("nb201", channels=4, cells_per_stage=1)
+    >>> supernet = make_supernet(space, rngs=nnx.Rngs(0))
+    >>> x, y = jax.random.normal(jax.random.key(1), (8, 32, 32, 3)), jnp.arange(8) % 10
+    >>> from zero_shot import PROXIES, network_of
+    >>> subnet = supernet.derive(space.sample(jax.random.key(2)))
+    >>> bool(jnp.isfinite(PROXIES["naswot"](network_of(subnet), (x, y), jax.random.key(0))))
+    True
 """
 
 from __future__ import annotations

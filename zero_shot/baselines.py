@@ -6,7 +6,17 @@ the weights: `space.layers(arch)` (or `space.expected_layers(weights)` for a dis
 `hwmodel.layers.total_params` / `total_flops` (conventions in `supernet/spaces/nb201.py`).
 
 Example:
-    >>> PROXIES["flops"](network_of(supernet, arch=arch), (x, y), jax.random.key(0))
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from supernet import make_space, make_supernet
+    >>> space = make_space("nb201", channels=4, cells_per_stage=1)
+    >>> supernet = make_supernet(space, rngs=nnx.Rngs(0))
+    >>> x, y = jax.random.normal(jax.random.key(1), (8, 32, 32, 3)), jnp.arange(8) % 10
+    >>> from zero_shot import PROXIES, network_of
+    >>> arch = space.sample(jax.random.key(2))
+    >>> flops = PROXIES["flops"](network_of(supernet, arch=arch), (x, y), jax.random.key(0))
+    >>> bool(flops == PROXIES["flops"](network_of(supernet.derive(arch), space=space), (x, y), jax.random.key(0)))
+    True
 """
 
 from __future__ import annotations

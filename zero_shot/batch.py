@@ -1,7 +1,7 @@
 """Scoring many architectures of a supernet with one compiled function.
 
 `score_archs(net, archs[N, D], (x, y), key, proxies=...)` enters the architectures as an int array
-(DESIGN.md, "One compile per search"): a `jax.lax.map` over them, `chunk` architectures vmapped at
+(one compile per search, docs/design.md): a `jax.lax.map` over them, `chunk` architectures vmapped at
 a time. With `chunk=1` (the default) each architecture runs alone and every mixed op computes only
 its chosen operation (`lax.switch`, `blocks.Taps.select`): the cost of the derived subnet, not of the
 whole supernet; with `chunk > 1` the switch becomes a select over all operations (more memory and
@@ -18,7 +18,13 @@ distinct N.
 `score(model, (x, y), key, ...)` scores one network: a supernet with `arch`, or a derived subnet.
 
 Example:
-    >>> s = score_archs(net, space.sample(jax.random.key(1), 8), (x, y), jax.random.key(0),
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from supernet import make_space, make_supernet
+    >>> space = make_space("nb201", channels=4, cells_per_stage=1)
+    >>> supernet = make_supernet(space, rngs=nnx.Rngs(0))
+    >>> x, y = jax.random.normal(jax.random.key(1), (8, 32, 32, 3)), jnp.arange(8) % 10
+    >>> s = score_archs(supernet, space.sample(jax.random.key(1), 8), (x, y), jax.random.key(0),
     ...                 proxies=("naswot", "synflow"))
     >>> s["naswot"].shape
     (8,)
@@ -58,7 +64,10 @@ DEFAULT_PROXIES = ("naswot", "synflow", "jacob_cov", "snip", "grad_norm", "fishe
                    "linear_regions", "zen", "params", "flops")
 
 
-def _check_names(proxies: Sequence[str]) -> tuple[str, ...]:
+def check_names(proxies: Sequence[str]) -> tuple[str, ...]:
+    """The score names as a tuple; none at all is a ValueError and an unknown one a KeyError, each
+    listing the valid names (the one check of score names: the scorers, the launcher's
+    `zero_shot.proxies` and `experiments.zero_shot_eval --proxies` all call it)."""
     if isinstance(proxies, str):
         proxies = (proxies,)
     names = tuple(proxies)
@@ -102,22 +111,11 @@ def _score_all(net: Network, names: tuple[str, ...], x: Array, y: Array, key: ja
 
 
 def check_archs(space: SearchSpace, archs: Any) -> np.ndarray:
-    """Validates `[N, n_decisions]` integer architectures; returns them as int32."""
-    a = np.asarray(archs)
-    if a.ndim != 2 or a.shape[1] != space.num_decisions:
-        raise ValueError(f"expected architectures of shape [N, {space.num_decisions}] for space {space.name!r}, "
-                         f"got {a.shape}")
+    """`space.validate_batch(archs)`, and at least one architecture to score."""
+    a = space.validate_batch(archs)
     if a.shape[0] == 0:
         raise ValueError("no architectures to score (the sample is empty)")
-    if not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"architectures must be integer choice indices, got dtype {a.dtype}")
-    bad = np.argwhere((a < 0) | (a >= space.num_choices[None, :]))
-    if bad.size:
-        i, d = bad[0]
-        dec = space.decisions[d]
-        raise ValueError(f"architecture {i}: choice {a[i, d]} out of range for decision {dec.name!r} "
-                         f"(valid 0..{dec.num_choices - 1})")
-    return a.astype(np.int32)
+    return a
 
 
 class ArchScorer:
@@ -134,7 +132,7 @@ class ArchScorer:
                             "use zero_shot.score for a standalone network")
         if int(chunk) < 1:
             raise ValueError(f"chunk must be >= 1 (architectures vmapped together), got {chunk}")
-        self.names = _check_names(proxies)
+        self.names = check_names(proxies)
         self.chunk, self.space = int(chunk), net.space
         self.batch_sizes, self.repeats = dict(batch_sizes or {}), dict(repeats or {})
         template = network_of(net, np.zeros(self.space.num_decisions, np.int32))
@@ -200,7 +198,7 @@ def score_archs(net: Supernet, archs: Any, batch: Batch, key: jax.Array,
       ValueError: an empty or malformed architecture array, a bad option, or a score the network
         cannot compute (activation scores on networks without taps).
     """
-    names = _check_names(proxies)
+    names = check_names(proxies)
     x = jnp.asarray(batch[0])
     bs, rep = _check_options(names, batch_sizes, repeats, x)
     graphdef, _ = nnx.split(_train_clone(net)) if isinstance(net, Supernet) else (None, None)
@@ -223,7 +221,7 @@ def score(model: nnx.Module, batch: Batch, key: jax.Array, proxies: Sequence[str
 
     Compiled once per network structure and score list (a supernet's architectures are array inputs).
     """
-    names = _check_names(proxies)
+    names = check_names(proxies)
     net = network_of(model, arch, space=space)
     x, y = jnp.asarray(batch[0], jnp.float32), jnp.asarray(batch[1], jnp.int32)
     ck = (net.graphdef, names, net.select, net.arch is None, net.arch_weights is None, id(net.space))

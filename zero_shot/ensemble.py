@@ -8,8 +8,15 @@ the Spearman correlation of the ensemble with a target (e.g. benchmark accuracy)
 split; report `spearman(rank_ensemble(test_scores, weights=w), test_target)` on a held-out split.
 
 Example:
-    >>> w = fit_ensemble_weights(train_scores, train_acc)
-    >>> rho = spearman(rank_ensemble(test_scores, weights=w), test_acc)
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> acc = rng.normal(size=200)  # the truth, and two noisy scores of it (the second noisier)
+    >>> scores = {"a": acc + rng.normal(size=200), "b": acc + 3 * rng.normal(size=200)}
+    >>> train = {k: v[:100] for k, v in scores.items()}
+    >>> test = {k: v[100:] for k, v in scores.items()}
+    >>> w = fit_ensemble_weights(train, acc[:100])
+    >>> bool(w["a"] > w["b"]), bool(spearman(rank_ensemble(test, weights=w), acc[100:]) > 0.5)
+    (True, True)
 """
 
 from __future__ import annotations

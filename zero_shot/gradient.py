@@ -12,7 +12,16 @@ one backward pass per architecture (`loss_grads`). In a supernet, weights of ina
 exactly zero gradient, so these scores equal the derived subnet's.
 
 Example:
-    >>> PROXIES["snip"](network_of(subnet), (x, y), jax.random.key(0))
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from supernet import make_space, make_supernet
+    >>> space = make_space("nb201", channels=4, cells_per_stage=1)
+    >>> supernet = make_supernet(space, rngs=nnx.Rngs(0))
+    >>> x, y = jax.random.normal(jax.random.key(1), (8, 32, 32, 3)), jnp.arange(8) % 10
+    >>> from zero_shot import PROXIES, network_of
+    >>> subnet = supernet.derive(space.sample(jax.random.key(2)))
+    >>> bool(PROXIES["snip"](network_of(subnet), (x, y), jax.random.key(0)) >= 0)
+    True
 """
 
 from __future__ import annotations

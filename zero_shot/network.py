@@ -1,6 +1,6 @@
 """A pure-function view of a network for the zero-shot scores: one type for supernets and subnets.
 
-A score is a pure function `score(net, batch, key) -> scalar` (DESIGN.md's `(model_fn, params,
+A score is a pure function `score(net, batch, key) -> scalar` (the design's `(model_fn, params,
 batch, key)`, bundled): `net` is a `Network`, which holds the NNX graph definition, the weights as an
 `nnx.State`, and, for a supernet, the architecture weights `[n_decisions, max_choices]` as an array,
 so one traced function scores every architecture. `Network.logits(x, state)` and
@@ -12,6 +12,12 @@ that Abdelfattah et al. (2021) sum over (`nnx.Param`s named `kernel`, so no bias
 `NTK_WEIGHTS` adds BN scales (TE-NAS takes every parameter named `weight`).
 
 Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from supernet import make_space, make_supernet
+    >>> space = make_space("nb201", channels=4, cells_per_stage=1)
+    >>> supernet = make_supernet(space, rngs=nnx.Rngs(0))
+    >>> x, y = jax.random.normal(jax.random.key(1), (8, 32, 32, 3)), jnp.arange(8) % 10
     >>> net = network_of(supernet, arch=space.sample(jax.random.key(0)))
     >>> net.logits(x).shape
     (8, 10)
@@ -29,8 +35,9 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from supernet.blocks import Taps, active_taps
+from supernet.blocks import ReportsTaps, Taps, active_taps
 from supernet.model import Subnet, Supernet
+from supernet.training import cross_entropy  # noqa: F401  (the scores' loss, re-exported: one definition)
 from supernet.space import SearchSpace
 
 Batch = tuple[Float[Array, "b h w c"], Int[Array, "b"]]
@@ -123,9 +130,7 @@ class Network:
 
 
 def _supports_taps(model: nnx.Module) -> bool:
-    if isinstance(model, Subnet):
-        return bool(getattr(model.backbone, "supports_taps", False))
-    return bool(getattr(model, "supports_taps", False))
+    return isinstance(model.backbone if isinstance(model, Subnet) else model, ReportsTaps)
 
 
 def network_of(model: nnx.Module, arch: Any = None, *, space: SearchSpace | None = None) -> Network:
@@ -165,12 +170,6 @@ def network_of(model: nnx.Module, arch: Any = None, *, space: SearchSpace | None
 
 
 # ------------------------------------------------------------------ helpers shared by the scores
-def cross_entropy(logits: Float[Array, "b k"], labels: Int[Array, "b"]) -> Array:
-    """Mean softmax cross-entropy (PyTorch's `F.cross_entropy`, the references' loss)."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), -1))
-
-
 def fingerprint(x: Array) -> Array:
     """A uint32 hash of an array's values (position-weighted sum of its float32 bit patterns)."""
     bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32).reshape(-1), jnp.uint32)

@@ -27,8 +27,11 @@ Both are deterministic: ties break towards the lower (decision, choice) index, a
 randomness is the caller's sample.
 
 Example:
+    >>> import jax
+    >>> from supernet import make_space
     >>> space = make_space("nb201")
     >>> archs = space.sample(jax.random.key(0), 200)
+    >>> scores = -(archs == 0).sum(1)  # any score, higher is better: here fewer `none` edges
     >>> mask = prune_marginal(space, archs, scores, target_fraction=0.2)
     >>> mask.size <= 0.2 * space.size
     True

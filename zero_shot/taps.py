@@ -13,6 +13,14 @@ at a time, so no activation outlives its layer:
 - `bn_log_stds`: `sum_l m_l log sqrt(mean_c var_lc)` (Zen-score's BN scaling term).
 
 Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from supernet import make_space, make_supernet
+    >>> space = make_space("nb201", channels=4, cells_per_stage=1)
+    >>> supernet = make_supernet(space, rngs=nnx.Rngs(0))
+    >>> x, y = jax.random.normal(jax.random.key(1), (8, 32, 32, 3)), jnp.arange(8) % 10
+    >>> from zero_shot import network_of
+    >>> subnet = supernet.derive(space.sample(jax.random.key(2)))
     >>> K, n = code_kernel(network_of(subnet), x)
     >>> bool(jnp.all(jnp.diag(K) == n))
     True

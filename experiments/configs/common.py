@@ -5,21 +5,64 @@ Every key here can be overridden from the command line (`--config.single_shot.ep
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import ml_collections
 
-from experiments.config import ConfigError
+from experiments.config import ConfigError, defaults_of, parse_value
+from supernet.objectives import CostConfig
+from supernet.single_shot import SearchConfig
+from supernet.training import TrainConfig
 
 
-def config_args(arg: str | None, valid: Sequence[str], default: str = "") -> list[str]:
-    """The comma-separated words of `path.py:arg`; an unknown word (a typo such as `quikc`) is an
-    error listing the valid ones, before any work."""
-    args = [a for a in (arg or default).split(",") if a]
-    bad = [a for a in args if a not in valid]
-    if bad:
-        raise ConfigError(f"unknown config argument(s) {bad}; valid: {', '.join(valid)}")
-    return args
+class ConfigArgs(list):
+    """The bare words of a config argument, in order (`"cpu" in args`), with the typed `key=value`
+    items as attributes (`args.epochs`), each at its declared default when not given."""
+
+
+def config_args(arg: str | None, valid: Sequence[str], default: str = "", **typed: Any) -> ConfigArgs:
+    """Parses `path.py:arg`, comma-separated bare words and typed `key=value` items (as big_vision's
+    `parse_arg`): `single_shot.py:cpu,zero,epochs=5`. `typed` declares each key with its default,
+    whose type the given value must have (`parse_value`: an int stays an int, a bool is True/False).
+    An unknown word or key (a typo such as `quikc`) or a value of the wrong type is one error,
+    before any work.
+
+    >>> args = config_args("cpu,epochs=5", ("cpu", "zero"), epochs=15)
+    >>> list(args), "zero" in args, args.epochs
+    (['cpu'], False, 5)
+    >>> config_args("cpu,epochs=five", ("cpu",), epochs=15)
+    Traceback (most recent call last):
+    experiments.config.ConfigError: config argument epochs=five: expected a int, got 'five'
+    """
+    out, values = ConfigArgs(), dict(typed)
+    for item in (a for a in (arg or default).split(",") if a):
+        key, eq, text = item.partition("=")
+        if eq:
+            if key not in typed:
+                raise ConfigError(f"unknown config argument {key}={text}; typed arguments: "
+                                  f"{', '.join(f'{k}=' for k in typed) or 'none'}; words: {', '.join(valid)}")
+            try:
+                values[key] = parse_value(text, typed[key])
+            except ConfigError as e:
+                raise ConfigError(f"config argument {item}: {e}") from None
+        elif item in valid:
+            out.append(item)
+        else:
+            raise ConfigError(f"unknown config argument {item!r}; valid: {', '.join(valid)}"
+                              + (f"; typed: {', '.join(f'{k}=' for k in typed)}" if typed else ""))
+    out.__dict__.update(values)
+    return out
+
+
+#: Keys removed from `base()`, with the value every config held: a workdir that recorded one at
+#: that value resumes (`Workdir.open(retired=...)`). `evolve.eval_batches` was never read (the
+#: `supernet` and `train` evaluators score the whole validation split).
+RETIRED = {"evolve.eval_batches": 4}
+
+#: Defaults changed since workdirs were written: key -> (old default, new default). A workdir that
+#: recorded the old default, run again by a config that holds the new one, resumes with the old
+#: value it started with (`experiments.pipeline.launch` says so in one line).
+CHANGED_DEFAULTS = {"zero_shot.init": ("model", "torch")}
 
 
 def base() -> ml_collections.ConfigDict:
@@ -31,43 +74,18 @@ def base() -> ml_collections.ConfigDict:
     c.space = ml_collections.ConfigDict({"name": "nb201", "kwargs": {}})
     c.data = ml_collections.ConfigDict({"name": "cifar10", "dir": "", "num_train": 0, "num_test": 0})
 
-    s = c.single_shot = ml_collections.ConfigDict()
-    s.epochs = 50
-    s.batch_size = 64
+    # The options of a section that a dataclass takes come from that dataclass's defaults (their one
+    # source; its docstring says what each does) and are translated back by `from_section`; the
+    # section's other keys belong to the launcher and are documented here.
+    s = c.single_shot = defaults_of(SearchConfig, skip=("cost", "seed", "arch_betas", "arch_lr_min", "steps_per_epoch"))
     s.val_fraction = 0.5  # NAS-Bench-201 / DARTS: half of the training set for the architecture step
     s.steps_per_epoch = 0  # 0: full epochs
-    s.optim = {"lr": 0.025, "lr_min": 0.001, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
-               "grad_clip": 5.0, "warmup_steps": 0}
-    s.arch_lr = 3e-4
-    s.arch_weight_decay = 1e-3
     s.arch_lr_min = -1.0  # < 0: constant arch_lr (DARTS); >= 0: cosine decay to it over the search
-    s.relaxation = "softmax"
-    s.tau = (10.0, 0.1)
-    s.hard = False
-    s.dirichlet_kl = 1e-3
-    s.beta_decay = 0.0
-    s.warmup_epochs = 0
-    s.path_sampling = False  # weight steps on one uniformly sampled path (SPOS), not the mixture
-    s.estimator = "relaxed"  # architecture gradient: "relaxed" (pathwise) or "reinforce" (TuNAS)
-    s.reward_momentum = 0.95  # reinforce: moving-average reward baseline (TuNAS)
-    s.entropy_weight = 0.0  # final weight of the choice entropy in the architecture loss (ramped from 0)
-    s.single_path = True  # one-hot forward weights run only the chosen ops (same function, faster)
     s.bn_recalibration = 10  # training batches that recompute the derived subnet's BN statistics (SPOS)
     s.supernet = ml_collections.ConfigDict()  # extra kwargs of the supernet class
     s.top_k = 10  # most probable architectures handed on (warm start of a later `evolve`)
 
-    k = c.cost = ml_collections.ConfigDict()
-    k.form = "none"
-    k.target_ms = ml_collections.FieldReference(None, field_type=float)
-    k.weight = 0.0
-    k.exponent = 0.6
-    k.model = "analytic"
-    k.accelerator = "npu"
-    k.temperature = 0.05
-    k.memory = ml_collections.FieldReference(None, field_type=str)
-    k.memory_budget_bytes = ml_collections.FieldReference(None, field_type=float)
-    k.memory_weight = 1.0
-    k.discrete = False  # cost the argmax architecture (straight-through), not the expected table
+    k = c.cost = defaults_of(CostConfig)  # target_ms: None, or set from `target_frac` (pipeline.target_of)
     # dead_code: does the device remove dead ops ("prune") or run them ("keep"); "auto" picks the
     # fit with the lower leave-one-out error (hwmodel.fit.fit_space)
     k.surrogate = ml_collections.ConfigDict({"file": "", "csv": "", "column": "", "arch_column": "",
@@ -82,9 +100,10 @@ def base() -> ml_collections.ConfigDict:
     z.top_k = 100  # best-scored architectures kept as a ranking (warm starts of `evolve`)
     z.supernet = ml_collections.ConfigDict()  # extra kwargs of the scored supernet
     # weights scored: "torch" = PyTorch's default init, the reference implementations' protocol and
-    # `python -m experiments.zero_shot_eval`'s default (higher rank correlations, README); "model" = the
-    # supernet's own init, kept as the default here so that earlier workdirs resume unchanged
-    z.init = "model"
+    # `python -m experiments.zero_shot_eval`'s default (higher rank correlations:
+    # docs/results/zero_shot.md); "model" = the supernet's own init (the default before 2026-12-04;
+    # workdirs that recorded it resume with it, CHANGED_DEFAULTS)
+    z.init = "torch"
 
     e = c.evolve = ml_collections.ConfigDict()
     e.algorithm = "rea"  # regularized evolution; "nsga2" for accuracy x latency fronts
@@ -100,19 +119,15 @@ def base() -> ml_collections.ConfigDict:
     # evaluator "supernet": BN statistics "recalibrate"d per candidate on single_shot.bn_recalibration
     # training batches (SPOS), the supernet's "running" ones, or per-"batch" ones
     e.supernet_bn = "recalibrate"
-    e.eval_batches = 4  # evaluators "supernet"/"train": held-out batches per candidate
     # guided mutation (Abdelfattah et al. 2021's zero-cost move proposal): "zero_shot" = the zero_shot
     # scores pick the best neighbour with probability guide_prob (0.75 in their code); "" = unguided
     e.guide = ""
     e.guide_prob = 0.75
 
-    r = c.retrain = ml_collections.ConfigDict()
-    r.epochs = 30
-    r.batch_size = 128
-    r.steps_per_epoch = 0
-    r.label_smoothing = 0.0
-    r.optim = {"lr": 0.1, "lr_min": 0.0, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
-               "grad_clip": 0.0, "warmup_steps": 0}
+    r = c.retrain = defaults_of(TrainConfig, skip=("seed", "steps_per_epoch"))
+    r.epochs = 30  # the launcher's retraining schedule (TrainConfig's own default is a short 10)
+    r.steps_per_epoch = 0  # 0: full epochs
+    r.optim.grad_clip = 0.0  # 0: no clipping, as OptimConfig's None (0.0 is what workdirs recorded)
 
     c.table = ml_collections.ConfigDict({"csv": "", "arch_column": "arch_str", "column": "",
                                          "latency_columns": ()})

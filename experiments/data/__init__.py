@@ -24,7 +24,16 @@ from experiments.data.cifar10 import (
     synthetic_cifar10,
 )
 
-__all__ = [
+from hwmodel.registry import Registry
+
+#: The data sets a config's `data.name` may name: `(data config section) -> Cifar10` (host arrays;
+#: `data.name = "auto"` is resolved to one of these before a run starts, `checks.resolve_data_source`).
+DATASETS = Registry("data set", {
+    "cifar10": lambda dc: load_cifar10(dc.dir or None),
+    "synthetic": lambda dc: synthetic_cifar10(dc.num_train or 2000, dc.num_test or 500, seed=0),
+})
+
+__all__ = ["DATASETS", 
     "CIFAR10_MEAN", "CIFAR10_STD", "CLASSES", "Cifar10", "DataError", "Split", "augment", "batches", "crop_flip",
     "crop_flip_params", "find_source", "load_cifar10", "normalize", "random_crops", "resolve_data_dir",
     "split_train", "synthetic_cifar10",

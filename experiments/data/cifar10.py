@@ -13,10 +13,14 @@ the official order (`CLASSES`). JPEG-sourced arrays are grouped by class (files 
 split and batch with a permutation (`split_train`, `batches` do).
 
 Example:
-    >>> data = load_cifar10()                       # doctest: +SKIP
-    >>> train, val = split_train(data, seed=0)      # doctest: +SKIP  (25k / 25k, class-balanced)
-    >>> for x, y in batches(0, *train, batch_size=256):  # doctest: +SKIP
-    ...     x = augment(jax.random.key(1), x)       # float32 [256, 32, 32, 3], normalised
+    >>> import jax
+    >>> data = synthetic_cifar10(200, 50)  # `load_cifar10()` returns the real set in the same form
+    >>> train, val = split_train(data, seed=0)  # class-balanced halves (25k / 25k on CIFAR-10)
+    >>> len(train.x), len(val.x)
+    (100, 100)
+    >>> x, y = next(batches(0, *train, batch_size=50))
+    >>> augment(jax.random.key(1), x).shape  # float32, normalised
+    (50, 32, 32, 3)
 """
 
 from __future__ import annotations

@@ -22,13 +22,12 @@ Example:
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float
 
-from supernet.blocks import SharedConv, avg_pool, batch_norm, chain_point, mixed, relu
+from supernet.blocks import ReportsTaps, SharedConv, avg_pool, batch_norm, chain_point, mixed, relu
 from supernet.heads import ClassificationHead
 from supernet.model import SUPERNETS, Supernet
 from supernet.space import Architecture, ArchProbs
@@ -111,10 +110,8 @@ class DerivedCell(nnx.Module):
         return nodes[-1]
 
 
-class NB201Backbone(nnx.Module):
+class NB201Backbone(nnx.Module, ReportsTaps):
     """Stem, stages of cells with reductions between, final BN + ReLU; shared by search and derive."""
-
-    supports_taps = True  # reports every ReLU, BN and mixed op to `blocks.Taps` (zero-shot scores)
 
     def __init__(self, stem_conv, stem_bn, stages: list[list[nnx.Module]], reductions: list[nnx.Module],
                  last_bn):
@@ -141,10 +138,8 @@ class NB201Backbone(nnx.Module):
 
 
 @SUPERNETS.register("nb201")
-class NB201Supernet(Supernet):
+class NB201Supernet(Supernet, ReportsTaps):
     """Weight-sharing NAS-Bench-201 network (see module docstring)."""
-
-    supports_taps = True
 
     def __init__(self, space: NB201Space, *, rngs: nnx.Rngs, affine: bool = False):
         self.space = space

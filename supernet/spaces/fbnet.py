@@ -49,6 +49,7 @@ STAGE_CHANNELS = (16, 24, 32, 64, 112, 184, 352)
 
 
 class FBNetSpace(SearchSpace):
+    family = "fbnet"
     """FBNet's 22-layer, 9-op space (see module docstring)."""
 
     def __init__(self, *, input_size: int = 32, stem_stride: int = 1,

@@ -70,6 +70,7 @@ def _align(x: np.ndarray | float, p: int) -> np.ndarray:
 
 
 class MobileSpace(SearchSpace):
+    family = "mobile"
     """MobileNetV2-style space with a curated (multiple-of-P) or raw (every integer) width grid.
 
     Example:

@@ -121,6 +121,7 @@ class NB201Space(SearchSpace):
     """
 
     name = "nb201"
+    family = "nb201"
 
     def __init__(self, num_classes: int = 10, input_size: int = 32, channels: int = 16,
                  cells_per_stage: int = 5):

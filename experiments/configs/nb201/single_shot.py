@@ -32,7 +32,8 @@ CPU = dict(estimator="relaxed", relaxation="softmax", beta_decay=2.0, epochs=15,
 
 
 def get_config(arg: str | None = None):
-    args = config_args(arg, (*VARIANTS, "cpu", "pixel3", "quick", "zero", "smoke"), default="drnas")
+    # typed `epochs=N`: the search length (single_shot.epochs) of whichever protocol the words pick
+    args = config_args(arg, (*VARIANTS, "cpu", "pixel3", "quick", "zero", "smoke"), default="drnas", epochs=0)
     c = base()
     c.space.name = "nb201"
     c.stages = ["single_shot"]
@@ -87,4 +88,6 @@ def get_config(arg: str | None = None):
     if "smoke" in args:
         smoke(c)
         c.space.kwargs = {"channels": 4, "cells_per_stage": 1}
+    if args.epochs:
+        c.single_shot.epochs = args.epochs
     return c

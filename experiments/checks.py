@@ -1,0 +1,178 @@
+"""Checks of a whole config before the workdir is touched and before any work
+(`check_config`, `check_stages`), and `resolve_data_source`, which fixes `data.name = "auto"` to the
+source found now. Every failure is one `ConfigError` naming the key and what to fix."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from hwmodel.accelerators import ACCELERATORS
+from hwmodel.tables import read_csv
+from supernet.spaces import make_space
+from experiments import data as D
+from experiments import train_stages  # noqa: F401  (registers the stages a config may name, with search_stages)
+from experiments.search_stages import ACCURACY_EVALUATORS
+from experiments.config import ConfigError
+from experiments.context import (CHOOSERS, SEARCH_ORDER, STAGES, cost_config, data_path,
+                                 search_config)
+
+
+def resolve_data_source(cfg: Any, quiet: bool = False) -> None:
+    """Replaces `data.name = "auto"` by the source it finds now (`cifar10` when CIFAR-10 is there,
+    else `synthetic`), before the workdir records the config: a run started on one source then
+    never resumes on the other (the workdir refuses the changed `data.name`)."""
+    if cfg.data.name == "auto":
+        try:
+            D.find_source(cfg.data.dir or None)
+            cfg.data.name = "cifar10"
+        except FileNotFoundError:
+            if not quiet:
+                print("data.name=auto: CIFAR-10 not found, using the synthetic stand-in (set HWNAS_DATA_DIR)")
+            cfg.data.name = "synthetic"
+
+
+def check_stages(stages: list[str]) -> None:
+    """Unknown names and senseless orders fail before any work."""
+    if not stages:
+        raise ConfigError(f"config.stages is empty; choose from {', '.join(sorted(STAGES))}")
+    for s in stages:
+        if s not in STAGES:
+            raise ConfigError(f"unknown stage {s!r}; valid stages: {', '.join(sorted(STAGES))}")
+    if len(set(stages)) != len(stages):
+        raise ConfigError(f"a stage appears twice in {stages}")
+    for i, s in enumerate(stages):
+        if s == "retrain" and not CHOOSERS & set(stages[:i]):
+            raise ConfigError(f"'retrain' needs an earlier stage that chooses an architecture "
+                              f"({', '.join(sorted(CHOOSERS))}); got {stages}")
+        if s == "baseline" and CHOOSERS & set(stages[:i]):
+            raise ConfigError(f"'baseline' would replace the architecture chosen before it in {stages}")
+        if s == "baseline" and set(SEARCH_ORDER) & set(stages):
+            raise ConfigError(f"'baseline' is an arm of its own; do not combine it with search stages: {stages}")
+    searches = [s for s in stages if s in SEARCH_ORDER]
+    if searches != sorted(searches, key=SEARCH_ORDER.index):
+        raise ConfigError(f"search stages must run in the order {' -> '.join(SEARCH_ORDER)} (zero-shot prunes "
+                          f"the space for the others, single-shot's supernet seeds evolution); got {stages}")
+
+
+#: `matmul_precision` values JAX accepts (`jax_default_matmul_precision`).
+MATMUL_PRECISIONS = ("default", "high", "highest", "bfloat16", "tensorfloat32", "float32")
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _number(cfg: Any, key: str, low: float | None = None, high: float | None = None, integer: bool = False,
+            low_open: bool = False, high_open: bool = False, note: str = "") -> None:
+    """`key` (dotted) is a number in the range; else one message naming the key, range and value
+    (and `note`, e.g. what 0 means)."""
+    v = cfg
+    for k in key.split("."):
+        v = v[k]
+    kind = int if integer else (int, float)
+    ok = isinstance(v, kind) and not isinstance(v, bool) and np.isfinite(v)
+    ok = ok and (low is None or (v > low if low_open else v >= low)) and (high is None or (v < high if high_open else v <= high))
+    if not ok:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        rng = " and ".join(x for x in (lo, hi) if x)
+        raise ConfigError(f"{key} must be {'an integer' if integer else 'a number'}{' ' + rng if rng else ''}{note}, got {v!r}")
+
+
+def check_config(cfg: Any) -> None:
+    """The whole config, checked before the workdir is touched and before any work: types, ranges,
+    names (stages, space, accelerators, algorithms, evaluators), files and their columns. One
+    `ConfigError` naming the key and what to fix. (Checks that need the data, e.g. a batch larger
+    than the training set, stay where the data is loaded.)"""
+    import jax
+    from supernet.multishot import ALGORITHMS
+    check_stages(list(cfg.stages))
+    stages = set(cfg.stages)
+    _number(cfg, "seed", 0, integer=True)
+    _number(cfg, "num_devices", 0, integer=True)
+    _need(cfg.num_devices <= jax.device_count(),
+          f"num_devices={cfg.num_devices} but this machine has {jax.device_count()} "
+          f"{jax.devices()[0].platform} device(s); use 0 (all) or at most {jax.device_count()}")
+    _need(cfg.get("matmul_precision", "default") in MATMUL_PRECISIONS,
+          f"unknown matmul_precision {cfg.get('matmul_precision')!r}; valid: {', '.join(MATMUL_PRECISIONS)}")
+    try:
+        space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"space {cfg.space.name!r} with kwargs {dict(cfg.space.kwargs)}: "
+                          f"{e.args[0] if e.args else e}") from None
+    _need(cfg.data.name == "auto" or cfg.data.name in D.DATASETS,
+          f"unknown data.name {cfg.data.name!r}; valid: auto, {', '.join(sorted(D.DATASETS))}")
+    _number(cfg, "data.num_train", 0, integer=True)
+    _number(cfg, "data.num_test", 0, integer=True)
+    if cfg.data.name == "cifar10":
+        try:
+            D.find_source(cfg.data.dir or None)
+        except FileNotFoundError as e:
+            raise ConfigError(f"data.name='cifar10': {e}") from None
+    for name in cfg.report.accelerators:
+        _need(name in ACCELERATORS, f"unknown accelerator {name!r} in report.accelerators; valid: "
+                                    f"{', '.join(sorted(ACCELERATORS))}")
+    _need(cfg.cost.accelerator in ACCELERATORS, f"unknown cost.accelerator {cfg.cost.accelerator!r}; valid: "
+                                                 f"{', '.join(sorted(ACCELERATORS))}")
+    t = cfg.cost.target_ms
+    _need(t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and np.isfinite(t) and t > 0),
+          f"cost.target_ms must be a latency in ms > 0 (or None), got {t!r}")
+    _number(cfg, "cost.weight", 0)
+    try:
+        cost = cost_config(cfg, space)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config cost: {e}") from None
+    if not cost.uses_latency and (cfg.cost.target_ms is not None or cfg.cost.weight > 0):
+        print(f"warning: cost.form='none': no latency term in the loss, so cost.target_ms={cfg.cost.target_ms!r} "
+              f"and cost.weight={cfg.cost.weight!r} have no effect (set cost.form, e.g. hinge)", file=sys.stderr)
+    if cost.model == "surrogate" and cost.uses_latency:
+        sur = cfg.cost.surrogate
+        _need(bool(sur.file or sur.csv), "cost.model='surrogate' needs cost.surrogate.file or cost.surrogate.csv")
+        path = data_path(sur.file or sur.csv)
+        _need(os.path.isfile(path), f"cost.surrogate.{'file' if sur.file else 'csv'} {path!r} not found")
+    if cfg.table.csv:
+        path = data_path(cfg.table.csv)
+        if os.path.isfile(path):
+            header, _ = read_csv(path, "lookup table (config table.csv)")
+            for key, col in [("table.arch_column", cfg.table.arch_column), ("table.column", cfg.table.column)] + \
+                    [("table.latency_columns", c) for c in cfg.table.latency_columns]:
+                _need(col in header, f"{key}={col!r} is not a column of {path}; columns: {header}")
+        elif cfg.data.name != "auto":  # the quickstart runs without the table
+            raise ConfigError(f"lookup table {path!r} not found (config table.csv)")
+    if "single_shot" in stages:
+        _number(cfg, "single_shot.epochs", 1, integer=True)
+        _number(cfg, "single_shot.batch_size", 1, integer=True)
+        _number(cfg, "single_shot.val_fraction", 0, 1, low_open=True, high_open=True)
+        _number(cfg, "single_shot.steps_per_epoch", 0, integer=True, note=" (0 = full epochs)")
+        _number(cfg, "single_shot.bn_recalibration", 0, integer=True)
+        _number(cfg, "single_shot.top_k", 1, integer=True)
+        search_config(cfg, space)
+    if "retrain" in stages:
+        _number(cfg, "retrain.epochs", 1, integer=True)
+        _number(cfg, "retrain.batch_size", 1, integer=True)
+        _number(cfg, "retrain.steps_per_epoch", 0, integer=True, note=" (0 = full epochs)")
+        _number(cfg, "retrain.label_smoothing", 0, 1, high_open=True)
+    if "zero_shot" in stages:
+        _number(cfg, "zero_shot.target_fraction", 0, 1, low_open=True)
+        _number(cfg, "zero_shot.sample", 1, integer=True)
+        _number(cfg, "zero_shot.batch_size", 1, integer=True)
+        _need(cfg.zero_shot.method in ("marginal", "progressive"),
+              f"unknown zero_shot.method {cfg.zero_shot.method!r}; valid: marginal, progressive")
+    if "evolve" in stages:
+        e = cfg.evolve
+        _need(e.algorithm in ALGORITHMS, f"unknown evolve.algorithm {e.algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+        _need(e.evaluator in ACCURACY_EVALUATORS,
+              f"unknown evolve.evaluator {e.evaluator!r}; valid: {', '.join(sorted(ACCURACY_EVALUATORS))}")
+        if e.evaluator == "table":
+            _need(bool(cfg.table.csv and cfg.table.column), "evolve.evaluator='table' needs table.csv and table.column")
+        _number(cfg, "evolve.budget_evals", 0, integer=True)
+        _number(cfg, "evolve.budget_seconds", 0)
+        _need(e.budget_evals > 0 or e.budget_seconds > 0,
+              "evolve needs a budget: evolve.budget_evals > 0 or evolve.budget_seconds > 0")
+        _number(cfg, "evolve.guide_prob", 0, 1)
+

@@ -1,0 +1,213 @@
+"""What the pipeline's stages share: the `Context` they read and extend, the `STAGES` registry they
+register in, and the config-to-dataclass translations (`cost_config`, `search_config`, `target_of`)
+that both the stages and `experiments.checks` use.
+
+Dependencies point one way inside `experiments`: context <- train_stages <- search_stages <- checks
+<- pipeline (the stage modules never import the checks or the pipeline that runs them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from hwmodel import analytic
+from hwmodel.accelerators import ACCELERATORS
+from hwmodel.registry import Registry
+from supernet.objectives import CostConfig
+from supernet.single_shot import SearchConfig
+from supernet.space import HasBaseline, SearchSpace, SpaceMask
+from supernet.training import DeviceData, OptimConfig
+from experiments import data as D
+from experiments.config import ConfigError, from_section
+from experiments.workdir import Workdir
+
+
+STAGES: Registry[Callable[["Context"], dict[str, Any]]] = Registry("stage")
+#: Stages that choose an architecture; `retrain` needs one of them before it.
+CHOOSERS = {"baseline", "zero_shot", "single_shot", "evolve"}
+#: Search stages in the only order that makes sense: prune (zero), collapse (single), evolve (multi).
+SEARCH_ORDER = ("zero_shot", "single_shot", "evolve")
+
+
+@dataclasses.dataclass
+class Context:
+    """What stages share: config, workdir, space, data (loaded lazily), mask and the architecture."""
+
+    cfg: Any
+    wd: Workdir
+    space: SearchSpace
+    mesh: jax.sharding.Mesh
+    mask: SpaceMask | None = None
+    arch: np.ndarray | None = None
+    #: Ranked architecture strings (best first) for warm starts: zero-shot's best scored, single-shot's top-k.
+    ranking: list[str] = dataclasses.field(default_factory=list)
+    #: The trained supernet of a `single_shot` stage of this run (for the `supernet` evaluator).
+    supernet: Any = None
+    #: `(archs, {score name: raw scores})` of this run's `zero_shot` stage or of the reference sample
+    #: of `search_stages.zero_shot_scorer` (shared, not scored twice).
+    zero_shot_scores: Any = None
+    results: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _data: Any = None
+    _surrogate: Any = None
+
+    def data(self):
+        """CIFAR-10 (or the synthetic stand-in) as host arrays, optionally subsampled."""
+        if self._data is None:
+            dc = self.cfg.data
+            name = dc.name
+            if name == "auto":  # CIFAR-10 when it is found, else the synthetic stand-in (quickstart)
+                try:
+                    D.find_source(dc.dir or None)
+                    name = "cifar10"
+                except FileNotFoundError:
+                    print("CIFAR-10 not found; using synthetic data (set HWNAS_DATA_DIR)")
+                    name = "synthetic"
+            if name not in D.DATASETS:
+                raise ConfigError(f"unknown data.name {dc.name!r}; valid: auto, {', '.join(sorted(D.DATASETS))}")
+            d = D.DATASETS[name](dc)
+            if dc.num_train and len(d.x_train) > dc.num_train:  # a class-balanced subset for quick runs
+                tr, _ = D.split_train(d, val_size=len(d.x_train) - dc.num_train, seed=0)
+                d = dataclasses.replace(d, x_train=tr.x, y_train=tr.y)
+            if dc.num_test and len(d.x_test) > dc.num_test:
+                d = dataclasses.replace(d, x_test=d.x_test[:: len(d.x_test) // dc.num_test][: dc.num_test],
+                                        y_test=d.y_test[:: len(d.y_test) // dc.num_test][: dc.num_test])
+            self._data = d
+        return self._data
+
+
+
+def checkpointer(ctx: Context, stage: str) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(os.path.abspath(ctx.wd.file("checkpoints", stage)),
+                                 # a save interrupted by Ctrl-C or a kill leaves a `*.orbax-checkpoint-tmp*`
+                                 # folder: removed here, and never taken for a checkpoint
+                                 options=ocp.CheckpointManagerOptions(max_to_keep=2, cleanup_tmp_directories=True))
+
+
+def restore_latest(mngr: ocp.CheckpointManager, template: dict[str, Any]) -> dict[str, Any] | None:
+    """The newest checkpoint that reads back; an unreadable one (a corrupted or truncated file) is
+    skipped with one line saying so, and the previous kept one is used (`max_to_keep=2`)."""
+    steps = sorted(mngr.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+        try:
+            return mngr.restore(step, args=ocp.args.StandardRestore(template))
+        except Exception as e:  # orbax/tensorstore raise many types for a damaged file
+            what = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            nxt = f"falling back to checkpoint {steps[i + 1]}" if i + 1 < len(steps) else "no older checkpoint"
+            print(f"warning: checkpoint {step} in {mngr.directory} is unreadable ({what}); {nxt}")
+            try:  # the epoch runs again and saves this step anew
+                mngr.delete(step)
+            except Exception:  # noqa: BLE001  (a folder that cannot be removed: the save will say so)
+                pass
+    if steps:
+        raise ConfigError(f"every checkpoint in {mngr.directory} is unreadable; delete that folder to "
+                          "restart the stage from scratch")
+    return None
+
+
+def to_pure(state: dict[str, Any]) -> dict[str, Any]:
+    return {"nnx": nnx.to_pure_dict(state["nnx"]), "epoch": np.asarray(state["epoch"], np.int64),
+            "seconds": np.asarray(state["seconds"], np.float64)}
+
+
+def from_pure(template: dict[str, Any], pure: dict[str, Any]) -> dict[str, Any]:
+    nnx.replace_by_pure_dict(template["nnx"], pure["nnx"])
+    return {"nnx": template["nnx"], "epoch": int(pure["epoch"]), "seconds": float(pure["seconds"])}
+
+
+def splits(ctx: Context) -> tuple[DeviceData, DeviceData]:
+    d = ctx.data()
+    tr, va = D.split_train(d, val_fraction=ctx.cfg.single_shot.val_fraction, seed=ctx.cfg.seed)
+    return DeviceData.put(tr.x, tr.y, ctx.mesh), DeviceData.put(va.x, va.y, ctx.mesh)
+
+
+def target_of(cfg: Any, space: SearchSpace | None = None) -> tuple[float | None, str]:
+    """`(target ms, where it came from)`: an explicit `cost.target_ms` wins; else `target_frac`
+    (a config's own key) times the space's baseline architecture's exact analytic latency on
+    `cost.accelerator`; else none."""
+    if cfg.cost.target_ms is not None:
+        return cfg.cost.target_ms, "cost.target_ms"
+    frac = cfg.get("target_frac")
+    if frac is None or frac == 0:
+        return None, "none"
+    if not isinstance(frac, (int, float)) or not 0 < frac:
+        raise ConfigError(f"target_frac must be a number > 0 (a fraction of the baseline's latency), got {frac!r}")
+    if not isinstance(space, HasBaseline):
+        raise ConfigError("target_frac needs a space with a baseline architecture; set cost.target_ms instead")
+    base_ms = float(analytic.latency_ms(ACCELERATORS[cfg.cost.accelerator],
+                                        space.layers(jnp.asarray(space.baseline_arch()))))
+    return frac * base_ms, f"target_frac {frac:g} x baseline {base_ms:.4g} ms (analytic {cfg.cost.accelerator})"
+
+
+def cost_config(cfg: Any, space: SearchSpace | None = None) -> CostConfig:
+    """The CostConfig of `cfg.cost`, its target from `target_of`."""
+    c = cfg.cost
+    target, source = target_of(cfg, space)
+    if c.form in ("proxyless", "tunas", "hinge") and target is None:
+        raise ConfigError(f"cost.form={c.form!r} needs a latency target: set cost.target_ms (ms) or target_frac")
+    return from_section(CostConfig, c, target_ms=target)
+
+
+def fitted_surrogate(ctx: Context):
+    """The latency surrogate the config asks for: a saved file, or fitted on N rows of a CSV.
+
+    Loaded or fitted once per run and kept on the context (the search and the final report use it).
+    """
+    if ctx._surrogate is not None:
+        return ctx._surrogate
+    from experiments import fit_surrogate as F
+    from hwmodel.fit import fit_space, split
+    from hwmodel.tables import InputError
+    s = ctx.cfg.cost.surrogate
+    try:
+        if s.file:
+            ctx._surrogate = F.load_surrogate(data_path(s.file))
+        elif s.csv:
+            archs, lat = F.load_latency_csv(data_path(s.csv), ctx.space, s.column or None, s.arch_column or None)
+            idx, _ = split(len(archs), s.train_size, ctx.cfg.seed)
+            ctx._surrogate = fit_space(ctx.space, archs[idx], lat[idx], dead_code=s.dead_code)
+        else:
+            raise ConfigError("cost.model='surrogate' needs cost.surrogate.file or cost.surrogate.csv")
+    except InputError as e:  # the fit's messages name its command-line flags: say the config keys
+        msg = str(e.args[0] if e.args else e)
+        for flag, key in _SURROGATE_FLAGS.items():
+            msg = msg.replace(flag, key)
+        raise ConfigError(msg) from None
+    return ctx._surrogate
+
+
+#: `python -m experiments.fit_surrogate` flags and the config keys that set the same thing in a run.
+_SURROGATE_FLAGS = {"--arch-column": "cost.surrogate.arch_column", "--column": "cost.surrogate.column",
+                    "--train-size": "cost.surrogate.train_size", "--data": "cost.surrogate.csv",
+                    "--dead-code": "cost.surrogate.dead_code"}
+
+
+def data_path(path: str) -> str:
+    """`{data}/...` in config paths means the shared data folder (`$HWNAS_DATA_DIR` or ../shared/data)."""
+    return path.replace("{data}", str(D.resolve_data_dir(None)))
+
+
+def search_config(cfg: Any, space: SearchSpace) -> SearchConfig:
+    """The `SearchConfig` of `cfg.single_shot` and `cfg.cost`; a bad value is a `ConfigError`."""
+    sc = cfg.single_shot
+    try:
+        return from_section(SearchConfig, sc, optim=OptimConfig(**dict(sc.optim)), tau=tuple(sc.tau),
+                            arch_lr_min=None if sc.arch_lr_min < 0 else sc.arch_lr_min,
+                            cost=cost_config(cfg, space), seed=cfg.seed, steps_per_epoch=sc.steps_per_epoch or None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config single_shot / cost: {e}") from None
+
+
+
+
+def last_metric(ctx: Context, stage: str, key: str) -> float | None:
+    vals = [m[key] for m in ctx.wd.metrics() if m.get("stage") == stage and key in m]
+    return vals[-1] if vals else None
+

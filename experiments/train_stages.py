@@ -1,0 +1,192 @@
+"""The stages that train: `baseline` (the space's reference architecture, e.g. MobileNetV2),
+`single_shot` (bilevel supernet search, `supernet.single_shot`, resumed from its orbax checkpoint)
+and `retrain` (the architecture trained from scratch with a fixed schedule; its weights saved for
+`experiments.export`). Registered in `experiments.context.STAGES`."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from tqdm import tqdm
+
+from supernet.model import Subnet, make_supernet
+from supernet.objectives import make_cost_fn
+from supernet.single_shot import SingleShot
+from supernet.space import HasBaseline, SearchSpace
+from supernet.training import DeviceData, OptimConfig, TrainConfig, Trainer, evaluate, recalibrate_bn
+from experiments import data as D
+from experiments.config import ConfigError, from_section
+from experiments.context import (STAGES, Context, checkpointer, fitted_surrogate, from_pure, last_metric, restore_latest,
+                                 search_config, splits, to_pure)
+
+
+@STAGES.register("baseline")
+def stage_baseline(ctx: Context) -> dict[str, Any]:
+    if not isinstance(ctx.space, HasBaseline):
+        raise ConfigError(f"space {ctx.space.name!r} has no baseline architecture")
+    ctx.arch = ctx.space.baseline_arch()
+    return {"arch": ctx.space.encode(ctx.arch)}
+
+
+def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]:
+    """The configured search, restored from its latest checkpoint when there is one."""
+    cfg, sc = ctx.cfg, ctx.cfg.single_shot
+    search_cfg = search_config(cfg, ctx.space)
+    cost = search_cfg.cost
+    surrogate = fitted_surrogate(ctx) if cost.model == "surrogate" and cost.uses_latency else None
+    net = make_supernet(ctx.space, rngs=nnx.Rngs(cfg.seed), **dict(sc.supernet))
+    search = SingleShot(ctx.space, net, search_cfg, mask=ctx.mask,
+                        cost_fn=make_cost_fn(ctx.space, cost, surrogate) if cost.uses_latency else None,
+                        augment=D.augment, mesh=ctx.mesh)
+    train, val = splits(ctx)
+    steps = min(len(train) // sc.batch_size, sc.steps_per_epoch or 10**9)
+    mngr = checkpointer(ctx, "single_shot")
+    search.init_optimizers(steps)
+    restored = restore_latest(mngr, to_pure(search.state()))
+    if restored is not None:
+        search.load_state(from_pure(search.state(), restored), steps)
+    if ctx.wd.stage_done("single_shot") is None:  # epochs after the checkpoint run (and are logged) again
+        ctx.wd.drop_metrics("single_shot", from_epoch=search.epoch)
+    return search, mngr, train, val
+
+
+def trained_supernet(ctx: Context) -> Any:
+    """The supernet trained by this run's `single_shot` stage (restored from its last checkpoint)."""
+    if ctx.supernet is None:
+        if "single_shot" not in ctx.cfg.stages or ctx.wd.stage_done("single_shot") is None:
+            raise ConfigError("this stage needs the trained supernet of an earlier 'single_shot' stage")
+        ctx.supernet = _single_shot(ctx)[0].model
+    return ctx.supernet
+
+
+@STAGES.register("single_shot")
+def stage_single_shot(ctx: Context) -> dict[str, Any]:
+    sc = ctx.cfg.single_shot
+    search, mngr, train, val = _single_shot(ctx)
+    bar = tqdm(range(search.epoch, sc.epochs), desc="single-shot", initial=search.epoch, total=sc.epochs)
+    try:
+        for _ in bar:
+            rec = search.run_epoch(train, val)
+            ctx.wd.log({"stage": "single_shot", **rec})
+            bar.set_postfix(val_acc=f"{rec.get('val_acc', float('nan')):.3f}", lat=rec.get("latency_ms"))
+            mngr.save(search.epoch, args=ocp.args.StandardSave(to_pure(search.state())))
+    finally:  # an interrupt (Ctrl-C) must not leave the last epoch's async save half written
+        mngr.wait_until_finished()
+    argmax = search.derive_arch()
+    ctx.supernet = search.model
+    # the most probable architectures seed a later evolution (single-shot -> multishot); those whose
+    # output is a constant (a NAS-Bench-201 cell cut off by `none` edges: 10 % in the table, what a
+    # cost-driven search with near-uniform logits can land on) are no result and are skipped
+    top = live_top_k(ctx, search, max(ctx.cfg.single_shot.top_k, 1))
+    ctx.ranking = [ctx.space.encode(a) for a in top]
+    ctx.arch = top[0]
+    skipped = not np.array_equal(top[0], argmax)
+    constrained = {"argmax_arch": ctx.space.encode(argmax), "argmax_is_constant": True} if skipped else {}
+    if search.cfg.cost.target_ms is not None and search.cost_fn is not None:
+        # a latency target is a constraint on what is returned: the most probable of the top-k
+        # architectures that meets it by the search's own cost model (the argmax when it does)
+        cost = jax.jit(search.cost_fn)
+        lat = [float(cost(jnp.asarray(ctx.space.one_hot(a)))["latency_ms"]) for a in top]
+        ok = [i for i, v in enumerate(lat) if v <= search.cfg.cost.target_ms]
+        if ok:
+            ctx.arch = top[ok[0]]
+        argmax_lat = float(cost(jnp.asarray(ctx.space.one_hot(argmax)))["latency_ms"]) if skipped else lat[0]
+        constrained.update({"argmax_arch": ctx.space.encode(argmax), "argmax_latency_ms": argmax_lat,
+                            "latency_ms_model": lat[ok[0]] if ok else lat[0], "meets_target_by_model": bool(ok),
+                            "rank_among_top_k": ok[0] if ok else None})
+    return {"arch": ctx.space.encode(ctx.arch), "search_seconds": search.seconds,
+            "steps_per_epoch": min(len(train) // sc.batch_size, sc.steps_per_epoch or 10**9),
+            **inherited_accuracies(ctx, search.model, ctx.arch, train, val), **constrained,
+            "search_val_accuracy": last_metric(ctx, "single_shot", "val_acc"),
+            "probs": search.probs().tolist(), "ranking": ctx.ranking}
+
+
+def live_top_k(ctx: Context, search: Any, k: int) -> list[np.ndarray]:
+    """The k most probable architectures of the search whose output depends on the input
+    (`SearchSpace.is_constant`), among the `max(k, 100)` most probable; stops when all are constant."""
+    depth = max(k, 100)
+    top = search.top_k(depth)
+    live = [a for a, c in zip(top, ctx.space.is_constant(np.stack(top))) if not c]
+    if live:
+        return live[:k]
+    raise FloatingPointError(f"single-shot collapsed: each of the {depth} most probable architectures has an "
+                             "output that does not depend on its input (every path cut by `none`); lower "
+                             "cost.weight or raise cost.target_ms")
+
+
+def inherited_accuracies(ctx: Context, net: Any, arch: np.ndarray, train: DeviceData,
+                         val: DeviceData) -> dict[str, float]:
+    """Validation accuracy (fraction) of `arch` with the supernet's weights, two ways:
+
+    - `inherited_val_accuracy`: BatchNorm statistics recomputed on `single_shot.bn_recalibration`
+      training batches under `arch` alone (SPOS), the number that means something;
+    - `supernet_val_accuracy`: the supernet's own running statistics (accumulated under the search's
+      mixture or sampled paths; near chance for a mixture-trained supernet), kept for comparison.
+    """
+    prepare = lambda k, x: D.normalize(x)  # noqa: E731
+    onehot = ctx.space.one_hot(arch)
+    out = {"supernet_val_accuracy": evaluate(net, val, prepare, arch_weights=onehot, mesh=ctx.mesh)}
+    n = ctx.cfg.single_shot.bn_recalibration
+    if n:
+        sub = net.derive(arch)
+        recalibrate_bn(sub, train, prepare, batches=n, batch_size=ctx.cfg.single_shot.batch_size,
+                       seed=ctx.cfg.seed, mesh=ctx.mesh)
+        out["inherited_val_accuracy"] = evaluate(sub, val, prepare, mesh=ctx.mesh)
+    return out
+
+
+#: Where `retrain` saves the trained network's weights (an orbax checkpoint of its NNX state).
+MODEL_DIR = "model"
+
+
+def build_subnet(cfg: Any, space: SearchSpace, arch: np.ndarray) -> Subnet:
+    """The standalone network of `arch` as `retrain` builds it (fresh weights; `load_subnet` fills
+    in the trained ones)."""
+    net = make_supernet(space, rngs=nnx.Rngs(cfg.seed + 1), **dict(cfg.single_shot.supernet))
+    return net.derive(arch)
+
+
+def save_subnet(sub: Subnet, path: str) -> None:
+    """Writes `sub`'s weights and BN statistics (orbax). Only a retrain that had not finished wrote
+    to `path` before (its stage file is absent), so a partial save is replaced."""
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(os.path.abspath(path), nnx.to_pure_dict(nnx.state(sub)), force=True)
+
+
+def load_subnet(cfg: Any, space: SearchSpace, arch: np.ndarray, path: str) -> Subnet:
+    """The network `retrain` trained and saved at `path` (clear error when the folder is missing)."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no saved weights at {path!r}; run the config with a 'retrain' stage")
+    sub = build_subnet(cfg, space, arch)
+    state = nnx.state(sub)
+    with ocp.StandardCheckpointer() as ckpt:
+        pure = ckpt.restore(os.path.abspath(path), nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, pure)
+    nnx.update(sub, state)
+    return sub
+
+
+@STAGES.register("retrain")
+def stage_retrain(ctx: Context) -> dict[str, Any]:
+    cfg, rc = ctx.cfg, ctx.cfg.retrain
+    sub = build_subnet(cfg, ctx.space, ctx.arch)  # fresh weights: retraining from scratch
+    d = ctx.data()
+    train = DeviceData.put(d.x_train, d.y_train, ctx.mesh)
+    test = DeviceData.put(d.x_test, d.y_test, ctx.mesh)
+    tcfg = from_section(TrainConfig, rc, optim=OptimConfig(**dict(rc.optim)), seed=cfg.seed,
+                        steps_per_epoch=rc.steps_per_epoch or None)
+    trainer = Trainer(sub, tcfg, augment=D.augment, mesh=ctx.mesh, eval_input=lambda k, x: D.normalize(x))
+    ctx.wd.drop_metrics("retrain")  # retraining restarts from scratch: a killed run's epochs go
+    t0 = time.perf_counter()
+    hist = trainer.fit(train, test, callback=lambda r: ctx.wd.log({"stage": "retrain", **r}))
+    save_subnet(trainer.model, ctx.wd.file(MODEL_DIR))
+    return {"arch": ctx.space.encode(ctx.arch), "test_accuracy": hist[-1]["test_acc"],
+            "retrain_seconds": time.perf_counter() - t0, "weights": MODEL_DIR}
+

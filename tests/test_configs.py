@@ -1,0 +1,129 @@
+"""Configs: every shipped config loads and passes `check_config`, typed `:key=value` arguments, and
+every key of `base()` and of every config file is read by some code (a key nothing reads is a
+setting a researcher changes to no effect: `evolve.eval_batches` was one).
+
+"Read" is decided from the source with `ast`: a dotted key `a.b.c` is read when one module of the
+framework (the configs included: `get_sweep` reads `num_seeds`) loads the attribute or string key
+`c` and also its section `b` (so a leaf named like a common word, e.g. `init`, must be read beside
+its own section). Dict-valued keys splatted into a dataclass (`OptimConfig(**dict(sc.optim))`) are
+read when their keys are that dataclass's fields; free-form kwargs dicts count as one key.
+"""
+
+import ast
+import dataclasses
+import pathlib
+
+import pytest
+
+from experiments.config import ConfigError, flatten, load_config
+from experiments.configs.common import RETIRED, base, config_args
+from supernet.objectives import CostConfig
+from supernet.single_shot import SearchConfig
+from supernet.training import OptimConfig, TrainConfig
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGES = ("hwmodel", "supernet", "zero_shot", "experiments")
+#: Every shipped config with the arguments its docstring and the README name.
+SPECS = ["nb201/single_shot.py", "nb201/single_shot.py:cpu", "nb201/single_shot.py:cpu,pixel3",
+         "nb201/single_shot.py:cpu,zero", "nb201/single_shot.py:beta,quick,zero", "nb201/single_shot.py:smoke",
+         "nb201/single_shot.py:gdas,pixel3", "nb201/ablation.py", "nb201/ablation.py:quick",
+         "nb201/ablation.py:smoke,guided", "mobile/npu.py:search", "mobile/npu.py:baseline", "mobile/npu.py:smoke"]
+#: Dict-valued keys whose items are a dataclass's fields (read by `Cls(**dict(section))`).
+SPLATTED = {"single_shot.optim": OptimConfig, "retrain.optim": OptimConfig}
+#: Sections translated by `experiments.config.from_section(Cls, section)`: their keys that are fields
+#: of `Cls` are read (the test checks that the source makes that call).
+FROM_SECTION = {"single_shot": SearchConfig, "cost": CostConfig, "retrain": TrainConfig}
+#: Free-form kwargs dicts (passed on whole to a space or supernet class).
+KWARGS = ("space.kwargs", "single_shot.supernet", "zero_shot.supernet")
+
+
+def _reads(path: pathlib.Path) -> set[str]:
+    """Attribute names and string keys the module loads (`x.name`, `x["name"]`, `x.get("name")`)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+            out.add(node.attr)
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) \
+                and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str):
+            out.add(node.slice.value)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
+                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+            out.add(node.args[0].value)
+    return out
+
+
+MODULES = {f: _reads(f) for pkg in PACKAGES for f in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+def unread(keys) -> list[str]:
+    """The dotted keys that no module reads (with their section), by the rule of the docstring."""
+    def read(leaf: str, section: str | None) -> bool:
+        return any(leaf in r and (section is None or section in r) for r in MODULES.values())
+
+    out = []
+    for key in keys:
+        parts = key.split(".")
+        if any(key == k or key.startswith(k + ".") for k in KWARGS):
+            parts = next(k for k in KWARGS if key == k or key.startswith(k + ".")).split(".")
+        if len(parts) == 2 and parts[0] in FROM_SECTION and \
+                parts[1] in {f.name for f in dataclasses.fields(FROM_SECTION[parts[0]])}:
+            continue
+        spl = next((k for k in SPLATTED if key.startswith(k + ".")), None)
+        if spl is not None:
+            if parts[-1] not in {f.name for f in dataclasses.fields(SPLATTED[spl])}:
+                out.append(key)
+            parts = spl.split(".")
+        if not read(parts[-1], parts[-2] if len(parts) > 1 else None):
+            out.append(key)
+    return sorted(set(out))
+
+
+def test_the_sections_are_translated_by_from_section():
+    source = "".join(f.read_text() for f in MODULES if f.parent.name == "experiments")
+    for cls in FROM_SECTION.values():
+        assert f"from_section({cls.__name__}, " in source, cls.__name__
+
+
+def _keys(cfg) -> set[str]:
+    flat = flatten(cfg)
+    return set(flat) | {k for k in KWARGS if any(f == k or f.startswith(k + ".") for f in flat)}
+
+
+def test_every_key_of_base_and_of_every_config_is_read():
+    keys = _keys(base())
+    for spec in SPECS:
+        keys |= _keys(load_config(f"experiments/configs/{spec}"))
+    assert not unread(keys), f"config keys that no code reads: {unread(keys)}"
+
+
+def test_the_unread_key_check_can_fail():
+    """A key nothing reads (the retired `evolve.eval_batches`), a misspelt optimizer field and a
+    leaf read only under another section are reported; read ones are not."""
+    assert unread(["evolve.eval_batches", "single_shot.optim.lr_max", "retrain.val_fraction"]) == [
+        "evolve.eval_batches", "retrain.val_fraction", "single_shot.optim.lr_max"]
+    assert unread(["single_shot.val_fraction", "single_shot.optim.lr", "space.kwargs.channels", "seed"]) == []
+    assert set(RETIRED) & set(flatten(base())) == set()
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_every_shipped_config_passes_the_checks(spec):
+    from experiments.pipeline import prepare
+    cfg = load_config(f"experiments/configs/{spec}")
+    if cfg.data.name == "cifar10":  # CI and this machine have ../shared; elsewhere the synthetic stand-in
+        cfg.data.name = "auto"
+    prepare(cfg, quiet=True)
+
+
+def test_typed_config_arguments():
+    args = config_args("cpu,zero,epochs=5,fast=True", ("cpu", "zero"), epochs=15, fast=False, frac=0.5)
+    assert list(args) == ["cpu", "zero"] and (args.epochs, args.fast, args.frac) == (5, True, 0.5)
+    with pytest.raises(ConfigError, match=r"unknown config argument steps=3; typed arguments: epochs="):
+        config_args("steps=3", ("cpu",), epochs=15)
+    with pytest.raises(ConfigError, match=r"config argument fast=1: expected a bool"):
+        config_args("fast=1", (), fast=False)
+    with pytest.raises(ConfigError, match=r"unknown config argument 'quikc'; valid: cpu; typed: epochs="):
+        config_args("quikc", ("cpu",), epochs=15)
+    # in the shipped configs
+    assert load_config("experiments/configs/nb201/single_shot.py:cpu,epochs=3").single_shot.epochs == 3
+    assert load_config("experiments/configs/nb201/single_shot.py:cpu").single_shot.epochs == 15
+    assert load_config("experiments/configs/nb201/ablation.py:quick,seeds=3").num_seeds == 3
