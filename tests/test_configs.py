@@ -127,3 +127,31 @@ def test_typed_config_arguments():
     assert load_config("experiments/configs/nb201/single_shot.py:cpu,epochs=3").single_shot.epochs == 3
     assert load_config("experiments/configs/nb201/single_shot.py:cpu").single_shot.epochs == 15
     assert load_config("experiments/configs/nb201/ablation.py:quick,seeds=3").num_seeds == 3
+
+
+def test_old_workdirs_resume_across_a_retired_key_and_a_changed_default(tmp_path):
+    """A workdir written before `evolve.eval_batches` was retired and while `zero_shot.init`
+    defaulted to "model" resumes with today's base config: the retired key at its old value is
+    ignored, and the run goes on with the init it recorded (a different recorded value is refused)."""
+    from experiments.config import to_dict
+    from experiments.configs.common import CHANGED_DEFAULTS
+    from experiments.pipeline import adopt_recorded_defaults
+    from experiments.workdir import Workdir, WorkdirError, recorded_config
+    old = to_dict(base())
+    old["evolve"]["eval_batches"] = 4
+    old["zero_shot"]["init"] = CHANGED_DEFAULTS["zero_shot.init"][0]
+    Workdir.open(str(tmp_path), old)
+    cfg = base()
+    assert cfg.zero_shot.init == "torch"
+    adopt_recorded_defaults(cfg, recorded_config(str(tmp_path)))
+    assert cfg.zero_shot.init == "model"
+    Workdir.open(str(tmp_path), to_dict(cfg), defaults=to_dict(base()), retired=RETIRED)  # resumes
+    with pytest.raises(WorkdirError, match="eval_batches"):  # without the retired list: refused
+        Workdir.open(str(tmp_path), to_dict(cfg), defaults=to_dict(base()))
+    old["evolve"]["eval_batches"] = 8  # a value someone changed: not silently dropped
+    Workdir.open(str(tmp_path / "b"), old)
+    with pytest.raises(WorkdirError, match="eval_batches"):
+        Workdir.open(str(tmp_path / "b"), to_dict(cfg), defaults=to_dict(base()), retired=RETIRED)
+    fresh = base()  # a new workdir keeps the new default
+    adopt_recorded_defaults(fresh, recorded_config(str(tmp_path / "new")))
+    assert fresh.zero_shot.init == "torch"

@@ -5,7 +5,8 @@ Every score is a pure function `PROXIES[name](net, (x, y), key) -> scalar`, high
 supernet with a one-hot architecture scores exactly like its derived subnet: activations of inactive
 ops are masked (`supernet.blocks.Taps`), their weights get zero gradient.
 
-Example:
+Example (its first six lines are the setup the examples of the modules below use; `conftest.py`
+runs them for those doctests):
     >>> import jax, jax.numpy as jnp
     >>> from flax import nnx
     >>> from supernet import make_space, make_supernet

@@ -5,13 +5,7 @@ an inactive supernet op carries weight 0, so a supernet with a one-hot architect
 like the derived subnet. Networks that do not report activations (only the NB201 supernet and its
 derived subnets do) raise a ValueError naming the supported ones.
 
-Example:
-    >>> import jax, jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from supernet import make_space, make_supernet
-    >>> space = make_space("nb201", channels=4, cells_per_stage=1)
-    >>> supernet = make_supernet(space, rngs=nnx.Rngs(0))
-    >>> x, y = jax.random.normal(jax.random.key(1), (8, 32, 32, 3)), jnp.arange(8) % 10
+Example (`space`, `supernet`, `x`, `y`, `jax`, `jnp`: the setup of the `zero_shot` package's example):
     >>> from zero_shot import PROXIES, network_of
     >>> subnet = supernet.derive(space.sample(jax.random.key(2)))
     >>> bool(jnp.isfinite(PROXIES["naswot"](network_of(subnet), (x, y), jax.random.key(0))))

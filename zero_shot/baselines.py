@@ -5,13 +5,7 @@ bigger networks are more accurate, so both are "higher is better". They read the
 the weights: `space.layers(arch)` (or `space.expected_layers(weights)` for a distribution) with
 `hwmodel.layers.total_params` / `total_flops` (conventions in `supernet/spaces/nb201.py`).
 
-Example:
-    >>> import jax, jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from supernet import make_space, make_supernet
-    >>> space = make_space("nb201", channels=4, cells_per_stage=1)
-    >>> supernet = make_supernet(space, rngs=nnx.Rngs(0))
-    >>> x, y = jax.random.normal(jax.random.key(1), (8, 32, 32, 3)), jnp.arange(8) % 10
+Example (`space`, `supernet`, `x`, `y`, `jax`, `jnp`: the setup of the `zero_shot` package's example):
     >>> from zero_shot import PROXIES, network_of
     >>> arch = space.sample(jax.random.key(2))
     >>> flops = PROXIES["flops"](network_of(supernet, arch=arch), (x, y), jax.random.key(0))

@@ -17,13 +17,7 @@ distinct N.
 
 `score(model, (x, y), key, ...)` scores one network: a supernet with `arch`, or a derived subnet.
 
-Example:
-    >>> import jax, jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from supernet import make_space, make_supernet
-    >>> space = make_space("nb201", channels=4, cells_per_stage=1)
-    >>> supernet = make_supernet(space, rngs=nnx.Rngs(0))
-    >>> x, y = jax.random.normal(jax.random.key(1), (8, 32, 32, 3)), jnp.arange(8) % 10
+Example (`space`, `supernet`, `x`, `y`, `jax`, `jnp`: the setup of the `zero_shot` package's example):
     >>> s = score_archs(supernet, space.sample(jax.random.key(1), 8), (x, y), jax.random.key(0),
     ...                 proxies=("naswot", "synflow"))
     >>> s["naswot"].shape

@@ -11,13 +11,7 @@ never the BatchNorm statistics or the whole state. `snip`, `grad_norm`, `fisher`
 one backward pass per architecture (`loss_grads`). In a supernet, weights of inactive operations get
 exactly zero gradient, so these scores equal the derived subnet's.
 
-Example:
-    >>> import jax, jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from supernet import make_space, make_supernet
-    >>> space = make_space("nb201", channels=4, cells_per_stage=1)
-    >>> supernet = make_supernet(space, rngs=nnx.Rngs(0))
-    >>> x, y = jax.random.normal(jax.random.key(1), (8, 32, 32, 3)), jnp.arange(8) % 10
+Example (`space`, `supernet`, `x`, `y`, `jax`, `jnp`: the setup of the `zero_shot` package's example):
     >>> from zero_shot import PROXIES, network_of
     >>> subnet = supernet.derive(space.sample(jax.random.key(2)))
     >>> bool(PROXIES["snip"](network_of(subnet), (x, y), jax.random.key(0)) >= 0)

@@ -11,13 +11,7 @@ Parameter groups follow the reference implementations: `KERNELS` are the Conv2d 
 that Abdelfattah et al. (2021) sum over (`nnx.Param`s named `kernel`, so no biases and no BN);
 `NTK_WEIGHTS` adds BN scales (TE-NAS takes every parameter named `weight`).
 
-Example:
-    >>> import jax, jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from supernet import make_space, make_supernet
-    >>> space = make_space("nb201", channels=4, cells_per_stage=1)
-    >>> supernet = make_supernet(space, rngs=nnx.Rngs(0))
-    >>> x, y = jax.random.normal(jax.random.key(1), (8, 32, 32, 3)), jnp.arange(8) % 10
+Example (`space`, `supernet`, `x`, `y`, `jax`, `jnp`: the setup of the `zero_shot` package's example):
     >>> net = network_of(supernet, arch=space.sample(jax.random.key(0)))
     >>> net.logits(x).shape
     (8, 10)

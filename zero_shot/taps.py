@@ -12,13 +12,7 @@ at a time, so no activation outlives its layer:
   the derived subnet's kernel exactly (integers below 2**24 are exact in float32).
 - `bn_log_stds`: `sum_l m_l log sqrt(mean_c var_lc)` (Zen-score's BN scaling term).
 
-Example:
-    >>> import jax, jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from supernet import make_space, make_supernet
-    >>> space = make_space("nb201", channels=4, cells_per_stage=1)
-    >>> supernet = make_supernet(space, rngs=nnx.Rngs(0))
-    >>> x, y = jax.random.normal(jax.random.key(1), (8, 32, 32, 3)), jnp.arange(8) % 10
+Example (`space`, `supernet`, `x`, `y`, `jax`, `jnp`: the setup of the `zero_shot` package's example):
     >>> from zero_shot import network_of
     >>> subnet = supernet.derive(space.sample(jax.random.key(2)))
     >>> K, n = code_kernel(network_of(subnet), x)

@@ -17,13 +17,7 @@ C = 3, N = 1 supernet with stem and batch 16; linear regions on a thin C = 1, N 
 `--init model` keeps our convs' Kaiming-normal init, which is TE-NAS's; evaluate's default,
 `--init torch`, is the zero-cost-nas protocol.)
 
-Example:
-    >>> import jax, jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from supernet import make_space, make_supernet
-    >>> space = make_space("nb201", channels=4, cells_per_stage=1)
-    >>> supernet = make_supernet(space, rngs=nnx.Rngs(0))
-    >>> x, y = jax.random.normal(jax.random.key(1), (8, 32, 32, 3)), jnp.arange(8) % 10
+Example (`space`, `supernet`, `x`, `y`, `jax`, `jnp`: the setup of the `zero_shot` package's example):
     >>> from zero_shot import PROXIES, network_of
     >>> subnet = supernet.derive(space.sample(jax.random.key(2)))
     >>> bool(jnp.isfinite(PROXIES["ntk"](network_of(subnet), (x, y), jax.random.key(0))))
