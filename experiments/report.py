@@ -18,7 +18,7 @@ config has a lookup table, `PREFIX_search_length.png`: the table accuracy of the
 per run (`search_length` in the JSON printed with `--out`).
 
 Example:
-    python -m experiments.report workdirs/ablation --out docs/ablation --latency pixel3_latency_ms
+    python -m experiments.report workdirs/ablation --out docs/results/ablation --latency pixel3_latency_ms
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ value is the latency of the architecture that will be derived, the gradient that
 table at that point. TuNAS's reward likewise uses the latency of the sampled (discrete)
 architecture. With a spread distribution the expected table's latency can be far from the derived
 architecture's: on NAS-Bench-201 with a 10 ms pixel3 target the expected cost sat near the target
-while the argmax cells took about 2 ms (docs/ablation.md).
+while the argmax cells took about 2 ms (docs/results/ablation.md).
 
 Example:
     >>> cfg = CostConfig(form="proxyless", target_ms=1.0, weight=0.5)

@@ -23,7 +23,7 @@ Two gradient estimators for the architecture step (`estimator`):
 Honest costs. With one-hot forward weights (`hard`, `reinforce`) the hardware cost in the loss is the
 cost of the *sampled* architecture (straight-through for `hard`), as GDAS / FBNetV2 / TuNAS use it, not
 that of the expected layer table: with a spread distribution the expected table's cost can be far from
-any architecture the search returns (docs/ablation.md: 12 ms optimised, 2 ms derived). Every epoch
+any architecture the search returns (docs/results/ablation.md: 12 ms optimised, 2 ms derived). Every epoch
 logs the optimised cost (`latency_ms`, the epoch's mean), the cost of the current argmax
 architecture (`latency_ms_argmax`) and their relative gap (`latency_gap`), and the mean entropy of
 the choice distributions (`arch_entropy`); `entropy_weight` (ramped up from 0 like beta-decay)

@@ -3,7 +3,7 @@ single-shot (supernet) and multishot (evolution), with and without a pixel3 late
 
 Commands:
     python -m experiments.sweep --config experiments/configs/nb201/ablation.py --workdir workdirs/ablation
-    python -m experiments.report workdirs/ablation --out docs/ablation --group-by stages,cost.form --latency pixel3_latency_ms
+    python -m experiments.report workdirs/ablation --out docs/results/ablation --group-by stages,cost.form --latency pixel3_latency_ms
 Arguments (comma-separated): `quick`, `smoke`, `tunas` (the earlier latency arm: TuNAS absolute
 reward on the *expected* cost, which collapses, kept for comparison), `guided` (zero-shot scores
 guide the mutations of `evolve`), typed `seeds=N` (seeds per combination). `:quick` is the CPU scale (the CPU protocol's narrow
@@ -42,7 +42,7 @@ COMBOS = {
 #: of the cell it will return (`single_shot.py:cpu,pixel3`); zero-shot and evolution filter by it.
 LATENCY = {"cost.form": "hinge", "cost.weight": 2.0, "cost.target_ms": 10.0, "cost.model": "surrogate",
            "cost.discrete": True, "single_shot.arch_lr_min": 0.0}
-#: `:tunas`: the earlier arm (TuNAS absolute reward on the expected cost; docs/ablation.md before 12/2026).
+#: `:tunas`: the earlier arm (TuNAS absolute reward on the expected cost; docs/results/ablation.md before 12/2026).
 TUNAS = {"cost.form": "tunas", "cost.weight": 0.5, "cost.target_ms": 10.0, "cost.model": "surrogate",
          "cost.discrete": False, "single_shot.arch_lr_min": -1.0}
 NO_LATENCY = {"cost.form": "none"}
@@ -66,7 +66,7 @@ def get_config(arg: str | None = None):
     c.cost.surrogate.train_size = 50
     c.evolve.budget_evals = 100
     c.zero_shot.target_fraction = 0.2
-    # the supernet's own init, as docs/ablation.md was measured (the launcher's default is now PyTorch's)
+    # the supernet's own init, as docs/results/ablation.md was measured (the launcher's default is now PyTorch's)
     c.zero_shot.init = "model"
     c.num_seeds = 5
     if "quick" in args or "smoke" in args:
