@@ -14,11 +14,9 @@ from hwmodel.accelerators import ACCELERATORS
 from hwmodel.tables import read_csv
 from supernet.spaces import make_space
 from experiments import data as D
-from experiments import train_stages  # noqa: F401  (registers the stages a config may name, with search_stages)
-from experiments.search_stages import ACCURACY_EVALUATORS
+from experiments.search_stages import ACCURACY_EVALUATORS  # (importing it registers every stage)
 from experiments.config import ConfigError
-from experiments.context import (CHOOSERS, SEARCH_ORDER, STAGES, cost_config, data_path,
-                                 search_config)
+from experiments.context import CHOOSERS, SEARCH_ORDER, STAGES, cost_config, data_path, data_source, search_config
 
 
 def resolve_data_source(cfg: Any, quiet: bool = False) -> None:
@@ -26,13 +24,7 @@ def resolve_data_source(cfg: Any, quiet: bool = False) -> None:
     else `synthetic`), before the workdir records the config: a run started on one source then
     never resumes on the other (the workdir refuses the changed `data.name`)."""
     if cfg.data.name == "auto":
-        try:
-            D.find_source(cfg.data.dir or None)
-            cfg.data.name = "cifar10"
-        except FileNotFoundError:
-            if not quiet:
-                print("data.name=auto: CIFAR-10 not found, using the synthetic stand-in (set HWNAS_DATA_DIR)")
-            cfg.data.name = "synthetic"
+        cfg.data.name = data_source(cfg.data, quiet)
 
 
 def check_stages(stages: list[str]) -> None:

@@ -62,14 +62,7 @@ class Context:
         """CIFAR-10 (or the synthetic stand-in) as host arrays, optionally subsampled."""
         if self._data is None:
             dc = self.cfg.data
-            name = dc.name
-            if name == "auto":  # CIFAR-10 when it is found, else the synthetic stand-in (quickstart)
-                try:
-                    D.find_source(dc.dir or None)
-                    name = "cifar10"
-                except FileNotFoundError:
-                    print("CIFAR-10 not found; using synthetic data (set HWNAS_DATA_DIR)")
-                    name = "synthetic"
+            name = data_source(dc) if dc.name == "auto" else dc.name  # (launchers resolve "auto" first)
             if name not in D.DATASETS:
                 raise ConfigError(f"unknown data.name {dc.name!r}; valid: auto, {', '.join(sorted(D.DATASETS))}")
             d = D.DATASETS[name](dc)
@@ -187,6 +180,17 @@ def fitted_surrogate(ctx: Context):
 _SURROGATE_FLAGS = {"--arch-column": "cost.surrogate.arch_column", "--column": "cost.surrogate.column",
                     "--train-size": "cost.surrogate.train_size", "--data": "cost.surrogate.csv",
                     "--dead-code": "cost.surrogate.dead_code"}
+
+
+def data_source(dc: Any, quiet: bool = False) -> str:
+    """What `data.name = "auto"` means now: `cifar10` when CIFAR-10 is found, else `synthetic`."""
+    try:
+        D.find_source(dc.dir or None)
+        return "cifar10"
+    except FileNotFoundError:
+        if not quiet:
+            print("data.name=auto: CIFAR-10 not found, using the synthetic stand-in (set HWNAS_DATA_DIR)")
+        return "synthetic"
 
 
 def data_path(path: str) -> str:

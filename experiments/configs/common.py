@@ -10,9 +10,6 @@ from typing import Any, Sequence
 import ml_collections
 
 from experiments.config import ConfigError, defaults_of, parse_value
-from supernet.objectives import CostConfig
-from supernet.single_shot import SearchConfig
-from supernet.training import TrainConfig
 
 
 class ConfigArgs(list):
@@ -66,6 +63,12 @@ CHANGED_DEFAULTS = {"zero_shot.init": ("model", "torch")}
 
 
 def base() -> ml_collections.ConfigDict:
+    # the dataclasses whose defaults the sections take (imported when a config is built, not when
+    # this module is: `config_args` and the constants need none of the supernet package)
+    from supernet.objectives import CostConfig
+    from supernet.single_shot import SearchConfig
+    from supernet.training import TrainConfig
+
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.num_devices = 0  # 0: all local devices (data parallel)
