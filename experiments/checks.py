@@ -15,6 +15,9 @@ from hwmodel.tables import read_csv
 from supernet.spaces import make_space
 from experiments import data as D
 from experiments.search_stages import ACCURACY_EVALUATORS  # (importing it registers every stage)
+from experiments.landscape_stage import COSTS as LANDSCAPE_COSTS
+from supernet.landscape import is_ordered
+from hwmodel.measure import make_backend
 from experiments.config import ConfigError
 from experiments.context import CHOOSERS, SEARCH_ORDER, STAGES, cost_config, data_path, data_source, search_config
 
@@ -44,6 +47,8 @@ def check_stages(stages: list[str]) -> None:
             raise ConfigError(f"'baseline' would replace the architecture chosen before it in {stages}")
         if s == "baseline" and set(SEARCH_ORDER) & set(stages):
             raise ConfigError(f"'baseline' is an arm of its own; do not combine it with search stages: {stages}")
+    if "landscape" in stages and set(stages) - {"landscape", "retrain"}:
+        raise ConfigError(f"'landscape' is a study of its own (only 'retrain' may follow it); got {stages}")
     searches = [s for s in stages if s in SEARCH_ORDER]
     if searches != sorted(searches, key=SEARCH_ORDER.index):
         raise ConfigError(f"search stages must run in the order {' -> '.join(SEARCH_ORDER)} (zero-shot prunes "
@@ -167,4 +172,26 @@ def check_config(cfg: Any) -> None:
         _need(e.budget_evals > 0 or e.budget_seconds > 0,
               "evolve needs a budget: evolve.budget_evals > 0 or evolve.budget_seconds > 0")
         _number(cfg, "evolve.guide_prob", 0, 1)
-
+    if "landscape" in stages:
+        lc = cfg.landscape
+        _need(lc.cost in LANDSCAPE_COSTS or lc.cost in ACCELERATORS,
+              f"unknown landscape.cost {lc.cost!r}; valid: {', '.join(LANDSCAPE_COSTS)} or an accelerator "
+              f"({', '.join(sorted(ACCELERATORS))})")
+        _number(cfg, "landscape.alpha", 0)
+        for key in ("walks", "walk_steps", "lines", "descents"):
+            _number(cfg, f"landscape.{key}", 1, integer=True)
+        _need(len(lc.slice) == 2 and len(set(lc.slice)) == 2,
+              f"landscape.slice names two different decisions, got {tuple(lc.slice)}")
+        _need(any(lc.line_decisions in d.name and is_ordered(d) and d.num_choices > 2 for d in space.decisions),
+              f"landscape.line_decisions={lc.line_decisions!r} matches no ordered decision with more than "
+              f"two choices of {space.name}")
+        _number(cfg, "landscape.workers", 1, integer=True)
+        for name in lc.measured:
+            try:
+                make_backend(name).close()
+            except (KeyError, ValueError) as e:
+                raise ConfigError(f"landscape.measured: {e.args[0] if e.args else e}") from None
+        for name in lc.slice:
+            _need(name in [d.name for d in space.decisions],
+                  f"landscape.slice: {space.name} has no decision {name!r}; e.g. "
+                  f"{', '.join(d.name for d in space.decisions[-4:])}")

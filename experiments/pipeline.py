@@ -130,7 +130,7 @@ def run_pipeline(cfg: Any, wd: Workdir) -> dict[str, Any]:
         res["latency_target_ms"], res["latency_target_source"] = target, source
     res.update(hardware_costs(ctx, ctx.arch))
     res.update(table_lookup(ctx, ctx.arch))
-    res["stages"] = {s: in_percent(s, {k: v for k, v in o.items() if k not in ("probs", "mask", "ranking", "history")}, cfg)
+    res["stages"] = {s: in_percent(s, {k: v for k, v in o.items() if k not in ("probs", "mask", "ranking", "history", "slice")}, cfg)
                      for s, o in outputs.items()}
     wd.write_results(res)
     return res

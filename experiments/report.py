@@ -15,7 +15,8 @@ Writes `PREFIX.md` (a Markdown table), `PREFIX.csv` (one row per run), `PREFIX_p
 validation accuracy per epoch of `single_shot` stages, from `metrics.jsonl`) and, for runs whose
 config has a lookup table, `PREFIX_search_length.png`: the table accuracy of the architecture each
 `single_shot` epoch would have returned (its argmax, logged per epoch) against the search steps so far,
-per run (`search_length` in the JSON printed with `--out`).
+per run (`search_length` in the JSON printed with `--out`). Runs of the `landscape` stage add a table
+of its measures and `PREFIX_landscape.png` (`experiments.landscape_report`).
 
 Example:
     python -m experiments.report workdirs/ablation --out docs/results/ablation --latency pixel3_latency_ms
@@ -33,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiments.config import cli_errors, flatten
+from experiments.landscape_report import landscape_markdown, landscape_runs, plot_landscape
 
 
 def find_runs(dirs: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -277,7 +279,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         p.exit(2, f"error: --group-by key(s) {unknown} are in no run's config\n")
     with cli_errors(p):  # a lookup table with a bad row, an unknown accelerator preset
         rows = summarise(runs, args.latency, args.accelerator, group_by)
-    md = markdown(rows, unfinished)
+    studies = landscape_runs(runs)
+    searches = [r for r in runs if r not in studies]  # (a landscape study has no accuracy to tabulate or plot)
+    md = (markdown([row for row in rows if any(r["label"] == row["group"] for r in searches)], unfinished)
+          if searches else "") + (("\n" if searches else "") + landscape_markdown(runs) if studies else "")
     print(md)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -292,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 v = r["values"]
                 w.writerow([r["dir"], r["label"], r["config"].get("seed"), v["section"][0], r["results"].get("architecture"),
                             v["accuracy"], v["section"][1], v["latency_ms"], v["section"][2], v["search_seconds"]])
-        for path in plot(runs, args.out):
+        for path in (plot(runs, args.out) if searches else []) + plot_landscape(runs, args.out):
             print(f"wrote {path}")
     return rows
 
