@@ -2,10 +2,7 @@
 
 import os
 
-# several fake CPU devices for the data-parallel tests (must be set before jax initialises)
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
-
-import pytest  # noqa: E402
+import pytest  # (XLA_FLAGS, with the fake CPU devices of the data-parallel tests: ../conftest.py)
 
 DATA_DIR = os.environ.get("HWNAS_DATA_DIR",
                           os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))

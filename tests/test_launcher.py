@@ -188,7 +188,9 @@ def test_zero_shot_evaluator_and_guide_score_a_cell_alike_in_any_batch(tmp_path,
     assert "unknown evolve.guide 'synflow'; valid: zero_shot" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("method", ["marginal", "progressive"])
+# progressive pruning is slow-marked here for suite time: the stage calls the same zero_shot.prune as
+# test_zero_shot's CLI test, which keeps both methods against the oracle
+@pytest.mark.parametrize("method", ["marginal", pytest.param("progressive", marks=pytest.mark.slow)])
 def test_zero_shot_stage_prunes_to_the_target_by_either_method(tmp_path, data_dir, method, capsys):
     import numpy as np
     from supernet.spaces import make_space
