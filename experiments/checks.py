@@ -16,6 +16,8 @@ from supernet.spaces import make_space
 from experiments import data as D
 from experiments.search_stages import ACCURACY_EVALUATORS  # (importing it registers every stage)
 from experiments.landscape_stage import COSTS as LANDSCAPE_COSTS
+from experiments.expert_stage import mined_rules
+from supernet import expert
 from supernet.landscape import is_ordered
 from hwmodel.measure import make_backend
 from experiments.config import ConfigError
@@ -43,10 +45,10 @@ def check_stages(stages: list[str]) -> None:
         if s == "retrain" and not CHOOSERS & set(stages[:i]):
             raise ConfigError(f"'retrain' needs an earlier stage that chooses an architecture "
                               f"({', '.join(sorted(CHOOSERS))}); got {stages}")
-        if s == "baseline" and CHOOSERS & set(stages[:i]):
-            raise ConfigError(f"'baseline' would replace the architecture chosen before it in {stages}")
-        if s == "baseline" and set(SEARCH_ORDER) & set(stages):
-            raise ConfigError(f"'baseline' is an arm of its own; do not combine it with search stages: {stages}")
+        if s in ("baseline", "expert") and CHOOSERS & set(stages[:i]):
+            raise ConfigError(f"{s!r} would replace the architecture chosen before it in {stages}")
+        if s in ("baseline", "expert") and set(SEARCH_ORDER) & set(stages):
+            raise ConfigError(f"{s!r} is an arm of its own; do not combine it with search stages: {stages}")
     if "landscape" in stages and set(stages) - {"landscape", "retrain"}:
         raise ConfigError(f"'landscape' is a study of its own (only 'retrain' may follow it); got {stages}")
     searches = [s for s in stages if s in SEARCH_ORDER]
@@ -195,3 +197,10 @@ def check_config(cfg: Any) -> None:
             _need(name in [d.name for d in space.decisions],
                   f"landscape.slice: {space.name} has no decision {name!r}; e.g. "
                   f"{', '.join(d.name for d in space.decisions[-4:])}")
+    if "expert" in stages:
+        _need(isinstance(space, expert.MobileSpace), f"the expert stage needs a mobile space, not {space.name!r}")
+        rules = list(cfg.expert.rules) + (mined_rules(cfg.expert.mine_from) if cfg.expert.mine_from else [])
+        try:
+            expert.apply_rules(space, space.baseline_arch(), rules)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"expert.rules: {e.args[0] if e.args else e}") from None

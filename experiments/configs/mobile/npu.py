@@ -1,8 +1,13 @@
 """Curated mobile space on CIFAR-10 for the NPU preset: MobileNetV2 baseline vs the single-shot result.
 
-Commands (each arg selects one arm; both retrain with the same fixed schedule):
+Commands (each arg selects one arm; all retrain with the same fixed schedule):
     python -m experiments.run --config experiments/configs/mobile/npu.py:baseline --workdir workdirs/mobile/baseline
     python -m experiments.run --config experiments/configs/mobile/npu.py:search --workdir workdirs/mobile/search
+    python -m experiments.run --config experiments/configs/mobile/npu.py:expert --workdir workdirs/mobile/expert
+`:expert` is the expert-in-the-loop arm (`supernet.expert`, no search): the baseline with the IBN
+blocks fused where the NPU model says it pays and the widths on multiples of P; add
+`--config.expert.mine_from=workdirs/mobile/search` to carry over the rules mined from the search's
+result instead (its fused stages, width factors and multiplier).
 `,smoke` runs either in about a minute on a CPU (a reduced space, synthetic data, a few steps).
 
 The search uses TuNAS's absolute-reward latency loss on the smooth analytic NPU model, with the
@@ -11,13 +16,15 @@ latency at <= 1 point accuracy loss). Results: accuracy, analytic and surrogate 
 and peak-activation bytes in `results.json`.
 """
 
+import ml_collections
+
 from experiments.configs.common import base, config_args, smoke
 
 
 
 
 def get_config(arg: str | None = None):
-    args = config_args(arg, ("search", "baseline", "smoke"), default="search")
+    args = config_args(arg, ("search", "baseline", "expert", "smoke"), default="search")
     c = base()
     c.space.name = "mobile-curated"
     c.space.kwargs = {"parallelism": 16}
@@ -39,8 +46,10 @@ def get_config(arg: str | None = None):
     c.retrain.epochs = 60
     c.retrain.batch_size = 128
     c.retrain.label_smoothing = 0.1
-    if "baseline" in args:
-        c.stages = ["baseline", "retrain"]
+    c.expert = ml_collections.ConfigDict(dict(rules=("fuse_where_it_pays(accelerator='npu')", "align_widths"),
+                                              mine_from=""))
+    if "baseline" in args or "expert" in args:
+        c.stages = ["expert" if "expert" in args else "baseline", "retrain"]
         c.cost.form = "none"
     else:
         c.stages = ["single_shot", "retrain"]
