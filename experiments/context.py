@@ -77,6 +77,26 @@ class Context:
 
 
 
+def register_presets(cfg: Any) -> None:
+    """Adds the config's own accelerators (`hardware.presets`: name -> `{"base": preset, field:
+    value, ...}`, `hwmodel.accelerators.derive`) to `ACCELERATORS`, so every stage, evaluator and
+    report names them like the built-in presets. A name that is taken by a different accelerator
+    stops with one message (the same definition again, e.g. a sweep's next member, is fine)."""
+    from hwmodel.accelerators import derive
+    for name, fields in dict(cfg.get("hardware", {}).get("presets", {})).items():
+        fields = dict(fields)
+        if "base" not in fields:
+            raise ConfigError(f"hardware.presets.{name}: name its base preset (\"base\": \"npu\", ...)")
+        try:
+            spec = derive(ACCELERATORS[fields.pop("base")], name, **fields)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"hardware.presets.{name}: {e.args[0] if e.args else e}") from None
+        if name in ACCELERATORS and ACCELERATORS[name] != spec:
+            raise ConfigError(f"hardware.presets.{name}: {name!r} is already an accelerator "
+                              f"({ACCELERATORS[name].description}); choose another name")
+        ACCELERATORS[name] = spec
+
+
 def checkpointer(ctx: Context, stage: str) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.abspath(ctx.wd.file("checkpoints", stage)),
                                  # a save interrupted by Ctrl-C or a kill leaves a `*.orbax-checkpoint-tmp*`

@@ -29,7 +29,7 @@ from supernet.training import make_mesh
 from experiments.checks import check_config, check_stages, resolve_data_source
 from experiments.config import ConfigError, to_dict
 from experiments.configs.common import CHANGED_DEFAULTS, RETIRED, base
-from experiments.context import STAGES, Context, data_path, fitted_surrogate, target_of
+from experiments.context import STAGES, Context, data_path, fitted_surrogate, register_presets, target_of
 from experiments.workdir import Workdir, recorded_config
 
 
@@ -141,6 +141,7 @@ def prepare(cfg: Any, quiet: bool = False) -> None:
     """Fixes `data.name = "auto"` to the source found now and checks the whole config: what every
     launcher does before it touches a workdir (a bad config stops here, with nothing written)."""
     resolve_data_source(cfg, quiet=quiet)
+    register_presets(cfg)  # the config's own accelerators, before anything names them
     check_config(cfg)
 
 

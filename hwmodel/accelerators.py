@@ -170,6 +170,34 @@ def make_npu(parallelism: int, **overrides: Any) -> AcceleratorSpec:
     return AcceleratorSpec(**fields)
 
 
+def derive(base: AcceleratorSpec, name: str, parallelism: int | None = None, **changes: Any) -> AcceleratorSpec:
+    """A new accelerator that differs from `base` in the given fields: the design-phase sweep of a
+    chip that does not exist yet (the article: "test accelerators in the design phase").
+
+    Args:
+      base: the preset to start from.
+      name: the new preset's name.
+      parallelism: shortcut for a P x P array with a P-wide vector unit (`mac_rows`, `mac_cols` and
+        `vector_lanes` set to P), as `make_npu` builds them.
+      **changes: any other `AcceleratorSpec` field (e.g. `sram_bytes=512 * 1024`).
+
+    Example:
+        >>> derive(ACCELERATORS["npu"], "npu-p32-2m", parallelism=32, sram_bytes=2 * MiB).peak_tops
+        2.048
+    """
+    fields = {f.name for f in dataclasses.fields(AcceleratorSpec)}
+    unknown = set(changes) - fields
+    if unknown:
+        raise TypeError(f"unknown AcceleratorSpec fields {sorted(unknown)}; valid: parallelism, {', '.join(sorted(fields - {'name'}))}")
+    if parallelism is not None:
+        if int(parallelism) < 1:
+            raise ValueError(f"parallelism must be a positive integer, got {parallelism!r}")
+        changes = {"mac_rows": int(parallelism), "mac_cols": int(parallelism), "vector_lanes": int(parallelism)} | changes
+    desc = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
+    return dataclasses.replace(base, name=name, description=f"{base.name} with {desc}",
+                               source=f"derived from {base.name}: {base.source}", **changes)
+
+
 ACCELERATORS["npu"] = make_npu(16, name="npu")
 for _p in (16, 32, 64):
     ACCELERATORS[f"npu-p{_p}"] = make_npu(_p)

@@ -36,7 +36,7 @@ SPLATTED = {"single_shot.optim": OptimConfig, "retrain.optim": OptimConfig}
 #: of `Cls` are read (the test checks that the source makes that call).
 FROM_SECTION = {"single_shot": SearchConfig, "cost": CostConfig, "retrain": TrainConfig}
 #: Free-form kwargs dicts (passed on whole to a space or supernet class).
-KWARGS = ("space.kwargs", "single_shot.supernet", "zero_shot.supernet")
+KWARGS = ("space.kwargs", "single_shot.supernet", "zero_shot.supernet", "hardware.presets")
 
 
 def _reads(path: pathlib.Path) -> set[str]:
@@ -157,3 +157,40 @@ def test_old_workdirs_resume_across_a_retired_key_and_a_changed_default(tmp_path
     fresh = base()  # a new workdir keeps the new default
     adopt_recorded_defaults(fresh, recorded_config(str(tmp_path / "new")))
     assert fresh.zero_shot.init == "torch"
+
+
+def test_config_accelerators_derive_from_a_preset_and_run_like_one(tmp_path):
+    """`hardware.presets` (a chip in its design phase): derived from a preset, registered at launch,
+    then named like any preset; a derived P = 32 NPU is `make_npu(32)` (the same latency); bad
+    definitions stop with one message."""
+    import numpy as np
+
+    from experiments.pipeline import launch, prepare
+    from hwmodel import ACCELERATORS, analytic, make_npu
+    from hwmodel.accelerators import MiB, derive
+    from supernet.spaces import make_space
+    p32 = derive(ACCELERATORS["npu"], "x", parallelism=32, sram_bytes=2 * MiB)
+    ref = make_npu(32)
+    table = make_space("mobile-curated").layers(make_space("mobile-curated").baseline_arch())
+    assert float(analytic.latency_ms(p32, table)) == float(analytic.latency_ms(ref, table))
+    assert float(analytic.latency_ms(ACCELERATORS["npu"], table)) > float(analytic.latency_ms(ref, table))
+    cfg = load_config("experiments/configs/mobile/curation.py:curated,smoke")
+    cfg.hardware.presets = {"chip-p8": {"base": "npu", "parallelism": 8, "sram_bytes": 524288}}
+    cfg.landscape.cost = "chip-p8"
+    cfg.report.accelerators = ("npu", "chip-p8")
+    try:
+        prepare(cfg, quiet=True)
+        res = launch(cfg, str(tmp_path / "run"))
+        assert res["latency_ms"]["analytic:chip-p8"] > 0 and ACCELERATORS["chip-p8"].mac_cols == 8
+        prepare(cfg, quiet=True)  # the same definition again (a resumed run, a sweep's next member)
+        assert np.isclose(ACCELERATORS["chip-p8"].sram_bytes, 524288)
+    finally:  # the registry is the process's: leave it as the other tests expect it
+        ACCELERATORS.pop("chip-p8", None)
+    for presets, msg in (({"c1": {"base": "tpu9"}}, "unknown accelerator 'tpu9'"),
+                         ({"c2": {"base": "npu", "lanes": 8}}, "unknown AcceleratorSpec fields \\['lanes'\\]"),
+                         ({"c3": {"parallelism": 8}}, "name its base preset"),
+                         ({"npu": {"base": "npu", "parallelism": 8}}, "'npu' is already an accelerator")):
+        bad = load_config("experiments/configs/mobile/curation.py:curated,smoke")
+        bad.hardware.presets = presets
+        with pytest.raises(ConfigError, match=msg):
+            prepare(bad, quiet=True)

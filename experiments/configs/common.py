@@ -135,6 +135,10 @@ def base() -> ml_collections.ConfigDict:
     c.table = ml_collections.ConfigDict({"csv": "", "arch_column": "arch_str", "column": "",
                                          "latency_columns": ()})
     c.report = ml_collections.ConfigDict({"accelerators": ("npu", "edgetpu", "mobile-cpu")})
+    # accelerators that exist only in this config (a chip in its design phase): name -> {"base": a
+    # preset, and the AcceleratorSpec fields that differ, or "parallelism": P}; registered at launch,
+    # then named like any preset (cost.accelerator, report.accelerators, evolve's hwcost)
+    c.hardware = ml_collections.ConfigDict({"presets": {}})
     return c
 
 

@@ -8,7 +8,8 @@ Commands (one workdir per panel, then one report that draws the figure and the t
 Arguments: `flops` (panel 1: FLOPs on `mobile-raw`), `npu` (panel 2: the analytic NPU's latency
 on `mobile-raw`), `curated` (panel 3: the same latency on `mobile-curated`); `smoke` shrinks the
 measures to seconds. The sweep runs the three panels for seeds 0-2: 7 minutes in all on the 2-core
-CPU, 6 of them the ZigZag-simulated width line of the raw panel's seed 0.
+CPU (the raw NPU panel's seed 0, with its ZigZag-simulated width line: 4.4 min; every other run
+7-36 s).
 
 The objective is `J = HW / HW(MobileNetV2) - log(MACs / MACs(MobileNetV2))` (a NAS search trades
 the task, here its capacity proxy log MACs, against the hardware cost). Result (2026-12-04, 3
@@ -24,7 +25,7 @@ from experiments.configs.common import base, config_args
 
 PANELS = {"flops": ("mobile-raw", "flops"), "npu": ("mobile-raw", "npu"), "curated": ("mobile-curated", "npu")}
 #: Seed 0 of the latency panels also measures the first slice decision's line on ZigZag's 16x16x4
-#: `ascend_like` array (P = 16 like the preset), next to the analytic model (about 6 min on raw widths).
+#: `ascend_like` array (P = 16 like the preset), next to the analytic model (about 4 min on raw widths).
 MEASURED = ("zigzag:ascend_like",)
 #: Sweep folders in the figure's panel order (the report takes runs in folder order).
 ORDER = {"flops": "1_flops", "npu": "2_npu", "curated": "3_curated"}
