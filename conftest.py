@@ -4,7 +4,6 @@ package docstring's example builds; its setup lines (those before `import zero_s
 per process and fill their namespace, so the setup is written once, where a reader meets it."""
 
 import doctest
-import getpass
 import os
 import tempfile
 
@@ -16,7 +15,7 @@ import pytest
 # program, the jax/jaxlib versions and the flags, so a hit is the same executable; a fresh clone
 # (CI) starts empty. `JAX_COMPILATION_CACHE_DIR=` (empty) turns it off.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), f"hwnas-jax-cache-{getpass.getuser()}"))
+                      os.path.join(tempfile.gettempdir(), f"hwnas-jax-cache-{getattr(os, 'getuid', lambda: 0)()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 # The tests check values, not speed: XLA:CPU compiles without LLVM's optimisation passes (about 2x
 # faster compiles: 83 s -> 44 s on test_single_path's mobile forward/gradient test; numerics are

@@ -18,7 +18,8 @@ from experiments.search_stages import ACCURACY_EVALUATORS  # (importing it regis
 from experiments.landscape_stage import COSTS as LANDSCAPE_COSTS
 from experiments.expert_stage import mined_rules
 from supernet import expert
-from supernet.landscape import is_ordered
+from supernet.spaces.mobile import MobileSpace
+from supernet.landscape import line_decisions
 from hwmodel.measure import make_backend
 from experiments.config import ConfigError
 from experiments.context import CHOOSERS, SEARCH_ORDER, STAGES, cost_config, data_path, data_source, search_config
@@ -184,7 +185,7 @@ def check_config(cfg: Any) -> None:
             _number(cfg, f"landscape.{key}", 1, integer=True)
         _need(len(lc.slice) == 2 and len(set(lc.slice)) == 2,
               f"landscape.slice names two different decisions, got {tuple(lc.slice)}")
-        _need(any(lc.line_decisions in d.name and is_ordered(d) and d.num_choices > 2 for d in space.decisions),
+        _need(bool(line_decisions(space, lc.line_decisions)),
               f"landscape.line_decisions={lc.line_decisions!r} matches no ordered decision with more than "
               f"two choices of {space.name}")
         _number(cfg, "landscape.workers", 1, integer=True)
@@ -198,7 +199,7 @@ def check_config(cfg: Any) -> None:
                   f"landscape.slice: {space.name} has no decision {name!r}; e.g. "
                   f"{', '.join(d.name for d in space.decisions[-4:])}")
     if "expert" in stages:
-        _need(isinstance(space, expert.MobileSpace), f"the expert stage needs a mobile space, not {space.name!r}")
+        _need(isinstance(space, MobileSpace), f"the expert stage needs a mobile space, not {space.name!r}")
         rules = list(cfg.expert.rules) + (mined_rules(cfg.expert.mine_from) if cfg.expert.mine_from else [])
         try:
             expert.apply_rules(space, space.baseline_arch(), rules)

@@ -11,6 +11,7 @@ from typing import Any
 
 from supernet import expert
 from supernet.spaces import make_space
+from supernet.spaces.mobile import MobileSpace
 from experiments.config import ConfigError
 from experiments.context import STAGES, Context
 
@@ -27,7 +28,7 @@ def mined_rules(workdir: str) -> list[str]:
     with open(cfg) as f:
         sc = json.load(f)["config"]["space"]
     space = make_space(sc["name"], **sc.get("kwargs", {}))
-    if not isinstance(space, expert.MobileSpace):
+    if not isinstance(space, MobileSpace):
         raise ConfigError(f"expert.mine_from: {workdir} searched {space.name!r}; rules are mined from the mobile spaces")
     return expert.describe(expert.mine(space, space.decode(arch)))
 

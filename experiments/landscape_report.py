@@ -22,8 +22,13 @@ COLUMNS = {
 }
 
 
+def is_landscape(run: dict[str, Any]) -> bool:
+    """Whether a run is a `landscape` study (it has no accuracy to tabulate or plot)."""
+    return "landscape" in run["results"].get("stages", {})
+
+
 def landscape_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in runs if "landscape" in r["results"].get("stages", {})]
+    return [r for r in runs if is_landscape(r)]
 
 
 def landscape_markdown(runs: list[dict[str, Any]]) -> str:

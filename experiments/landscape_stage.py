@@ -21,7 +21,6 @@ import numpy as np
 from hwmodel.accelerators import ACCELERATORS
 from hwmodel.measure import make_backend
 from supernet import landscape
-from supernet.space import HasBaseline
 from experiments.context import STAGES, Context
 
 #: Landscape costs besides the accelerator presets.
@@ -42,11 +41,9 @@ def stage_landscape(ctx: Context) -> dict[str, Any]:
     measures, best = landscape.summarize(space, j, seed=ctx.cfg.seed, walks=lc.walks, walk_steps=lc.walk_steps,
                                          lines_through=lc.lines, descents=lc.descents,
                                          hardware_only=landscape.objective(space, cost, 0.0),
-                                         line_decisions=[d for d, dec in enumerate(space.decisions)
-                                                         if lc.line_decisions in dec.name and
-                                                         landscape.is_ordered(dec) and dec.num_choices > 2])
+                                         line_decisions=landscape.line_decisions(space, lc.line_decisions))
     d0, d1 = (space.decision_index(n) for n in lc.slice)
-    ref = space.baseline_arch() if isinstance(space, HasBaseline) else np.zeros(space.num_decisions, np.int32)
+    ref = landscape.reference_arch(space)
     grid = landscape.slice_2d(space, j, ref, d0, d1)
     start = ref.copy()
     start[[d0, d1]] = 0
@@ -72,10 +69,9 @@ def measured_line(space, backend_name: str, alpha: float, ref: np.ndarray, d: in
     seen: dict[bytes, float] = {}
 
     def latency(archs: np.ndarray) -> np.ndarray:
-        fresh = [a for a in archs if a.tobytes() not in seen]
-        backend.prefetch([space.layers(a) for a in fresh])
-        for a in fresh:
-            seen[a.tobytes()] = backend.measure(space.layers(a), layers=False).latency_ms
+        fresh = {a.tobytes(): space.layers(a) for a in archs if a.tobytes() not in seen}
+        backend.prefetch(list(fresh.values()))
+        seen.update({k: backend.measure(t, layers=False).latency_ms for k, t in fresh.items()})
         return np.asarray([seen[a.tobytes()] for a in archs])
 
     try:

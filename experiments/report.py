@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiments.config import cli_errors, flatten
-from experiments.landscape_report import landscape_markdown, landscape_runs, plot_landscape
+from experiments.landscape_report import is_landscape, landscape_markdown, landscape_runs, plot_landscape
 
 
 def find_runs(dirs: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -280,9 +280,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     with cli_errors(p):  # a lookup table with a bad row, an unknown accelerator preset
         rows = summarise(runs, args.latency, args.accelerator, group_by)
     studies = landscape_runs(runs)
-    searches = [r for r in runs if r not in studies]  # (a landscape study has no accuracy to tabulate or plot)
-    md = (markdown([row for row in rows if any(r["label"] == row["group"] for r in searches)], unfinished)
-          if searches else "") + (("\n" if searches else "") + landscape_markdown(runs) if studies else "")
+    searches = [r for r in runs if not is_landscape(r)]
+    parts = [markdown([row for row in rows if any(r["label"] == row["group"] for r in searches)], unfinished)
+             if searches else "", landscape_markdown(runs) if studies else ""]
+    md = "\n".join(p for p in parts if p)
     print(md)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -39,7 +39,7 @@ from hwmodel.accelerators import ACCELERATORS, AcceleratorSpec
 from hwmodel.registry import Registry
 from supernet.spaces.mobile import BLOCK_TYPES, MobileSpace
 
-__all__ = ["RULES", "Applied", "Change", "MobileSpace", "Rule", "apply_rules", "describe", "mine", "parse_rule"]
+__all__ = ["RULES", "Applied", "Change", "Rule", "apply_rules", "describe", "mine", "parse_rule"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +140,7 @@ class FuseWhereItPays(Rule):
         lat = lambda a: float(analytic.latency_ms(spec, space.layers(a)))  # noqa: E731
         a = np.asarray(arch).copy()
         ibn, fused = BLOCK_TYPES.index("ibn"), BLOCK_TYPES.index("fused")
-        changed = True
+        current, changed = lat(a), True
         while changed:
             changed = False
             for b in range(space.num_blocks):
@@ -149,8 +149,9 @@ class FuseWhereItPays(Rule):
                     continue
                 trial = a.copy()
                 trial[d] = fused
-                if lat(trial) < lat(a):
-                    a, changed = trial, True
+                t = lat(trial)
+                if t < current:
+                    a, current, changed = trial, t, True
         return {int(d): int(a[d]) for d in space.type_ids}
 
 

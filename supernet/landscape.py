@@ -77,6 +77,17 @@ def is_ordered(decision: Decision) -> bool:
                for c in decision.choices)
 
 
+def reference_arch(space: SearchSpace) -> np.ndarray:
+    """The architecture the objective is relative to: the space's baseline, else its first one."""
+    return space.baseline_arch() if isinstance(space, HasBaseline) else np.zeros(space.num_decisions, np.int32)
+
+
+def line_decisions(space: SearchSpace, contains: str = "") -> list[int]:
+    """The decisions worth sweeping as lines: ordered, more than two choices, name containing `contains`."""
+    return [d for d, dec in enumerate(space.decisions)
+            if is_ordered(dec) and dec.num_choices > 2 and contains in dec.name]
+
+
 def hardware_cost(cost: str | AcceleratorSpec) -> Callable[[LayerTable], jax.Array]:
     """`"flops"` or an accelerator preset (exact analytic latency, ms) as a function of a table."""
     if isinstance(cost, AcceleratorSpec):
@@ -104,8 +115,7 @@ def objective(space: SearchSpace, cost: str | AcceleratorSpec | Objective, alpha
     measured = callable(cost) and not isinstance(cost, AcceleratorSpec)
     hw = None if measured else hardware_cost(cost)
     if reference is None:
-        reference = (space.baseline_arch() if isinstance(space, HasBaseline)
-                     else np.zeros(space.num_decisions, np.int32))
+        reference = reference_arch(space)
     layers = jax.vmap(space.layers)
 
     @jax.jit
@@ -205,7 +215,7 @@ def line(space: SearchSpace, arch: np.ndarray, d: int) -> np.ndarray:
 def _lines(space: SearchSpace, j: Objective, starts: np.ndarray,
            decisions: Sequence[int] | None) -> list[np.ndarray]:
     if decisions is None:
-        decisions = [d for d, dec in enumerate(space.decisions) if is_ordered(dec) and dec.num_choices > 2]
+        decisions = line_decisions(space)
     lines = [line(space, s, d) for s in np.asarray(starts) for d in decisions]
     values = j(np.concatenate(lines))
     return np.split(values, np.cumsum([len(ln) for ln in lines])[:-1])
