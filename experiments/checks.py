@@ -13,6 +13,7 @@ import numpy as np
 from hwmodel.accelerators import ACCELERATORS
 from hwmodel.tables import read_csv
 from supernet.spaces import make_space
+from supernet.objectives import check_budgets
 from experiments import data as D
 from experiments.search_stages import ACCURACY_EVALUATORS  # (importing it registers every stage)
 from experiments.landscape_stage import COSTS as LANDSCAPE_COSTS
@@ -114,6 +115,11 @@ def check_config(cfg: Any) -> None:
             D.find_source(cfg.data.dir or None)
         except FileNotFoundError as e:
             raise ConfigError(f"data.name='cifar10': {e}") from None
+    for name in cfg.report.get("measured", ()):
+        try:
+            make_backend(name).close()
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"report.measured: {e.args[0] if e.args else e}") from None
     for name in cfg.report.accelerators:
         _need(name in ACCELERATORS, f"unknown accelerator {name!r} in report.accelerators; valid: "
                                     f"{', '.join(sorted(ACCELERATORS))}")
@@ -125,6 +131,7 @@ def check_config(cfg: Any) -> None:
     _number(cfg, "cost.weight", 0)
     try:
         cost = cost_config(cfg, space)
+        check_budgets(space, cost)  # an impossible memory budget: the smallest reachable
     except (ValueError, TypeError) as e:
         raise ConfigError(f"config cost: {e}") from None
     if not cost.uses_latency and (cfg.cost.target_ms is not None or cfg.cost.weight > 0):

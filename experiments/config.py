@@ -161,7 +161,7 @@ def defaults_of(cls: type, skip: Sequence[str] = ()) -> ml_collections.ConfigDic
 
     >>> from supernet.objectives import CostConfig
     >>> c = defaults_of(CostConfig, skip=("target_ms",))
-    >>> c.form, c.memory_budget_bytes, c.get_ref("memory_budget_bytes").get_type().__name__
+    >>> c.form, c.params_budget_bytes, c.get_ref("params_budget_bytes").get_type().__name__
     ('none', None, 'float')
     """
     hints = typing.get_type_hints(cls)

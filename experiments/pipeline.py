@@ -22,6 +22,7 @@ import numpy as np
 
 from hwmodel import analytic, memory
 from hwmodel.accelerators import ACCELERATORS
+from hwmodel.measure import make_backend
 from hwmodel.tables import numbers, read_csv, require_columns
 from supernet.space import SpaceMask
 from supernet.spaces import make_space
@@ -35,13 +36,20 @@ from experiments.workdir import Workdir, recorded_config
 
 # ------------------------------------------------------------------ costs and table lookups
 def hardware_costs(ctx: Context, arch: np.ndarray) -> dict[str, Any]:
-    """Latency of every configured accelerator (exact analytic), memory, and surrogate latency."""
+    """Latency of every configured accelerator (exact analytic) and measurement backend
+    (`report.measured`), memory, and surrogate latency."""
     table = ctx.space.layers(jnp.asarray(arch))
     spec = ACCELERATORS[ctx.cfg.cost.accelerator]
     lat = {f"analytic:{name}": float(analytic.latency_ms(ACCELERATORS[name], table))
            for name in ctx.cfg.report.accelerators}
     out = {"latency_ms": lat, "params_bytes": float(memory.param_bytes(spec, table)),
            "peak_activation_bytes": float(memory.peak_activation_bytes(table, spec))}
+    for name in ctx.cfg.report.get("measured", ()):
+        backend = make_backend(name)
+        try:
+            lat[name] = float(backend.measure(table, layers=False).latency_ms)
+        finally:
+            backend.close()
     if ctx.cfg.cost.model == "surrogate" and (ctx.cfg.cost.surrogate.file or ctx.cfg.cost.surrogate.csv):
         from hwmodel.surrogate import predict
         sur = fitted_surrogate(ctx)

@@ -16,7 +16,9 @@ validation accuracy per epoch of `single_shot` stages, from `metrics.jsonl`) and
 config has a lookup table, `PREFIX_search_length.png`: the table accuracy of the architecture each
 `single_shot` epoch would have returned (its argmax, logged per epoch) against the search steps so far,
 per run (`search_length` in the JSON printed with `--out`). Runs of the `landscape` stage add a table
-of its measures and `PREFIX_landscape.png` (`experiments.landscape_report`).
+of its measures and `PREFIX_landscape.png` (`experiments.landscape_report`); `evolve` runs with the
+`capacity` evaluator the searched-for x run-on accelerator matrix, or the raw vs curated convergence
+table and `PREFIX_convergence.png` (`experiments.hardware_report`).
 
 Example:
     python -m experiments.report workdirs/ablation --out docs/results/ablation --latency pixel3_latency_ms
@@ -34,6 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiments.config import cli_errors, flatten
+from experiments.hardware_report import convergence_markdown, is_capacity_search, matrix_markdown, plot_convergence
 from experiments.landscape_report import is_landscape, landscape_markdown, landscape_runs, plot_landscape
 
 
@@ -280,9 +283,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     with cli_errors(p):  # a lookup table with a bad row, an unknown accelerator preset
         rows = summarise(runs, args.latency, args.accelerator, group_by)
     studies = landscape_runs(runs)
-    searches = [r for r in runs if not is_landscape(r)]
+    # landscape studies and capacity searches have no accuracy: they get tables of their own
+    searches = [r for r in runs if not is_landscape(r) and not is_capacity_search(r)]
     parts = [markdown([row for row in rows if any(r["label"] == row["group"] for r in searches)], unfinished)
-             if searches else "", landscape_markdown(runs) if studies else ""]
+             if searches else "", landscape_markdown(runs) if studies else "",
+             matrix_markdown(runs), convergence_markdown(runs)]
     md = "\n".join(p for p in parts if p)
     print(md)
     if args.out:
@@ -298,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 v = r["values"]
                 w.writerow([r["dir"], r["label"], r["config"].get("seed"), v["section"][0], r["results"].get("architecture"),
                             v["accuracy"], v["section"][1], v["latency_ms"], v["section"][2], v["search_seconds"]])
-        for path in (plot(runs, args.out) if searches else []) + plot_landscape(runs, args.out):
+        for path in (plot(runs, args.out) if searches else []) + plot_landscape(runs, args.out) + plot_convergence(runs, args.out):
             print(f"wrote {path}")
     return rows
 

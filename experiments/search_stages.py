@@ -213,6 +213,12 @@ def _zero_shot_accuracy(ctx: Context):
     return ZeroShotEvaluator(ctx.space, zero_shot_scorer(ctx), name="accuracy")
 
 
+@ACCURACY_EVALUATORS.register("capacity")
+def _capacity(ctx: Context):
+    from supernet.evaluators import CapacityEvaluator
+    return CapacityEvaluator(ctx.space, name="accuracy")
+
+
 def _accuracy_evaluator(ctx: Context):
     name = ctx.cfg.evolve.evaluator
     if name not in ACCURACY_EVALUATORS:
@@ -235,6 +241,11 @@ def stage_evolve(ctx: Context) -> dict[str, Any]:
             objectives.append(f"min:{lat_name}")
         else:
             constraints.append(f"{lat_name} <= {cost_config(cfg, space).target_ms!r}")
+    budgets = cost_config(cfg, space).budgets  # params and peak activation bytes, both at once
+    if budgets:
+        parts.append(E.HwCostEvaluator(space, accelerators=(), memory=True,
+                                       memory_accelerator=cfg.cost.accelerator))
+        constraints += [f"{key} <= {value!r}" for key, value in budgets.items()]
     evaluator = parts[0] if len(parts) == 1 else E.CompositeEvaluator(space, parts)
     if ec.guide not in ("", "zero_shot"):
         raise ConfigError(f"unknown evolve.guide {ec.guide!r}; valid: zero_shot, or '' for unguided mutation")
@@ -280,11 +291,13 @@ def stage_evolve(ctx: Context) -> dict[str, Any]:
     ctx.arch = res.best_arch
     best = res.best["objectives"]
     # the zero-shot evaluator's "accuracy" is a score, not an accuracy: report it under its own name
-    acc_key = "score" if ec.evaluator == "zero_shot" else "accuracy"
+    acc_key = {"zero_shot": "score", "capacity": "capacity_log10_flops"}.get(ec.evaluator, "accuracy")
     out = {"arch": space.encode(ctx.arch), "search_seconds": search.seconds, acc_key: best["accuracy"],
            "evaluations": len(res.history), "distinct": len({r["arch"] for r in res.history}),
            "warm_start": len(search.init), "guide_evals": search.guide_evals,
            "front": [{"arch": r["arch"], **r["objectives"]} for r in res.front]}
     if target is not None:
         out["latency_objective"] = {lat_name: best[lat_name]}
+    if budgets:
+        out["memory"] = {k: best[k] for k in budgets}
     return out

@@ -43,7 +43,7 @@ def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]
     surrogate = fitted_surrogate(ctx) if cost.model == "surrogate" and cost.uses_latency else None
     net = make_supernet(ctx.space, rngs=nnx.Rngs(cfg.seed), **dict(sc.supernet))
     search = SingleShot(ctx.space, net, search_cfg, mask=ctx.mask,
-                        cost_fn=make_cost_fn(ctx.space, cost, surrogate) if cost.uses_latency else None,
+                        cost_fn=make_cost_fn(ctx.space, cost, surrogate) if cost.uses_cost else None,
                         augment=D.augment, mesh=ctx.mesh)
     train, val = splits(ctx)
     steps = min(len(train) // sc.batch_size, sc.steps_per_epoch or 10**9)

@@ -17,6 +17,7 @@ work). They are registered by name in `EVALUATORS` and built with `make_evaluato
 - `train`: true multishot: each candidate is trained from the same fresh initialisation for a fixed
   number of steps (the supernet with the candidate's fixed one-hot architecture: one compiled
   train-and-evaluate function for all candidates) and its validation accuracy returned.
+- `capacity`: log10 FLOPs, a training-free capacity proxy (no accuracy: see its docstring).
 - `hwcost`: hardware costs from `hwmodel`, jitted and vmapped over the batch: exact analytic latency
   on named accelerators (`latency_ms:<accelerator>`), surrogate latency (`latency_ms:surrogate`),
   `params_bytes` and `peak_activation_bytes`, and measured columns of a CSV (through `table`).
@@ -45,10 +46,11 @@ from jaxtyping import Int
 
 from hwmodel import analytic, memory as hwmemory
 from hwmodel.accelerators import ACCELERATORS
-from hwmodel.layers import prune_dead
+from hwmodel.layers import prune_dead, total_flops
 from hwmodel.registry import Registry
 from hwmodel.tables import numbers, read_csv, require_columns
 from supernet.blocks import single_path
+from supernet.landscape import table_function
 from supernet.space import SearchSpace
 from supernet.training import (AugmentFn, BNRecalibrator, DeviceData, OptimConfig, cross_entropy, held_out_batch,
                                held_out_correct, identity_input, make_mesh, weight_tx)
@@ -196,6 +198,28 @@ class ZeroShotEvaluator(Evaluator):
         if not isinstance(out, Mapping):
             out = {self.names[0]: np.asarray(out, np.float64).reshape(-1)}
         return {k: np.asarray(v, np.float64).reshape(-1) for k, v in out.items()}
+
+
+@EVALUATORS.register("capacity")
+class CapacityEvaluator(ZeroShotEvaluator):
+    """`log10` of the network's FLOPs (2 x MACs): a training-free capacity proxy for a search that
+    trades capacity against hardware cost before any accuracy can be had (a chip in its design
+    phase, or a CPU too slow to train the mobile space). In the MobileNet family ImageNet accuracy
+    grows about linearly in log MACs (MobileNetV2's width-multiplier and resolution table, Sandler
+    et al. 2018, Table 6 / Fig. 5), which is also the task term of `supernet.landscape`'s objective.
+    It knows nothing else about accuracy (it prefers a wide network to a deep one of equal MACs).
+
+    Example:
+        >>> from supernet.spaces import make_space
+        >>> space = make_space("mobile-curated")
+        >>> ev = CapacityEvaluator(space)
+        >>> small, base = ev(np.stack([np.zeros(space.num_decisions, np.int32), space.baseline_arch()]))["capacity"]
+        >>> bool(small < base)
+        True
+    """
+
+    def __init__(self, space: SearchSpace, name: str = "capacity"):
+        super().__init__(space, table_function(space, lambda t: jnp.log10(jnp.maximum(total_flops(t), 1.0))), name)
 
 
 # ------------------------------------------------------------------ one-shot (inherited weights)

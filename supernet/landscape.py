@@ -116,24 +116,13 @@ def objective(space: SearchSpace, cost: str | AcceleratorSpec | Objective, alpha
     hw = None if measured else hardware_cost(cost)
     if reference is None:
         reference = reference_arch(space)
-    layers = jax.vmap(space.layers)
-
-    @jax.jit
-    def raw(archs):
-        t = layers(archs)
-        return (total_flops(t) if hw is None else hw(t)), total_flops(t)
+    hw_and_flops = table_function(space, lambda t: jnp.stack(
+        [(total_flops(t) if hw is None else hw(t)), total_flops(t)], -1))
 
     def evaluate(archs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         archs = np.asarray(archs, np.int32).reshape(-1, space.num_decisions)
-        out_hw, out_f = [], []
-        for i in range(0, len(archs), _CHUNK):
-            part = archs[i:i + _CHUNK]
-            pad = np.concatenate([part, np.repeat(part[:1], _CHUNK - len(part), 0)])
-            h, f = raw(jnp.asarray(pad))
-            out_hw.append(np.asarray(h, np.float64)[:len(part)])
-            out_f.append(np.asarray(f, np.float64)[:len(part)])
-        h, f = np.concatenate(out_hw), np.concatenate(out_f)
-        return (np.asarray(cost(archs), np.float64) if measured else h), f
+        v = hw_and_flops(archs)
+        return (np.asarray(cost(archs), np.float64) if measured else v[:, 0]), v[:, 1]
 
     hw_ref, f_ref = (float(v[0]) for v in evaluate(np.asarray(reference)[None]))
 
@@ -234,6 +223,23 @@ def plateau_share(space: SearchSpace, j: Objective, starts: np.ndarray,
     hardware cost alone (`alpha = 0`), choices the accelerator cannot tell apart (wasted lanes)."""
     d = np.concatenate([np.diff(v) for v in _lines(space, j, starts, decisions)])
     return float(np.mean(np.abs(d) <= 1e-9))
+
+
+def table_function(space: SearchSpace, fn: Callable[[LayerTable], jax.Array]) -> Callable[[np.ndarray], np.ndarray]:
+    """`fn` of one architecture's layer table as a function of `[N, D]` int architectures -> `[N, ...]`
+    float64: vmapped and jitted over chunks of `_CHUNK` (one compiled shape; the tail is padded)."""
+    run = jax.jit(jax.vmap(lambda a: fn(space.layers(a))))
+
+    def evaluate(archs: np.ndarray) -> np.ndarray:
+        archs = np.asarray(archs, np.int32).reshape(-1, space.num_decisions)
+        out = []
+        for i in range(0, len(archs), _CHUNK):
+            part = archs[i:i + _CHUNK]
+            pad = np.concatenate([part, np.repeat(part[:1], _CHUNK - len(part), 0)])
+            out.append(np.asarray(run(jnp.asarray(pad)), np.float64)[:len(part)])
+        return np.concatenate(out)
+
+    return evaluate
 
 
 @dataclasses.dataclass(frozen=True)

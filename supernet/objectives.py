@@ -16,7 +16,13 @@ Loss forms (`LOSS_FORMS`), with CE the task loss, LAT the expected latency in ms
 - `hinge`: CE + b * max(0, LAT / T - 1): only being slower than the target costs, a soft form of
   MnasNet's hard constraint (Tan et al., CVPR 2019, Eq. 2 with alpha = 0 below T); the search then
   looks for the most accurate architecture that meets the target, not for one at the target.
-Optional memory penalty: + m * relu(M / budget - 1) with M the peak activation or parameter bytes.
+Memory budgets (the article's classification case fits parameter *and* peak activation bytes at
+once): + m * sum_k relu(M_k / B_k - 1) over the budgets set, `params_budget_bytes` on
+`hwmodel.memory.param_bytes` and `activation_budget_bytes` on its (smooth) peak activation bytes.
+Zero inside the budget, so the search is free there; above it, each term's gradient is that of
+M_k / B_k (relative, so the two budgets weigh alike whatever their size). `memory_floor` gives the
+smallest memories an architecture of the space reaches, so an impossible budget stops before the
+search starts (`check_budgets`).
 
 `discrete=True` costs the most probable architecture instead of the expected layer table, with a
 straight-through gradient (`one_hot(argmax p) + p - stop_gradient(p)`, Bengio et al. 2013): the
@@ -28,27 +34,33 @@ while the argmax cells took about 2 ms (docs/results/ablation.md).
 
 Example:
     >>> cfg = CostConfig(form="proxyless", target_ms=1.0, weight=0.5)
-    >>> float(combine(jnp.float32(2.0), jnp.float32(1.5), None, cfg))
+    >>> float(combine(jnp.float32(2.0), {"latency_ms": jnp.float32(1.5)}, cfg))
     2.25
+    >>> mem = CostConfig(params_budget_bytes=100.0, activation_budget_bytes=50.0)
+    >>> float(combine(jnp.float32(2.0), {"params_bytes": 150.0, "peak_activation_bytes": 40.0}, mem))
+    2.5
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hwmodel import analytic, memory
 from hwmodel.accelerators import ACCELERATORS
 from hwmodel.surrogate import Surrogate, predict
+from supernet import landscape
 from supernet.relax import straight_through
 from supernet.space import ArchProbs, SearchSpace
 
 LOSS_FORMS = ("none", "fbnet", "proxyless", "tunas", "hinge")
 COST_MODELS = ("analytic", "surrogate")
-MEMORY_KINDS = ("peak_activation", "params")
+#: Memory budgets: the CostConfig field -> the cost key (and evaluator column) it bounds.
+MEMORY_BUDGETS = {"params_budget_bytes": "params_bytes", "activation_budget_bytes": "peak_activation_bytes"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +75,9 @@ class CostConfig:
       model: `analytic` or `surrogate`.
       accelerator: name of an `hwmodel.ACCELERATORS` preset (analytic model; memory bytes).
       temperature: temperature of the smooth analytic model (relative; small is close to exact).
-      memory: None, `peak_activation` or `params`; memory_budget_bytes and memory_weight go with it.
+      params_budget_bytes: parameter-memory budget in bytes (None: unbounded).
+      activation_budget_bytes: peak-activation-memory budget in bytes (None: unbounded).
+      memory_weight: m, the weight of each budget's penalty.
       discrete: cost the argmax architecture with a straight-through gradient (module docstring).
     """
 
@@ -74,8 +88,8 @@ class CostConfig:
     model: str = "analytic"
     accelerator: str = "npu"
     temperature: float = 0.05
-    memory: str | None = None
-    memory_budget_bytes: float | None = None
+    params_budget_bytes: float | None = None
+    activation_budget_bytes: float | None = None
     memory_weight: float = 1.0
     discrete: bool = False
 
@@ -91,23 +105,35 @@ class CostConfig:
             raise ValueError(f"target_ms must be > 0, got {self.target_ms!r}")
         if self.weight < 0 or self.memory_weight < 0:
             raise ValueError("cost weights must be >= 0")
-        if self.memory is not None:
-            if self.memory not in MEMORY_KINDS:
-                raise ValueError(f"unknown memory penalty {self.memory!r}; valid: {', '.join(MEMORY_KINDS)}")
-            if self.memory_budget_bytes is None or not self.memory_budget_bytes > 0:
-                raise ValueError(f"memory penalty {self.memory!r} needs memory_budget_bytes > 0")
+        for name, value in self.budgets_by_field().items():
+            if not value > 0:
+                raise ValueError(f"{name} must be a memory in bytes > 0 (or None), got {value!r}")
         ACCELERATORS[self.accelerator]  # unknown name -> KeyError listing the presets
 
     @property
     def uses_latency(self) -> bool:
         return self.form != "none"
 
+    def budgets_by_field(self) -> dict[str, float]:
+        return {f: getattr(self, f) for f in MEMORY_BUDGETS if getattr(self, f) is not None}
+
+    @property
+    def budgets(self) -> dict[str, float]:
+        """The memory budgets set, by cost key (`params_bytes`, `peak_activation_bytes`)."""
+        return {MEMORY_BUDGETS[f]: v for f, v in self.budgets_by_field().items()}
+
+    @property
+    def uses_cost(self) -> bool:
+        """Whether the loss has any hardware term (latency or a memory budget): needs a cost function."""
+        return self.uses_latency or bool(self.budgets)
+
 
 CostFn = Callable[[ArchProbs], dict[str, jax.Array]]
 
 
 def make_cost_fn(space: SearchSpace, cfg: CostConfig, surrogate: Surrogate | None = None) -> CostFn:
-    """`probs -> {"latency_ms", "memory_bytes"}` on the expected layer table; jittable, differentiable.
+    """`probs -> {"latency_ms", "params_bytes", "peak_activation_bytes"}` on the expected layer
+    table (latency with a latency form, each memory with its budget); jittable, differentiable.
 
     Raises:
       ValueError: the surrogate model is asked for without a fitted surrogate.
@@ -122,25 +148,26 @@ def make_cost_fn(space: SearchSpace, cfg: CostConfig, surrogate: Surrogate | Non
             probs = straight_through(probs)  # masked choices (probability 0) are never the argmax
         table = space.expected_layers(probs)
         out = {}
-        if cfg.model == "surrogate" and surrogate is not None:
+        if not cfg.uses_latency:
+            pass
+        elif cfg.model == "surrogate" and surrogate is not None:
             # the rows the device runs, as in the fit: on a one-hot (straight-through) table this
             # removes dead ops, e.g. a cut-off NAS-Bench-201 cell costs ~0 ms, not its convs
             out["latency_ms"] = predict(surrogate, surrogate.executed(table))
         else:
             out["latency_ms"] = analytic.latency_smooth_ms(spec, table, cfg.temperature)
-        if cfg.memory == "params":
-            out["memory_bytes"] = memory.param_bytes(spec, table)
-        elif cfg.memory == "peak_activation":
-            out["memory_bytes"] = memory.peak_activation_bytes(table, spec, temperature=cfg.temperature)
+        if "params_bytes" in cfg.budgets:
+            out["params_bytes"] = memory.param_bytes(spec, table)
+        if "peak_activation_bytes" in cfg.budgets:
+            out["peak_activation_bytes"] = memory.peak_activation_bytes(table, spec, temperature=cfg.temperature)
         return out
 
     return cost
 
 
-def combine(task_loss: jax.Array, latency_ms: jax.Array | None, memory_bytes: jax.Array | None,
-            cfg: CostConfig) -> jax.Array:
-    """The search loss of the configured form (see module docstring)."""
-    loss = task_loss
+def combine(task_loss: jax.Array, cost: Mapping[str, jax.Array], cfg: CostConfig) -> jax.Array:
+    """The search loss of the configured form (see module docstring) from the costs of `make_cost_fn`."""
+    loss, latency_ms = task_loss, cost.get("latency_ms")
     if cfg.form == "fbnet":
         a = cfg.weight or 0.2
         lat_us = jnp.maximum(latency_ms * 1e3, 1.0 + 1e-6)
@@ -151,6 +178,66 @@ def combine(task_loss: jax.Array, latency_ms: jax.Array | None, memory_bytes: ja
         loss = task_loss + cfg.weight * jnp.abs(latency_ms / cfg.target_ms - 1.0)
     elif cfg.form == "hinge":
         loss = task_loss + cfg.weight * jax.nn.relu(latency_ms / cfg.target_ms - 1.0)
-    if cfg.memory is not None and memory_bytes is not None:
-        loss = loss + cfg.memory_weight * jax.nn.relu(memory_bytes / cfg.memory_budget_bytes - 1.0)
+    for key, budget in cfg.budgets.items():
+        loss = loss + cfg.memory_weight * jax.nn.relu(cost[key] / budget - 1.0)
     return loss
+
+
+def memory_floor(space: SearchSpace, cfg: CostConfig, starts: int = 4, seed: int = 0
+                 ) -> tuple[dict[str, float], np.ndarray, dict[str, float]]:
+    """The smallest memories of `cfg`'s budgets that the space reaches, and the architecture closest
+    to meeting all of them at once.
+
+    Best-improvement descent (`supernet.landscape.descend`) with single-decision moves from the
+    space's first architecture, its baseline and `starts` random ones: per memory alone, then on
+    `max_k M_k / B_k` (the budgets are met together iff it is <= 1). The descents minimise the smooth
+    peak (`cfg.temperature`), which breaks the ties of an exact max (two rows holding the same peak:
+    shrinking either alone would not lower it); the values returned are exact (`hwmodel.memory`).
+
+    Returns:
+      `(floors, closest, closest_bytes)`: the smallest bytes found per budget key, the architecture
+      with the lowest worst-budget ratio and its bytes per key.
+    """
+    spec, keys = ACCELERATORS[cfg.accelerator], list(cfg.budgets)
+    if not keys:
+        raise ValueError("memory_floor needs at least one memory budget in the CostConfig")
+
+    def both(t, temperature):
+        return jnp.stack([memory.param_bytes(spec, t),
+                          memory.peak_activation_bytes(t, spec, temperature=temperature)], -1)
+
+    col = {"params_bytes": 0, "peak_activation_bytes": 1}
+    smooth = landscape.table_function(space, lambda t: both(t, cfg.temperature))
+    exact = landscape.table_function(space, lambda t: both(t, None))
+    draw = np.random.default_rng(seed).integers(0, [d.num_choices for d in space.decisions],
+                                                size=(starts, space.num_decisions))
+    first = [np.zeros(space.num_decisions, np.int32), landscape.reference_arch(space)]
+    start_archs = space.validate_batch(np.concatenate([np.stack(first), draw]))
+    budget = np.asarray([cfg.budgets[k] for k in keys])
+    idx = [col[k] for k in keys]
+
+    def lowest(j) -> np.ndarray:
+        ends = np.stack([landscape.descend(space, j, a).path[-1] for a in start_archs])
+        return ends[int(np.argmin(j(ends)))]
+
+    floors = {k: float(exact(lowest(lambda a, c=col[k]: smooth(a)[:, c]))[0, col[k]]) for k in keys}
+    closest = lowest(lambda a: np.max(smooth(a)[:, idx] / budget, -1))
+    got = exact(closest)[0]
+    return floors, closest, {k: float(got[col[k]]) for k in keys}
+
+
+def check_budgets(space: SearchSpace, cfg: CostConfig, **kwargs) -> None:
+    """Stops (ValueError) on memory budgets that no architecture of the space meets, saying the
+    smallest reachable (`memory_floor`); nothing without budgets."""
+    if not cfg.budgets:
+        return
+    floors, closest, got = memory_floor(space, cfg, **kwargs)
+    field = {v: k for k, v in MEMORY_BUDGETS.items()}
+    low = [f"{field[k]}={cfg.budgets[k]:.0f} is below the smallest {k} reachable in {space.name}, "
+           f"{floors[k]:.0f}" for k in cfg.budgets if floors[k] > cfg.budgets[k]]
+    if not low and any(got[k] > cfg.budgets[k] for k in cfg.budgets):
+        low = ["no architecture found meets the budgets together; the closest, "
+               f"{space.encode(closest)}, has " + ", ".join(f"{k}={v:.0f}" for k, v in got.items())]
+    if low:
+        raise ValueError("impossible memory budget (bytes on accelerator "
+                         f"{cfg.accelerator!r}): " + "; ".join(low) + ". Raise the budget")

@@ -29,7 +29,9 @@ SPECS = ["nb201/single_shot.py", "nb201/single_shot.py:cpu", "nb201/single_shot.
          "nb201/single_shot.py:gdas,pixel3", "nb201/ablation.py", "nb201/ablation.py:quick",
          "nb201/ablation.py:smoke,guided", "mobile/npu.py:search", "mobile/npu.py:baseline", "mobile/npu.py:smoke",
          "mobile/npu.py:expert", "mobile/npu.py:expert,smoke",
-         "mobile/curation.py", "mobile/curation.py:flops", "mobile/curation.py:curated,smoke"]
+         "mobile/curation.py", "mobile/curation.py:flops", "mobile/curation.py:curated,smoke",
+         "mobile/accelerators.py", "mobile/accelerators.py:npu-p8", "mobile/accelerators.py:smoke",
+         "mobile/convergence.py", "mobile/convergence.py:raw", "mobile/convergence.py:smoke"]
 #: Dict-valued keys whose items are a dataclass's fields (read by `Cls(**dict(section))`).
 SPLATTED = {"single_shot.optim": OptimConfig, "retrain.optim": OptimConfig}
 #: Sections translated by `experiments.config.from_section(Cls, section)`: their keys that are fields

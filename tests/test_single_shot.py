@@ -35,7 +35,7 @@ def test_gradients_reach_every_architecture_logit():
 
     def loss(m):
         w, p = R.relax("softmax", m.arch_logits.get_value(), jax.random.key(0), allowed=allowed)
-        return combine(cross_entropy(m(xb, w), jnp.asarray(y)), cost(p)["latency_ms"], None,
+        return combine(cross_entropy(m(xb, w), jnp.asarray(y)), cost(p),
                        CostConfig(form="proxyless", target_ms=0.01, weight=1.0))
 
     g = nnx.grad(loss, argnums=nnx.DiffState(0, ArchLogits))(net)
@@ -102,7 +102,7 @@ def _search(weight, mesh, steps=3, arch_lr=0.05, epochs=1):
 
 
 def test_large_latency_weight_lowers_expected_latency():
-    cost = make_cost_fn(SPACE, CostConfig())
+    cost = make_cost_fn(SPACE, CostConfig(form="hinge", target_ms=1.0))
     lat = {}
     for weight in (0.0, 50.0):
         ss, _ = _search(weight, make_mesh(1), steps=4)
@@ -115,8 +115,8 @@ def test_large_latency_weight_lowers_expected_latency():
 def test_discrete_cost_is_the_argmax_architecture_with_a_straight_through_gradient():
     probs = jax.nn.softmax(jax.random.normal(jax.random.key(3), (SPACE.num_decisions, SPACE.max_choices)) * 2)
     hard = jax.nn.one_hot(jnp.argmax(probs, -1), SPACE.max_choices)
-    for memory in (None, "params"):
-        kw = dict(memory=memory, memory_budget_bytes=1e3 if memory else None)
+    for budget in (None, 1e3):
+        kw = dict(form="hinge", target_ms=1.0, params_budget_bytes=budget)
         soft = make_cost_fn(SPACE, CostConfig(**kw))
         disc = make_cost_fn(SPACE, CostConfig(discrete=True, **kw))
         for key in soft(probs):

@@ -54,7 +54,9 @@ def config_args(arg: str | None, valid: Sequence[str], default: str = "", **type
 #: Keys removed from `base()`, with the value every config held: a workdir that recorded one at
 #: that value resumes (`Workdir.open(retired=...)`). `evolve.eval_batches` was never read (the
 #: `supernet` and `train` evaluators score the whole validation split).
-RETIRED = {"evolve.eval_batches": 4}
+#: `cost.memory` and `cost.memory_budget_bytes` (one memory penalty) became `cost.params_budget_bytes`
+#: and `cost.activation_budget_bytes` (both at once); every config held them at None.
+RETIRED = {"evolve.eval_batches": 4, "cost.memory": None, "cost.memory_budget_bytes": None}
 
 #: Defaults changed since workdirs were written: key -> (old default, new default). A workdir that
 #: recorded the old default, run again by a config that holds the new one, resumes with the old
@@ -134,7 +136,9 @@ def base() -> ml_collections.ConfigDict:
 
     c.table = ml_collections.ConfigDict({"csv": "", "arch_column": "arch_str", "column": "",
                                          "latency_columns": ()})
-    c.report = ml_collections.ConfigDict({"accelerators": ("npu", "edgetpu", "mobile-cpu")})
+    # the found network's latency on each analytic preset, and measured by each backend of
+    # `hwmodel.measure` (e.g. "zigzag:ascend_like", "onnxruntime": seconds per network) in results.json
+    c.report = ml_collections.ConfigDict({"accelerators": ("npu", "edgetpu", "mobile-cpu"), "measured": ()})
     # accelerators that exist only in this config (a chip in its design phase): name -> {"base": a
     # preset, and the AcceleratorSpec fields that differ, or "parallelism": P}; registered at launch,
     # then named like any preset (cost.accelerator, report.accelerators, evolve's hwcost)

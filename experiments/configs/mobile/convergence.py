@@ -1,0 +1,48 @@
+"""Curation, the convergence half (issue 25 part 1): evolution on `mobile-raw` (every integer width)
+vs `mobile-curated` (widths on multiples of P = 16) with the same latency target and budget.
+
+Commands:
+    python -m experiments.sweep --config experiments/configs/mobile/convergence.py --workdir workdirs/convergence
+    python -m experiments.report workdirs/convergence --out docs/results/convergence --group-by space.name
+Arguments: `raw` or `curated` (one run), `smoke` (a tiny space and budget).
+
+The search: regularized evolution (`evolve`, 3000 evaluations, seeds 0-4) for the most capacity
+(`evolve.evaluator=capacity`: log10 FLOPs, a training-free proxy for accuracy; no network is trained
+here, and the mobile supernet does not train at CPU scale) under a hard latency target of 0.6 ms on
+the analytic `npu` (0.6 x MobileNetV2's 1.004 ms there). The report gives, per space, the
+best feasible capacity per evaluation (the trajectories) and the evaluations until the target is met
+at the capacity every run reaches. The single-shot half of the comparison needs a trained supernet
+and is not part of this config.
+
+Run time and result (2026-12-05, 2-core CPU): docs/results/convergence.md.
+"""
+
+from experiments.configs.common import base, config_args
+
+SPACES = {"raw": "mobile-raw", "curated": "mobile-curated"}
+
+
+def get_config(arg: str | None = None):
+    args = config_args(arg, (*SPACES, "smoke"), default="curated")
+    c = base()
+    c.stages = ["evolve"]
+    c.space.name = SPACES["raw" if "raw" in args else "curated"]
+    c.space.kwargs = {"parallelism": 16}
+    c.cost.accelerator = "npu"
+    c.cost.form = "hinge"  # evolve: a hard latency constraint at the target
+    c.cost.target_ms = 0.6
+    c.evolve.evaluator = "capacity"
+    c.evolve.budget_evals = 3000
+    c.report.accelerators = ("npu", "npu-p32", "edgetpu", "mobile-cpu")
+    c.data.name = "synthetic"  # nothing is trained
+    if "smoke" in args:
+        c.evolve.budget_evals = 60
+        c.space.kwargs = {"parallelism": 16, "blocks_per_stage": (1, 2), "base_widths": (16, 32),
+                          "stage_strides": (1, 2), "stem_width": 16, "head_width": 64}
+        c.cost.target_ms = 0.05
+    return c
+
+
+def get_sweep(arg: str | None = None):
+    return [{"name": f"{name}/seed={seed}", "space.name": space, "seed": seed}
+            for name, space in SPACES.items() for seed in range(5)]

@@ -1,0 +1,146 @@
+"""The hardware-search part of `experiments.report`: runs of `evolve` with the training-free
+`capacity` evaluator (the most log10 FLOPs under a latency target; `experiments/configs/mobile/
+accelerators.py` and `convergence.py`).
+
+- `matrix_markdown`: the design-phase sweep (issue 25 part 5). One row per accelerator searched for
+  (`cost.accelerator`), what the search chose (multiplier, stage widths, block types) and, per
+  accelerator run on, the found network's latency divided by that accelerator's own target (0.6 x
+  MobileNetV2 there: <= 1 meets it), next to the capacity and the measured latencies (ZigZag, ONNX
+  Runtime on this CPU) of `report.measured`.
+- `convergence_markdown` / `plot_convergence`: evolution on `mobile-raw` vs `mobile-curated` with the
+  same target and budget (part 1): the best feasible capacity so far per evaluation, and the
+  evaluations until a run first meets the target at the capacity every run reaches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: Block type letters (`supernet.spaces.mobile.BLOCK_TYPES`): IBN, fused IBN, skip.
+_LETTERS = {"ibn": "I", "fused": "F", "skip": "-"}
+
+
+def is_capacity_search(run: dict[str, Any]) -> bool:
+    """An `evolve` run whose fitness is the `capacity` proxy (it has no accuracy to tabulate)."""
+    return run["config"].get("evolve.evaluator") == "capacity" and "evolve" in run["results"].get("stages", {})
+
+
+def capacity_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in runs if is_capacity_search(r)]
+
+
+def _design(run: dict[str, Any]) -> tuple[str, str, str]:
+    """`(multiplier, actual stage widths, block types by stage)` of the run's architecture."""
+    from supernet.spaces import make_space
+    c = run["config"]
+    space = make_space(c["space.name"], **{k[len("space.kwargs."):]: v for k, v in c.items()
+                                           if k.startswith("space.kwargs.")})
+    arch = space.decode(run["results"]["architecture"])
+    types = [space.decisions[d].choices[arch[d]] for d in space.type_ids]
+    stages = np.cumsum(space.blocks_per_stage)[:-1]
+    letters = "|".join("".join(_LETTERS[t] for t in part) for part in np.split(np.asarray(types), stages))
+    widths = "-".join(str(int(w)) for w in space.stage_widths(arch))
+    return f"{space.multipliers[arch[space.mult_id]]:g}", widths, letters
+
+
+def _capacity(run: dict[str, Any]) -> float:
+    return float(run["results"]["stages"]["evolve"]["capacity_log10_flops"])
+
+
+def matrix_markdown(runs: list[dict[str, Any]]) -> str:
+    """The searched-for x run-on table (module docstring); empty unless the capacity searches
+    target two or more accelerators."""
+    by_acc: dict[str, dict[str, Any]] = {}
+    for r in sorted(capacity_runs(runs), key=lambda r: r["config"].get("seed", 0)):
+        by_acc.setdefault(r["config"]["cost.accelerator"], r)  # the lowest seed of each accelerator
+    if len(by_acc) < 2:
+        return ""
+    targets = {a: r["results"].get("latency_target_ms") for a, r in by_acc.items()}
+    analytic = [a for a in by_acc]
+    measured = sorted({k for r in by_acc.values() for k in r["results"]["latency_ms"] if not k.startswith("analytic:")})
+    out = [("Design-phase sweep (`evolve` for the most capacity, log10 FLOPs, under a latency target of 0.6 x "
+            "MobileNetV2 on the accelerator searched for; one row per accelerator searched for). Block types "
+            "by stage: I = IBN, F = fused IBN, - = skip. Run-on columns: the found network's analytic latency "
+            "on that accelerator divided by that accelerator's own target (bold: <= 1, the target is met; the "
+            "diagonal is the search's own). Measured: ms.\n"),
+           "| searched for | target ms | log10 FLOPs | mult | stage widths | block types | "
+           + " | ".join(f"on {a}" for a in analytic) + " | " + " | ".join(f"{m} ms" for m in measured) + " |",
+           "|---|---|---|---|---|---|" + "---|" * (len(analytic) + len(measured))]
+    for acc, r in by_acc.items():
+        lat = r["results"]["latency_ms"]
+        cells = []
+        for a in analytic:
+            v, t = lat.get(f"analytic:{a}"), targets.get(a)
+            if v is None or not t:
+                cells.append("n/a")
+                continue
+            ratio = v / t
+            cells.append(f"**{ratio:.2f}**" if ratio <= 1 + 1e-9 else f"{ratio:.2f}")
+        cells += [f"{lat[m]:.3f}" if m in lat else "n/a" for m in measured]
+        mult, widths, letters = _design(r)
+        out.append(f"| {acc} | {targets[acc]:.4g} | {_capacity(r):.3f} | {mult} | {widths} | `{letters}` | "
+                   + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _trajectory(run: dict[str, Any]) -> np.ndarray:
+    """Best capacity so far among the candidates that met every constraint, per evaluation (NaN before
+    the first feasible one)."""
+    ev = [m for m in run["metrics"] if m.get("stage") == "evolve"]
+    ev.sort(key=lambda m: m["index"])
+    vals = np.asarray([m["accuracy"] if m.get("violation", 0) <= 0 else -np.inf for m in ev], float)
+    best = np.maximum.accumulate(vals) if len(vals) else vals
+    return np.where(np.isfinite(best), best, np.nan)
+
+
+def convergence_markdown(runs: list[dict[str, Any]]) -> str:
+    """Per space (mobile-raw vs mobile-curated): seeds, final best capacity, and evaluations until the
+    target is first met at the level every run of the table reaches (its lowest final capacity)."""
+    sub = capacity_runs(runs)
+    spaces = list(dict.fromkeys(r["config"]["space.name"] for r in sub))
+    if len(spaces) < 2:
+        return ""
+    trajs = {id(r): _trajectory(r) for r in sub}
+    level = min(np.nanmax(t) for t in trajs.values())
+    out = [("Convergence (`evolve`, most capacity under the same latency target and budget; capacity = log10 "
+            f"FLOPs of the best candidate that meets the target). Level: {level:.3f}, the lowest final capacity "
+            "of all runs, so every run reaches it.\n"),
+           "| space | seeds | final log10 FLOPs | evaluations to the first feasible | evaluations to the level |",
+           "|---|---|---|---|---|"]
+    for s in spaces:
+        rs = [r for r in sub if r["config"]["space.name"] == s]
+        final = np.asarray([np.nanmax(trajs[id(r)]) for r in rs])
+        first = np.asarray([np.argmax(np.isfinite(trajs[id(r)])) + 1 for r in rs], float)
+        reach = np.asarray([np.argmax(np.nan_to_num(trajs[id(r)], nan=-np.inf) >= level) + 1 for r in rs], float)
+        out.append(f"| {s} | {len(rs)} | {final.mean():.3f} ± {final.std():.3f} | {first.mean():.1f} ± {first.std():.1f} | "
+                   f"{reach.mean():.0f} ± {reach.std():.0f} (median {np.median(reach):.0f}) |")
+    return "\n".join(out) + "\n"
+
+
+def plot_convergence(runs: list[dict[str, Any]], prefix: str) -> list[str]:
+    """`PREFIX_convergence.png`: best feasible capacity vs evaluations, one line per run, per space."""
+    sub = capacity_runs(runs)
+    spaces = list(dict.fromkeys(r["config"]["space.name"] for r in sub))
+    if len(spaces) < 2:
+        return []
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, s in enumerate(spaces):
+        for j, r in enumerate(r for r in sub if r["config"]["space.name"] == s):
+            t = _trajectory(r)
+            ax.plot(np.arange(1, len(t) + 1), t, color=plt.cm.tab10(i), lw=0.9, alpha=0.8,
+                    label=s if j == 0 else None)
+    ax.set_xscale("log")
+    ax.set(xlabel="evaluations", ylabel="best log10 FLOPs meeting the target",
+           title="evolution under a latency target: raw vs curated widths")
+    ax.legend()
+    fig.tight_layout()
+    out = [f"{prefix}_convergence.png"]
+    fig.savefig(out[0], dpi=130)
+    plt.close(fig)
+    return out

@@ -1,0 +1,94 @@
+"""Hardware-only searches (issue 25 parts 1, 4 and 5): `evolve` for the most capacity under a latency
+target and both memory budgets, the found network measured by a backend (`report.measured`), and
+the report's searched-for x run-on matrix and raw-vs-curated convergence table."""
+
+import copy
+
+import pytest
+
+from experiments.config import load_config
+from experiments.hardware_report import convergence_markdown, matrix_markdown
+from experiments.pipeline import launch, prepare
+from hwmodel import ACCELERATORS, memory
+from supernet.evaluators import CapacityEvaluator
+from supernet.spaces import make_space
+
+
+@pytest.fixture(scope="module")
+def capacity_run(tmp_path_factory):
+    """One smoke search on the accelerator sweep's config under a latency target and both memory
+    budgets at 70 % of the baseline's, measured by ZigZag."""
+    cfg = load_config("experiments/configs/mobile/accelerators.py:smoke")
+    space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
+    table = space.layers(space.baseline_arch())
+    spec = ACCELERATORS[cfg.cost.accelerator]
+    base = {"params_bytes": float(memory.param_bytes(spec, table)),
+            "peak_activation_bytes": float(memory.peak_activation_bytes(table, spec))}
+    cfg.cost.params_budget_bytes = 0.7 * base["params_bytes"]
+    cfg.cost.activation_budget_bytes = 0.7 * base["peak_activation_bytes"]
+    prepare(cfg, quiet=True)
+    wd = tmp_path_factory.mktemp("capacity")
+    res = launch(cfg, str(wd))
+    return cfg, res, base, wd
+
+
+def test_capacity_search_meets_the_latency_target_and_both_budgets(capacity_run):
+    cfg, res, base, _ = capacity_run
+    assert res["latency_ms"][f"analytic:{cfg.cost.accelerator}"] <= res["latency_target_ms"] + 1e-9
+    assert res["params_bytes"] <= cfg.cost.params_budget_bytes
+    assert res["peak_activation_bytes"] <= cfg.cost.activation_budget_bytes
+    ev = res["stages"]["evolve"]
+    assert ev["memory"] == {"params_bytes": res["params_bytes"], "peak_activation_bytes": res["peak_activation_bytes"]}
+    assert res["accuracy_pct"] is None  # a capacity proxy is no accuracy
+    space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
+    arch = space.decode(res["architecture"])
+    assert ev["capacity_log10_flops"] == pytest.approx(float(CapacityEvaluator(space)(arch[None])["capacity"][0]))
+    assert res["latency_ms"]["zigzag:ascend_like"] > 0  # the measured backend of report.measured
+
+
+def _fake(run, accelerator, target, latencies):
+    r = copy.deepcopy(run)
+    r["config"]["cost.accelerator"] = accelerator
+    r["results"]["latency_target_ms"] = target
+    r["results"]["latency_ms"] = {f"analytic:{k}": v for k, v in latencies.items()} | {"onnxruntime": 1.5}
+    return r
+
+
+def _as_report_run(capacity_run):
+    from experiments.report import find_runs
+    runs, _ = find_runs([str(capacity_run[3])])
+    return runs[0]
+
+
+def test_matrix_divides_each_run_on_latency_by_that_accelerators_target(capacity_run):
+    run = _as_report_run(capacity_run)
+    a = _fake(run, "chip-a", 1.0, {"chip-a": 0.9, "chip-b": 3.0})
+    b = _fake(run, "chip-b", 2.0, {"chip-a": 1.2, "chip-b": 2.0})
+    md = matrix_markdown([a, b])
+    rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| chip-")}
+    assert "| **0.90** | 1.50 | 1.500 |" in rows["chip-a"]  # 0.9 / 1.0 meets; 3.0 / 2.0 does not
+    assert "| 1.20 | **1.00** | 1.500 |" in rows["chip-b"]
+    mult, widths = rows["chip-a"].split(" | ")[3:5]
+    space = make_space(run["config"]["space.name"], **dict(capacity_run[0].space.kwargs))
+    arch = space.decode(run["results"]["architecture"])
+    assert widths == "-".join(map(str, space.stage_widths(arch)))
+    assert matrix_markdown([a]) == ""  # one accelerator: no matrix
+
+
+def test_convergence_counts_evaluations_to_the_level_every_run_reaches(capacity_run):
+    run = _as_report_run(capacity_run)
+
+    def with_trajectory(space, values, violations):
+        r = copy.deepcopy(run)
+        r["config"]["space.name"] = space
+        r["metrics"] = [{"stage": "evolve", "index": i, "accuracy": v, "violation": x}
+                        for i, (v, x) in enumerate(zip(values, violations))]
+        return r
+
+    raw = with_trajectory("mobile-raw", [9.0, 7.0, 7.5, 8.0], [1.0, 0.0, 0.0, 0.0])  # 9.0 misses the target
+    cur = with_trajectory("mobile-curated", [8.2, 8.1, 8.5, 8.6], [0.0, 0.0, 0.0, 0.0])
+    md = convergence_markdown([raw, cur])
+    assert "Level: 8.000" in md  # raw's final best feasible, the lower of the two
+    assert "| mobile-raw | 1 | 8.000 ± 0.000 | 2.0 ± 0.0 | 4 ± 0 (median 4) |" in md
+    assert "| mobile-curated | 1 | 8.600 ± 0.000 | 1.0 ± 0.0 | 1 ± 0 (median 1) |" in md
+    assert convergence_markdown([raw]) == ""  # one space: nothing to compare
