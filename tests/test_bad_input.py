@@ -1,7 +1,6 @@
 """Issue 23: bad input stops with exit code 2 and one message that names the fix; no wrong result
 with exit 0, no blocked or damaged workdir."""
 
-import json
 import os
 
 import numpy as np

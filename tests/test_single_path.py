@@ -14,7 +14,7 @@ from supernet import relax as R
 from supernet.blocks import BatchNorm, single_path
 from supernet.evaluators import SupernetEvaluator
 from supernet.model import ArchLogits
-from supernet.objectives import CostConfig, combine, make_cost_fn
+from supernet.objectives import CostConfig, make_cost_fn
 from supernet.single_shot import SearchConfig, SingleShot, mean_entropy
 from supernet.spaces.mobile import MobileSpace
 from supernet.spaces.nb201 import NB201Space

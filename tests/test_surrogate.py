@@ -10,7 +10,7 @@ from experiments import fit_surrogate as fit_cli
 from hwmodel.fit import fit_space
 from hwmodel.fit import InputError
 from hwmodel.layers import prune_dead, total_flops
-from hwmodel.surrogate import (FeatureConfig, Surrogate, fit, layer_features, network_features,
+from hwmodel.surrogate import (FeatureConfig, fit, layer_features, network_features,
                                predict, predict_layers)
 from supernet.spaces import make_space
 

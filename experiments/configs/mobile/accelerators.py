@@ -23,7 +23,6 @@ be asked before any accuracy can be had.
 Run time (2026-12-05, 2-core CPU): see docs/results/accelerators.md.
 """
 
-import ml_collections
 
 from experiments.configs.common import base, config_args
 
