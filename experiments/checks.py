@@ -49,8 +49,12 @@ def check_stages(stages: list[str]) -> None:
                               f"({', '.join(sorted(CHOOSERS))}); got {stages}")
         if s in ("baseline", "expert") and CHOOSERS & set(stages[:i]):
             raise ConfigError(f"{s!r} would replace the architecture chosen before it in {stages}")
-        if s in ("baseline", "expert") and set(SEARCH_ORDER) & set(stages):
+        if s == "baseline" and set(SEARCH_ORDER) & set(stages):
             raise ConfigError(f"{s!r} is an arm of its own; do not combine it with search stages: {stages}")
+        # rules + NAS: the rules' network seeds evolution's population (`evolve.warm_start`)
+        if s == "expert" and {"zero_shot", "single_shot"} & set(stages):
+            raise ConfigError(f"'expert' is an arm of its own, or seeds a later 'evolve' (rules + NAS); "
+                              f"do not combine it with other search stages: {stages}")
     if "landscape" in stages and set(stages) - {"landscape", "retrain"}:
         raise ConfigError(f"'landscape' is a study of its own (only 'retrain' may follow it); got {stages}")
     searches = [s for s in stages if s in SEARCH_ORDER]

@@ -7,6 +7,9 @@ accelerators.py` and `convergence.py`).
   accelerator run on, the found network's latency divided by that accelerator's own target (0.6 x
   MobileNetV2 there: <= 1 meets it), next to the capacity and the measured latencies (ZigZag, ONNX
   Runtime on this CPU) of `report.measured`.
+- `memory_markdown`: the memory budget (part 4): per arm (baseline, rules, NAS, rules + NAS) both
+  memories, their cut against the baseline arm, whether the exact memory model says the budgets are
+  met, the capacity and the latency.
 - `convergence_markdown` / `plot_convergence`: evolution on `mobile-raw` vs `mobile-curated` with the
   same target and budget (part 1): the best feasible capacity so far per evaluation, and the
   evaluations until a run first meets the target at the capacity every run reaches.
@@ -82,6 +85,47 @@ def matrix_markdown(runs: list[dict[str, Any]]) -> str:
         mult, widths, letters = _design(r)
         out.append(f"| {acc} | {targets[acc]:.4g} | {_capacity(r):.3f} | {mult} | {widths} | `{letters}` | "
                    + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _budgets(run: dict[str, Any]) -> dict[str, float]:
+    c = run["config"]
+    return {k: float(c[f"cost.{f}"]) for f, k in (("params_budget_bytes", "params_bytes"),
+                                                 ("activation_budget_bytes", "peak_activation_bytes"))
+            if c.get(f"cost.{f}") is not None}
+
+
+def memory_markdown(runs: list[dict[str, Any]]) -> str:
+    """The memory-budget table (module docstring); empty unless some run has a memory budget and one
+    is the `baseline` arm (the memories are cut against it)."""
+    base = [r for r in runs if r["config"].get("stages") == ["baseline"]]
+    if not base or not any(_budgets(r) for r in runs):
+        return ""
+    ref = base[0]["results"]
+    budgets = next(_budgets(r) for r in runs if _budgets(r))
+    acc = base[0]["config"].get("cost.accelerator", "npu")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(r.get("label", r["dir"]), []).append(r)
+    out = [("Memory budget: " + ", ".join(f"{k} <= {v:,.0f}" for k, v in budgets.items())
+            + f" (exact `hwmodel.memory` on `{acc}`); cut = 1 - arm / baseline; mean ± std over seeds. "
+            "log10 FLOPs is the searches' capacity proxy, not an accuracy.\n"),
+           f"| arm | runs | params bytes | params cut | peak activation bytes | peak cut | budgets met | "
+           f"log10 FLOPs | latency ms (analytic {acc}) |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def ms(x, fmt):
+        x = np.asarray(x, float)
+        return f"{x.mean():{fmt}} ± {x.std():{fmt}}"
+
+    for label, rs in groups.items():
+        res = [r["results"] for r in rs]
+        p = [x["params_bytes"] for x in res]
+        a = [x["peak_activation_bytes"] for x in res]
+        met = sum(all(x[k] <= v for k, v in budgets.items()) for x in res)
+        out.append(f"| {label} | {len(rs)} | {ms(p, ',.0f')} | {ms(1 - np.asarray(p) / ref['params_bytes'], '.1%')} | "
+                   f"{ms(a, ',.0f')} | {ms(1 - np.asarray(a) / ref['peak_activation_bytes'], '.1%')} | {met}/{len(rs)} | "
+                   f"{ms(np.log10([x['flops'] for x in res]), '.3f')} | "
+                   f"{ms([x['latency_ms'][f'analytic:{acc}'] for x in res], '.3f')} |")
     return "\n".join(out) + "\n"
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from hwmodel import analytic, memory
 from hwmodel.accelerators import ACCELERATORS
+from hwmodel.layers import total_flops
 from hwmodel.measure import make_backend
 from hwmodel.tables import numbers, read_csv, require_columns
 from supernet.space import SpaceMask
@@ -42,7 +43,7 @@ def hardware_costs(ctx: Context, arch: np.ndarray) -> dict[str, Any]:
     spec = ACCELERATORS[ctx.cfg.cost.accelerator]
     lat = {f"analytic:{name}": float(analytic.latency_ms(ACCELERATORS[name], table))
            for name in ctx.cfg.report.accelerators}
-    out = {"latency_ms": lat, "params_bytes": float(memory.param_bytes(spec, table)),
+    out = {"latency_ms": lat, "flops": float(total_flops(table)), "params_bytes": float(memory.param_bytes(spec, table)),
            "peak_activation_bytes": float(memory.peak_activation_bytes(table, spec))}
     for name in ctx.cfg.report.get("measured", ()):
         backend = make_backend(name)

@@ -36,7 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiments.config import cli_errors, flatten
-from experiments.hardware_report import convergence_markdown, is_capacity_search, matrix_markdown, plot_convergence
+from experiments.hardware_report import (convergence_markdown, is_capacity_search, matrix_markdown, memory_markdown,
+                                         plot_convergence)
 from experiments.landscape_report import is_landscape, landscape_markdown, landscape_runs, plot_landscape
 
 
@@ -283,11 +284,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     with cli_errors(p):  # a lookup table with a bad row, an unknown accelerator preset
         rows = summarise(runs, args.latency, args.accelerator, group_by)
     studies = landscape_runs(runs)
-    # landscape studies and capacity searches have no accuracy: they get tables of their own
-    searches = [r for r in runs if not is_landscape(r) and not is_capacity_search(r)]
+    # landscape studies and hardware-only runs (capacity searches, arms without training) have no
+    # accuracy: they get tables of their own
+    searches = [r for r in runs if not is_landscape(r) and not is_capacity_search(r)
+                and np.isfinite(r["values"]["accuracy"])]
     parts = [markdown([row for row in rows if any(r["label"] == row["group"] for r in searches)], unfinished)
              if searches else "", landscape_markdown(runs) if studies else "",
-             matrix_markdown(runs), convergence_markdown(runs)]
+             matrix_markdown(runs), memory_markdown(runs), convergence_markdown(runs)]
     md = "\n".join(p for p in parts if p)
     print(md)
     if args.out:

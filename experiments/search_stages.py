@@ -281,6 +281,8 @@ def stage_evolve(ctx: Context) -> dict[str, Any]:
         search = Evolution.from_state(space, evaluator, state, ecfg, log=log, guide=guide)
     else:
         init = ctx.ranking[: ecfg.population] if ec.warm_start and ecfg.algorithm != "random" else []
+        if ec.warm_start and "expert" in cfg.stages and ctx.arch is not None:  # rules + NAS
+            init = [space.encode(ctx.arch)] + init[: ecfg.population - 1]
         search = Evolution(space, evaluator, ecfg, mask=ctx.mask, init=init, log=log, guide=guide)
     try:
         res = search.run()

@@ -92,3 +92,26 @@ def test_convergence_counts_evaluations_to_the_level_every_run_reaches(capacity_
     assert "| mobile-raw | 1 | 8.000 ± 0.000 | 2.0 ± 0.0 | 4 ± 0 (median 4) |" in md
     assert "| mobile-curated | 1 | 8.600 ± 0.000 | 1.0 ± 0.0 | 1 ± 0 (median 1) |" in md
     assert convergence_markdown([raw]) == ""  # one space: nothing to compare
+
+
+def test_rules_seed_the_search_and_the_memory_table_cuts_against_the_baseline(tmp_path):
+    """Rules + NAS (`expert` then `evolve`): the rules' network is the first candidate evaluated;
+    the arm meets both budgets by the exact memory model; the table cuts against the baseline arm."""
+    from experiments.hardware_report import memory_markdown
+    from experiments.report import find_runs, summarise
+    runs = {}
+    for arm in ("baseline", "rules_nas"):
+        cfg = load_config(f"experiments/configs/mobile/memory.py:{arm},smoke")
+        prepare(cfg, quiet=True)
+        launch(cfg, str(tmp_path / arm))
+    found, _ = find_runs([str(tmp_path)])
+    summarise(found, "", "npu", ["stages"])
+    runs = {r["config"]["stages"][-1]: r for r in found}
+    first = min((m for m in runs["evolve"]["metrics"] if m.get("stage") == "evolve"), key=lambda m: m["index"])
+    assert first["arch"] == runs["evolve"]["results"]["stages"]["expert"]["arch"]
+    assert first["arch"].startswith("mult=0.5|")  # the rule multiplier(value=0.5)
+    res, base = runs["evolve"]["results"], runs["baseline"]["results"]
+    assert res["params_bytes"] <= 14000 and res["peak_activation_bytes"] <= 65000
+    md = memory_markdown(found)
+    row = next(line for line in md.splitlines() if line.startswith("| stages=expert+evolve"))
+    assert f"{1 - res['params_bytes'] / base['params_bytes']:.1%}" in row and "| 1/1 |" in row

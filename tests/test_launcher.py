@@ -133,6 +133,11 @@ def test_search_stage_orders_are_checked():
         check_stages(["single_shot", "zero_shot"])
     with pytest.raises(ConfigError, match="baseline"):
         check_stages(["baseline", "evolve"])
+    check_stages(["expert", "evolve", "retrain"])  # rules + NAS: the rules' network seeds evolution
+    with pytest.raises(ConfigError, match="'expert' is an arm of its own, or seeds a later 'evolve'"):
+        check_stages(["expert", "single_shot"])
+    with pytest.raises(ConfigError, match="'expert' would replace the architecture chosen before it"):
+        check_stages(["evolve", "expert"])
 
 
 def test_evolve_stage_killed_and_resumed_ends_like_an_uninterrupted_run(tmp_path, data_dir, monkeypatch):

@@ -117,7 +117,7 @@ def base() -> ml_collections.ConfigDict:
     e.budget_seconds = 0.0  # 0: no time budget
     e.population = 0  # 0: the algorithm's default
     e.sample_size = 0  # 0: the algorithm's default
-    e.warm_start = True  # seed the population with the zero-shot ranking / single-shot top-k if present
+    e.warm_start = True  # seed the population with the zero-shot ranking / single-shot top-k / expert network if present
     e.train_steps = 100  # evaluator "train": steps of training per candidate
     # New keys must default to the old behaviour: workdirs made before a key existed then still
     # resume (`Workdir.open(defaults=...)`).

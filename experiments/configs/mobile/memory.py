@@ -1,0 +1,57 @@
+"""The memory budget (issue 25 part 4, the article's classification case): fit MobileNetV2's task
+under a budget on parameter bytes *and* peak activation bytes at once, each 53 % of MobileNetV2's
+(a 47 % cut of both, the article's figure), on the int8 `npu` (1 byte per element).
+
+Commands:
+    python -m experiments.sweep --config experiments/configs/mobile/memory.py --workdir workdirs/memory
+    python -m experiments.report workdirs/memory --out docs/results/memory --group-by stages
+Arguments (one arm each): `baseline` (MobileNetV2 on `mobile-curated`, P = 16), `rules` (the expert
+rule that meets the budget: the 0.5 width multiplier), `nas` (evolution for the most capacity
+under both budgets), `rules_nas` (the same search, its population seeded with the rules' network);
+`smoke` shrinks the space and the budget.
+
+Budgets: MobileNetV2 here holds 2,231,066 parameter bytes and a 425,984-byte activation peak
+(`hwmodel.memory`, exact); the budgets are 1,182,000 and 225,700 bytes. The searches maximise
+capacity (`evolve.evaluator=capacity`, log10 FLOPs, a training-free proxy: on this CPU the mobile
+networks cannot be trained in the session's time, so no arm reports an accuracy) and
+the report checks each arm's memories against the budgets with the exact memory model.
+
+Run time and result (2026-12-05, 2-core CPU): docs/results/memory.md.
+"""
+
+import ml_collections
+
+from experiments.configs.common import base, config_args
+
+ARMS = ("baseline", "rules", "nas", "rules_nas")
+#: 53 % of MobileNetV2's parameter and peak-activation bytes on mobile-curated (P = 16, int8).
+BUDGETS = {"params_budget_bytes": 1_182_000.0, "activation_budget_bytes": 225_700.0}
+
+
+def get_config(arg: str | None = None):
+    args = config_args(arg, (*ARMS, "smoke"), default="nas")
+    arm = next((a for a in args if a in ARMS), "nas")
+    c = base()
+    c.space.name = "mobile-curated"
+    c.space.kwargs = {"parallelism": 16}
+    c.cost.accelerator = "npu"
+    c.cost.update(BUDGETS)
+    c.evolve.evaluator = "capacity"
+    c.evolve.budget_evals = 3000
+    c.report.accelerators = ("npu", "npu-p32", "edgetpu", "mobile-cpu")
+    c.expert = ml_collections.ConfigDict({"rules": ("multiplier(value=0.5)",), "mine_from": ""})
+    c.data.name = "synthetic"  # nothing is trained
+    c.stages = {"baseline": ["baseline"], "rules": ["expert"], "nas": ["evolve"],
+                "rules_nas": ["expert", "evolve"]}[arm]
+    if "smoke" in args:
+        c.evolve.budget_evals = 60
+        c.space.kwargs = {"parallelism": 16, "blocks_per_stage": (1, 2), "base_widths": (16, 32),
+                          "stage_strides": (1, 2), "stem_width": 16, "head_width": 64}
+        c.cost.update({"params_budget_bytes": 14000.0, "activation_budget_bytes": 65000.0})
+    return c
+
+
+def get_sweep(arg: str | None = None):
+    fixed = [{"name": f"{i}_{arm}", "stages": get_config(arm).stages} for i, arm in enumerate(ARMS[:2])]
+    return fixed + [{"name": f"{i + 2}_{arm}/seed={seed}", "stages": get_config(arm).stages, "seed": seed}
+                    for i, arm in enumerate(ARMS[2:]) for seed in range(3)]
