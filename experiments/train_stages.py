@@ -89,18 +89,25 @@ def stage_single_shot(ctx: Context) -> dict[str, Any]:
     ctx.arch = top[0]
     skipped = not np.array_equal(top[0], argmax)
     constrained = {"argmax_arch": ctx.space.encode(argmax), "argmax_is_constant": True} if skipped else {}
-    if search.cfg.cost.target_ms is not None and search.cost_fn is not None:
-        # a latency target is a constraint on what is returned: the most probable of the top-k
-        # architectures that meets it by the search's own cost model (the argmax when it does)
+    cc = search.cfg.cost
+    limits = ({"latency_ms": cc.target_ms} if cc.uses_latency and cc.target_ms is not None else {}) | cc.budgets
+    if limits and search.cost_fn is not None:
+        # a latency target and memory budgets are constraints on what is returned: the most probable
+        # of the top-k architectures that meets them all by the search's own cost model (the argmax
+        # when it does; the smooth activation peak there bounds the exact one from above)
         cost = jax.jit(search.cost_fn)
-        lat = [float(cost(jnp.asarray(ctx.space.one_hot(a)))["latency_ms"]) for a in top]
-        ok = [i for i, v in enumerate(lat) if v <= search.cfg.cost.target_ms]
+        costs = [{k: float(v) for k, v in cost(jnp.asarray(ctx.space.one_hot(a))).items()} for a in top]
+        ok = [i for i, c in enumerate(costs) if all(c[k] <= v for k, v in limits.items())]
         if ok:
             ctx.arch = top[ok[0]]
-        argmax_lat = float(cost(jnp.asarray(ctx.space.one_hot(argmax)))["latency_ms"]) if skipped else lat[0]
-        constrained.update({"argmax_arch": ctx.space.encode(argmax), "argmax_latency_ms": argmax_lat,
-                            "latency_ms_model": lat[ok[0]] if ok else lat[0], "meets_target_by_model": bool(ok),
-                            "rank_among_top_k": ok[0] if ok else None})
+        pick = costs[ok[0] if ok else 0]
+        constrained.update({"argmax_arch": ctx.space.encode(argmax), "meets_target_by_model": bool(ok),
+                            "rank_among_top_k": ok[0] if ok else None,
+                            **{f"{k}_model": v for k, v in pick.items() if k != "latency_ms"}})
+        if "latency_ms" in limits:
+            argmax_lat = float(cost(jnp.asarray(ctx.space.one_hot(argmax)))["latency_ms"]) if skipped \
+                else costs[0]["latency_ms"]
+            constrained.update({"argmax_latency_ms": argmax_lat, "latency_ms_model": pick["latency_ms"]})
     return {"arch": ctx.space.encode(ctx.arch), "search_seconds": search.seconds,
             "steps_per_epoch": min(len(train) // sc.batch_size, sc.steps_per_epoch or 10**9),
             **inherited_accuracies(ctx, search.model, ctx.arch, train, val), **constrained,

@@ -115,3 +115,36 @@ def test_rules_seed_the_search_and_the_memory_table_cuts_against_the_baseline(tm
     md = memory_markdown(found)
     row = next(line for line in md.splitlines() if line.startswith("| stages=expert+evolve"))
     assert f"{1 - res['params_bytes'] / base['params_bytes']:.1%}" in row and "| 1/1 |" in row
+
+
+def test_single_shot_returns_the_most_probable_architecture_within_both_budgets(tmp_path):
+    """The single-shot stage with both memory budgets (no latency term): of its top-k it returns the
+    most probable one that meets both by the search's cost model, and that one meets them exactly."""
+    import json
+    import os
+
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.run import main
+    from supernet.objectives import CostConfig, make_cost_fn
+    cfg = load_config("experiments/configs/nb201/single_shot.py:smoke")
+    space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
+    spec = ACCELERATORS[cfg.cost.accelerator]
+    tables = [space.layers(a) for a in space.validate_batch(space.sample(jax.random.key(0), 64))]
+    p = sorted(float(memory.param_bytes(spec, t)) for t in tables)[20]
+    a = sorted(float(memory.peak_activation_bytes(t, spec)) for t in tables)[40]
+    wd = str(tmp_path / "run")
+    res = main(["--config", "experiments/configs/nb201/single_shot.py:smoke", "--workdir", wd,
+                f"--config.cost.params_budget_bytes={p}", f"--config.cost.activation_budget_bytes={a}"])
+    with open(os.path.join(wd, "stages", "single_shot.json")) as f:
+        stage = json.load(f)
+    fn = make_cost_fn(space, CostConfig(params_budget_bytes=p, activation_budget_bytes=a,
+                                        accelerator=cfg.cost.accelerator))
+    costs = [fn(jnp.asarray(space.one_hot(space.decode(s)))) for s in stage["ranking"]]
+    ok = [i for i, c in enumerate(costs) if c["params_bytes"] <= p and c["peak_activation_bytes"] <= a]
+    assert stage["meets_target_by_model"] == bool(ok)
+    assert res["architecture"] == stage["ranking"][ok[0] if ok else 0]
+    if ok:
+        assert res["params_bytes"] <= p and res["peak_activation_bytes"] <= a
+        assert stage["peak_activation_bytes_model"] >= res["peak_activation_bytes"]  # smooth >= exact
