@@ -43,7 +43,7 @@ def _design(run: dict[str, Any]) -> tuple[str, str, str]:
     arch = space.decode(run["results"]["architecture"])
     types = [space.decisions[d].choices[arch[d]] for d in space.type_ids]
     stages = np.cumsum(space.blocks_per_stage)[:-1]
-    letters = "|".join("".join(_LETTERS[t] for t in part) for part in np.split(np.asarray(types), stages))
+    letters = "/".join("".join(_LETTERS[t] for t in part) for part in np.split(np.asarray(types), stages))
     widths = "-".join(str(int(w)) for w in space.stage_widths(arch))
     return f"{space.multipliers[arch[space.mult_id]]:g}", widths, letters
 
@@ -65,7 +65,7 @@ def matrix_markdown(runs: list[dict[str, Any]]) -> str:
     measured = sorted({k for r in by_acc.values() for k in r["results"]["latency_ms"] if not k.startswith("analytic:")})
     out = [("Design-phase sweep (`evolve` for the most capacity, log10 FLOPs, under a latency target of 0.6 x "
             "MobileNetV2 on the accelerator searched for; one row per accelerator searched for). Block types "
-            "by stage: I = IBN, F = fused IBN, - = skip. Run-on columns: the found network's analytic latency "
+            "by stage (stages split by /): I = IBN, F = fused IBN, - = skip. Run-on columns: the found network's analytic latency "
             "on that accelerator divided by that accelerator's own target (bold: <= 1, the target is met; the "
             "diagonal is the search's own). Measured: ms.\n"),
            "| searched for | target ms | log10 FLOPs | mult | stage widths | block types | "
