@@ -7,9 +7,10 @@ accelerators.py` and `convergence.py`).
   accelerator run on, the found network's latency divided by that accelerator's own target (0.6 x
   MobileNetV2 there: <= 1 meets it), next to the capacity and the measured latencies (ZigZag, ONNX
   Runtime on this CPU) of `report.measured`.
-- `memory_markdown`: the memory budget (part 4): per arm (baseline, rules, NAS, rules + NAS) both
-  memories, their cut against the baseline arm, whether the exact memory model says the budgets are
-  met, the capacity and the latency.
+- `arms_markdown`: hardware-only arms against the `baseline` arm (the memory budget of part 4:
+  baseline, rules, NAS, rules + NAS; the latency cut of parts 2-3: rules vs NAS): both memories,
+  their cut, whether the exact memory model says the budgets are met, the capacity, the latency
+  and its cut.
 - `convergence_markdown` / `plot_convergence`: evolution on `mobile-raw` vs `mobile-curated` with the
   same target and budget (part 1): the best feasible capacity so far per evaluation, and the
   evaluations until a run first meets the target at the capacity every run reaches.
@@ -95,23 +96,26 @@ def _budgets(run: dict[str, Any]) -> dict[str, float]:
             if c.get(f"cost.{f}") is not None}
 
 
-def memory_markdown(runs: list[dict[str, Any]]) -> str:
-    """The memory-budget table (module docstring); empty unless some run has a memory budget and one
-    is the `baseline` arm (the memories are cut against it)."""
+def arms_markdown(runs: list[dict[str, Any]]) -> str:
+    """Hardware-only arms against the baseline (module docstring): empty unless one run is the
+    `baseline` arm and no run has an accuracy (a trained study has the main table)."""
     base = [r for r in runs if r["config"].get("stages") == ["baseline"]]
-    if not base or not any(_budgets(r) for r in runs):
+    if not base or any(np.isfinite(r.get("values", {}).get("accuracy", np.nan)) for r in runs):
         return ""
     ref = base[0]["results"]
-    budgets = next(_budgets(r) for r in runs if _budgets(r))
+    budgets = next((_budgets(r) for r in runs if _budgets(r)), {})
     acc = base[0]["config"].get("cost.accelerator", "npu")
+    lat = f"analytic:{acc}"
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault(r.get("label", r["dir"]), []).append(r)
-    out = [("Memory budget: " + ", ".join(f"{k} <= {v:,.0f}" for k, v in budgets.items())
-            + f" (exact `hwmodel.memory` on `{acc}`); cut = 1 - arm / baseline; mean ± std over seeds. "
-            "log10 FLOPs is the searches' capacity proxy, not an accuracy.\n"),
-           f"| arm | runs | params bytes | params cut | peak activation bytes | peak cut | budgets met | "
-           f"log10 FLOPs | latency ms (analytic {acc}) |", "|---|---|---|---|---|---|---|---|---|"]
+    head = ("Memory budget: " + ", ".join(f"{k} <= {v:,.0f}" for k, v in budgets.items())
+            + f" (exact `hwmodel.memory` on `{acc}`); " if budgets else "")
+    out = [(head + "cut = 1 - arm / baseline; mean ± std over seeds. log10 FLOPs is the searches' capacity "
+            "proxy, not an accuracy.\n"),
+           "| arm | runs | params bytes | params cut | peak activation bytes | peak cut | "
+           + ("budgets met | " if budgets else "") + f"log10 FLOPs | latency ms (analytic {acc}) | latency cut |",
+           "|---|---|---|---|---|---|---|---|---|" + ("---|" if budgets else "")]
 
     def ms(x, fmt):
         x = np.asarray(x, float)
@@ -121,11 +125,13 @@ def memory_markdown(runs: list[dict[str, Any]]) -> str:
         res = [r["results"] for r in rs]
         p = [x["params_bytes"] for x in res]
         a = [x["peak_activation_bytes"] for x in res]
+        t = [x["latency_ms"][lat] for x in res]
         met = sum(all(x[k] <= v for k, v in budgets.items()) for x in res)
         out.append(f"| {label} | {len(rs)} | {ms(p, ',.0f')} | {ms(1 - np.asarray(p) / ref['params_bytes'], '.1%')} | "
-                   f"{ms(a, ',.0f')} | {ms(1 - np.asarray(a) / ref['peak_activation_bytes'], '.1%')} | {met}/{len(rs)} | "
-                   f"{ms(np.log10([x['flops'] for x in res]), '.3f')} | "
-                   f"{ms([x['latency_ms'][f'analytic:{acc}'] for x in res], '.3f')} |")
+                   f"{ms(a, ',.0f')} | {ms(1 - np.asarray(a) / ref['peak_activation_bytes'], '.1%')} | "
+                   + (f"{met}/{len(rs)} | " if budgets else "")
+                   + f"{ms(np.log10([x['flops'] for x in res]), '.3f')} | {ms(t, '.3f')} | "
+                   f"{ms(1 - np.asarray(t) / ref['latency_ms'][lat], '.1%')} |")
     return "\n".join(out) + "\n"
 
 

@@ -231,6 +231,15 @@ def check_budgets(space: SearchSpace, cfg: CostConfig, **kwargs) -> None:
     smallest reachable (`memory_floor`); nothing without budgets."""
     if not cfg.budgets:
         return
+    # the common case first: the space's first architecture (its smallest choices) or its baseline
+    # meets the budgets, and the descents are not needed
+    spec = ACCELERATORS[cfg.accelerator]
+    for arch in space.validate_batch(np.stack([np.zeros(space.num_decisions, np.int32),
+                                               landscape.reference_arch(space)])):
+        t = space.layers(arch)
+        got = {"params_bytes": memory.param_bytes(spec, t), "peak_activation_bytes": memory.peak_activation_bytes(t, spec)}
+        if all(float(got[k]) <= v for k, v in cfg.budgets.items()):
+            return
     floors, closest, got = memory_floor(space, cfg, **kwargs)
     field = {v: k for k, v in MEMORY_BUDGETS.items()}
     low = [f"{field[k]}={cfg.budgets[k]:.0f} is below the smallest {k} reachable in {space.name}, "

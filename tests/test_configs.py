@@ -32,7 +32,8 @@ SPECS = ["nb201/single_shot.py", "nb201/single_shot.py:cpu", "nb201/single_shot.
          "mobile/curation.py", "mobile/curation.py:flops", "mobile/curation.py:curated,smoke",
          "mobile/accelerators.py", "mobile/accelerators.py:npu-p8", "mobile/accelerators.py:smoke",
          "mobile/convergence.py", "mobile/convergence.py:raw", "mobile/convergence.py:smoke",
-         "mobile/memory.py", "mobile/memory.py:rules_nas", "mobile/memory.py:baseline,smoke"]
+         "mobile/memory.py", "mobile/memory.py:baseline,smoke", "mobile/latency_cut.py",
+         "mobile/latency_cut.py:rules", "mobile/latency_cut.py:transfer", "mobile/latency_cut.py:smoke"]
 #: Dict-valued keys whose items are a dataclass's fields (read by `Cls(**dict(section))`).
 SPLATTED = {"single_shot.optim": OptimConfig, "retrain.optim": OptimConfig}
 #: Sections translated by `experiments.config.from_section(Cls, section)`: their keys that are fields

@@ -1,0 +1,67 @@
+"""The latency cut and expert in the loop, hardware side (issue 25 parts 2-3): MobileNetV2 vs the
+expert's rules alone vs the search for the NPU vs rules + search, on `mobile-curated` (P = 16).
+
+Commands:
+    python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py --workdir workdirs/latency_cut
+    python -m experiments.report workdirs/latency_cut --out docs/results/latency_cut_runs --group-by stages,target_frac
+Transfer (rules mined from a search applied to another task's baseline, no search):
+    python -m experiments.run --config experiments/configs/mobile/latency_cut.py:transfer --workdir W \\
+        --config.expert.mine_from=workdirs/latency_cut/3_nas47/seed=0
+Arguments: `baseline`, `rules` (`fuse_where_it_pays(accelerator='npu')` and `align_widths`),
+`nas60` / `nas47` (evolution for the most capacity under 0.6 / 0.47 x MobileNetV2's analytic NPU
+latency: the issue's 40 % and the article's 53 % cut), `rules_nas` (`nas47` seeded with the rules'
+network), `transfer` (the mined rules on MobileNetV2 for 64 px inputs and 100 classes); `smoke`.
+
+Capacity (`evolve.evaluator=capacity`, log10 FLOPs) stands in for accuracy: "at equal accuracy"
+becomes "at no less capacity than MobileNetV2", which favours fusion (a fused block has more FLOPs
+and, the article says, no more accuracy). Nothing is trained (the mobile networks do not train at
+CPU scale in a session). Run time and result (2026-12-05, 2-core CPU): docs/results/latency_cut.md.
+"""
+
+import ml_collections
+
+from experiments.configs.common import base, config_args
+
+ARMS = ("baseline", "rules", "nas60", "nas47", "rules_nas", "transfer")
+
+
+def get_config(arg: str | None = None):
+    args = config_args(arg, (*ARMS, "smoke"), default="nas47")
+    arm = next((a for a in args if a in ARMS), "nas47")
+    c = base()
+    c.space.name = "mobile-curated"
+    c.space.kwargs = {"parallelism": 16}
+    c.cost.accelerator = "npu"
+    c.cost.form = "hinge"  # evolve: a hard latency constraint at the target
+    c.target_frac = 0.6 if arm == "nas60" else 0.47
+    c.evolve.evaluator = "capacity"
+    c.evolve.budget_evals = 3000
+    c.report.accelerators = ("npu", "npu-p32", "edgetpu", "mobile-cpu")
+    c.report.measured = ("zigzag:ascend_like", "onnxruntime")
+    c.expert = ml_collections.ConfigDict({"rules": ("fuse_where_it_pays(accelerator='npu')", "align_widths"),
+                                          "mine_from": ""})
+    c.data.name = "synthetic"  # nothing is trained
+    c.stages = {"baseline": ["baseline"], "rules": ["expert"], "nas60": ["evolve"], "nas47": ["evolve"],
+                "rules_nas": ["expert", "evolve"], "transfer": ["expert"]}[arm]
+    if arm in ("baseline", "rules", "transfer"):
+        c.cost.form = "none"  # no search: the target only labels the arm
+        c.target_frac = 0.0
+    if arm == "transfer":  # another task: 64 px inputs, 100 classes; the rules come from mine_from
+        c.space.kwargs = {"parallelism": 16, "input_size": 64, "num_classes": 100}
+        c.expert.rules = ()
+    if "smoke" in args:
+        c.evolve.budget_evals = 60
+        c.space.kwargs = {"parallelism": 16, "blocks_per_stage": (1, 2), "base_widths": (16, 32),
+                          "stage_strides": (1, 2), "stem_width": 16, "head_width": 64}
+        c.report.measured = ()
+    return c
+
+
+def get_sweep(arg: str | None = None):
+    runs = [{"name": "0_baseline", "stages": ["baseline"], "cost.form": "none", "target_frac": 0.0},
+            {"name": "1_rules", "stages": ["expert"], "cost.form": "none", "target_frac": 0.0}]
+    for i, (arm, frac, stages) in enumerate((("nas60", 0.6, ["evolve"]), ("nas47", 0.47, ["evolve"]),
+                                             ("rules_nas", 0.47, ["expert", "evolve"]))):
+        runs += [{"name": f"{i + 2}_{arm}/seed={seed}", "stages": stages, "target_frac": frac, "seed": seed}
+                 for seed in range(3)]
+    return runs
