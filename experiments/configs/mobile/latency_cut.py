@@ -3,14 +3,19 @@ expert's rules alone vs the search for the NPU vs rules + search, on `mobile-cur
 
 Commands:
     python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py --workdir workdirs/latency_cut
-    python -m experiments.report workdirs/latency_cut --out docs/results/latency_cut_runs --group-by stages,target_frac
-Transfer (rules mined from a search applied to another task's baseline, no search):
-    python -m experiments.run --config experiments/configs/mobile/latency_cut.py:transfer --workdir W \\
+    python -m experiments.report workdirs/latency_cut --out docs/results/latency_cut_runs --group-by stages,target_frac,expert.mine_from
+Rules mined from a search, on the same task and on another one (64 px, 100 classes), no search:
+    python -m experiments.run --config experiments/configs/mobile/latency_cut.py:rules --workdir workdirs/latency_cut/5_mined_rules \\
+        "--config.expert.rules=()" --config.expert.mine_from=workdirs/latency_cut/3_nas47/seed=0
+    python -m experiments.run --config experiments/configs/mobile/latency_cut.py:baseline,task64 --workdir workdirs/transfer/0_baseline
+    python -m experiments.run --config experiments/configs/mobile/latency_cut.py:transfer --workdir workdirs/transfer/1_mined_rules \\
         --config.expert.mine_from=workdirs/latency_cut/3_nas47/seed=0
+    python -m experiments.report workdirs/transfer --group-by stages
 Arguments: `baseline`, `rules` (`fuse_where_it_pays(accelerator='npu')` and `align_widths`),
 `nas60` / `nas47` (evolution for the most capacity under 0.6 / 0.47 x MobileNetV2's analytic NPU
 latency: the issue's 40 % and the article's 53 % cut), `rules_nas` (`nas47` seeded with the rules'
-network), `transfer` (the mined rules on MobileNetV2 for 64 px inputs and 100 classes); `smoke`.
+network), `transfer` (the mined rules on MobileNetV2 for 64 px inputs and 100 classes; `baseline,task64`
+is that task's MobileNetV2); `smoke`.
 
 Capacity (`evolve.evaluator=capacity`, log10 FLOPs) stands in for accuracy: "at equal accuracy"
 becomes "at no less capacity than MobileNetV2", which favours fusion (a fused block has more FLOPs
@@ -26,7 +31,7 @@ ARMS = ("baseline", "rules", "nas60", "nas47", "rules_nas", "transfer")
 
 
 def get_config(arg: str | None = None):
-    args = config_args(arg, (*ARMS, "smoke"), default="nas47")
+    args = config_args(arg, (*ARMS, "task64", "smoke"), default="nas47")
     arm = next((a for a in args if a in ARMS), "nas47")
     c = base()
     c.space.name = "mobile-curated"
@@ -46,8 +51,9 @@ def get_config(arg: str | None = None):
     if arm in ("baseline", "rules", "transfer"):
         c.cost.form = "none"  # no search: the target only labels the arm
         c.target_frac = 0.0
-    if arm == "transfer":  # another task: 64 px inputs, 100 classes; the rules come from mine_from
+    if arm == "transfer" or "task64" in args:  # another task: 64 px inputs, 100 classes
         c.space.kwargs = {"parallelism": 16, "input_size": 64, "num_classes": 100}
+    if arm == "transfer":  # the rules come from expert.mine_from
         c.expert.rules = ()
     if "smoke" in args:
         c.evolve.budget_evals = 60
