@@ -135,6 +135,33 @@ def arms_markdown(runs: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def blocks_markdown(runs: list[dict[str, Any]]) -> str:
+    """Block by block, the baseline arm vs the search run with the tightest latency target (its
+    lowest seed): type, FLOPs and analytic latency per block (`supernet.expert.block_costs`): which
+    blocks the search fused and what that did to FLOPs and latency. Empty without both."""
+    from supernet.expert import block_costs
+    from supernet.spaces import make_space
+    base = [r for r in runs if r["config"].get("stages") == ["baseline"] and arms_markdown(runs)]
+    found = sorted((r for r in capacity_runs(runs) if r["results"].get("latency_target_ms")),
+                   key=lambda r: (r["results"]["latency_target_ms"], r["config"].get("seed", 0)))
+    if not base or not found:
+        return ""
+    c, acc = found[0]["config"], found[0]["config"].get("cost.accelerator", "npu")
+    space = make_space(c["space.name"], **{k[len("space.kwargs."):]: v for k, v in c.items()
+                                           if k.startswith("space.kwargs.")})
+    a = block_costs(space, space.decode(base[0]["results"]["architecture"]), acc)
+    b = block_costs(space, space.decode(found[0]["results"]["architecture"]), acc)
+    out = [(f"Block by block (`supernet.expert.block_costs`, analytic `{acc}`): the baseline vs `{found[0]['dir']}` "
+            f"(target {found[0]['results']['latency_target_ms']:.3g} ms). Widths differ between the two, so a "
+            "block's change is its type's and its width's together.\n"),
+           "| block | stage | baseline type | MFLOPs | latency us | found type | MFLOPs | latency us |",
+           "|---|---|---|---|---|---|---|---|"]
+    for x, y in zip(a, b):
+        out.append(f"| {x['block']} | {x['stage']} | {x['type']} | {x['flops'] / 1e6:.2f} | {x['latency_us']:.1f} | "
+                   f"{y['type']} | {y['flops'] / 1e6:.2f} | {y['latency_us']:.1f} |")
+    return "\n".join(out) + "\n"
+
+
 def _trajectory(run: dict[str, Any]) -> np.ndarray:
     """Best capacity so far among the candidates that met every constraint, per evaluation (NaN before
     the first feasible one)."""

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiments.config import cli_errors, flatten
-from experiments.hardware_report import (convergence_markdown, is_capacity_search, matrix_markdown, arms_markdown,
+from experiments.hardware_report import (blocks_markdown, convergence_markdown, is_capacity_search, matrix_markdown, arms_markdown,
                                          plot_convergence)
 from experiments.landscape_report import is_landscape, landscape_markdown, landscape_runs, plot_landscape
 
@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 and np.isfinite(r["values"]["accuracy"])]
     parts = [markdown([row for row in rows if any(r["label"] == row["group"] for r in searches)], unfinished)
              if searches else "", landscape_markdown(runs) if studies else "",
-             matrix_markdown(runs), arms_markdown(runs), convergence_markdown(runs)]
+             matrix_markdown(runs), arms_markdown(runs), blocks_markdown(runs), convergence_markdown(runs)]
     md = "\n".join(p for p in parts if p)
     print(md)
     if args.out:

@@ -36,6 +36,7 @@ import numpy as np
 
 from hwmodel import analytic
 from hwmodel.accelerators import ACCELERATORS, AcceleratorSpec
+from hwmodel.layers import OpKind, macs
 from hwmodel.registry import Registry
 from supernet.spaces.mobile import BLOCK_TYPES, MobileSpace
 
@@ -299,4 +300,34 @@ def describe(rules: Sequence[Rule]) -> list[str]:
     for r in rules:
         args = ", ".join(f"{f.name}={text(getattr(r, f.name))}" for f in dataclasses.fields(r) if f.name != "name")
         out.append(f"{r.name}({args})" if args else r.name)
+    return out
+
+
+def block_costs(space: MobileSpace, arch: np.ndarray, accelerator: str = "npu") -> list[dict[str, Any]]:
+    """Per block of `arch`: its type, FLOPs and exact analytic latency on `accelerator` (the rows
+    named `b<i>.*` of the layer table, each weighted by its presence): where fusion raised FLOPs
+    and what it did to latency (the article: fusion raised FLOPs but not latency, and paid early).
+
+    Example:
+        >>> from supernet.spaces import make_space
+        >>> space = make_space("mobile-curated")
+        >>> base = space.baseline_arch()
+        >>> fused = apply_rules(space, base, ["fuse(stages=(1,))"]).arch
+        >>> a, b = block_costs(space, base)[1], block_costs(space, fused)[1]
+        >>> a["type"], b["type"], b["flops"] > a["flops"]
+        ('ibn', 'fused', True)
+    """
+    spec = ACCELERATORS[accelerator]
+    table = space.layers(np.asarray(arch))
+    w = np.asarray(table.weight)
+    lat = np.asarray(analytic.layer_latency(spec, table)) * w
+    mac_rows = np.isin(np.asarray(table.op), [int(k) for k in (OpKind.CONV, OpKind.DWCONV, OpKind.LINEAR)])
+    flops = 2.0 * np.asarray(macs(table)) * w * mac_rows
+    a = space.validate(arch)
+    out = []
+    for b in range(space.num_blocks):
+        rows = [i for i, n in enumerate(space.row_names) if n.startswith(f"b{b}.")]
+        out.append({"block": b, "stage": int(space.block_stage[b]),
+                    "type": space.decisions[space.type_ids[b]].choices[a[space.type_ids[b]]],
+                    "flops": float(flops[rows].sum()), "latency_us": float(lat[rows].sum() * 1e6)})
     return out

@@ -151,3 +151,25 @@ def test_single_shot_returns_the_most_probable_architecture_within_both_budgets(
     if ok:
         assert res["params_bytes"] <= p and res["peak_activation_bytes"] <= a
         assert stage["peak_activation_bytes_model"] >= res["peak_activation_bytes"]  # smooth >= exact
+
+
+def test_blocks_table_sets_the_found_network_beside_the_baseline(capacity_run):
+    from experiments.hardware_report import blocks_markdown
+    from experiments.report import summarise
+    from supernet.expert import block_costs
+    found = _as_report_run(capacity_run)
+    base = copy.deepcopy(found)
+    space = make_space(found["config"]["space.name"], **dict(capacity_run[0].space.kwargs))
+    base["config"]["stages"] = ["baseline"]
+    base["results"]["architecture"] = space.encode(space.baseline_arch())
+    base["results"]["stages"] = {"baseline": {}}
+    summarise([base, found], "", "npu", ["stages"])
+    rows = [line for line in blocks_markdown([base, found]).splitlines() if line[:3] in {f"| {b}" for b in range(10)}]
+    costs = block_costs(space, space.decode(found["results"]["architecture"]))
+    assert len(rows) == space.num_blocks == len(costs)
+    for row, c in zip(rows, costs):
+        cells = [x.strip() for x in row.strip("|").split("|")]
+        assert cells[2] == "ibn" and cells[5] == c["type"] and float(cells[6]) == pytest.approx(c["flops"] / 1e6, abs=0.01)
+    # the blocks' FLOPs are the network's but for the stem, head and classifier
+    total = sum(c["flops"] for c in costs)
+    assert 0 < total < found["results"]["flops"]
