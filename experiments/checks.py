@@ -181,6 +181,9 @@ def check_config(cfg: Any) -> None:
               f"unknown evolve.evaluator {e.evaluator!r}; valid: {', '.join(sorted(ACCURACY_EVALUATORS))}")
         if e.evaluator == "table":
             _need(bool(cfg.table.csv and cfg.table.column), "evolve.evaluator='table' needs table.csv and table.column")
+        if e.evaluator == "supernet":
+            from supernet.evaluators import BN_MODES
+            _need(e.supernet_bn in BN_MODES, f"unknown evolve.supernet_bn {e.supernet_bn!r}; valid: {', '.join(BN_MODES)}")
         _number(cfg, "evolve.budget_evals", 0, integer=True)
         _number(cfg, "evolve.budget_seconds", 0)
         _need(e.budget_evals > 0 or e.budget_seconds > 0,

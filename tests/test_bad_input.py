@@ -191,7 +191,9 @@ def test_zero_shot_and_evolve_values_are_checked_up_front(tmp_path, capsys):
     for extra, message in ((["--config.stages=['zero_shot']", "--config.zero_shot.target_fraction=1.5"],
                             "zero_shot.target_fraction must be a number > 0 and <= 1"),
                            (["--config.stages=['evolve']", "--config.evolve.algorithm=bogus"],
-                            "unknown evolve.algorithm 'bogus'")):
+                            "unknown evolve.algorithm 'bogus'"),
+                           (["--config.stages=['single_shot','evolve']", "--config.evolve.evaluator=supernet",
+                             "--config.evolve.supernet_bn=bogus"], "unknown evolve.supernet_bn 'bogus'")):
         code, err = _exit(capsys, run.main, ["--config", SMOKE, "--workdir", str(tmp_path / "w"), *extra])
         assert code == 2 and message in err
 
