@@ -35,12 +35,17 @@ def capacity_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in runs if is_capacity_search(r)]
 
 
-def _design(run: dict[str, Any]) -> tuple[str, str, str]:
-    """`(multiplier, actual stage widths, block types by stage)` of the run's architecture."""
+def _space(run: dict[str, Any]):
+    """The search space the run recorded (its flattened `space.*` config keys)."""
     from supernet.spaces import make_space
     c = run["config"]
-    space = make_space(c["space.name"], **{k[len("space.kwargs."):]: v for k, v in c.items()
-                                           if k.startswith("space.kwargs.")})
+    return make_space(c["space.name"], **{k[len("space.kwargs."):]: v for k, v in c.items()
+                                          if k.startswith("space.kwargs.")})
+
+
+def _design(run: dict[str, Any]) -> tuple[str, str, str]:
+    """`(multiplier, actual stage widths, block types by stage)` of the run's architecture."""
+    space = _space(run)
     arch = space.decode(run["results"]["architecture"])
     types = [space.decisions[d].choices[arch[d]] for d in space.type_ids]
     stages = np.cumsum(space.blocks_per_stage)[:-1]
@@ -62,7 +67,7 @@ def matrix_markdown(runs: list[dict[str, Any]]) -> str:
     if len(by_acc) < 2:
         return ""
     targets = {a: r["results"].get("latency_target_ms") for a, r in by_acc.items()}
-    analytic = [a for a in by_acc]
+    analytic = list(by_acc)
     measured = sorted({k for r in by_acc.values() for k in r["results"]["latency_ms"] if not k.startswith("analytic:")})
     out = [("Design-phase sweep (`evolve` for the most capacity, log10 FLOPs, under a latency target of 0.6 x "
             "MobileNetV2 on the accelerator searched for; one row per accelerator searched for). Block types "
@@ -90,21 +95,29 @@ def matrix_markdown(runs: list[dict[str, Any]]) -> str:
 
 
 def _budgets(run: dict[str, Any]) -> dict[str, float]:
+    """The run's memory budgets by cost key (`supernet.objectives.MEMORY_BUDGETS`)."""
+    from supernet.objectives import MEMORY_BUDGETS
     c = run["config"]
-    return {k: float(c[f"cost.{f}"]) for f, k in (("params_budget_bytes", "params_bytes"),
-                                                 ("activation_budget_bytes", "peak_activation_bytes"))
-            if c.get(f"cost.{f}") is not None}
+    return {k: float(c[f"cost.{f}"]) for f, k in MEMORY_BUDGETS.items() if c.get(f"cost.{f}") is not None}
+
+
+def _baseline_of_hardware_study(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The `baseline` arm, when no run has an accuracy (a trained study has the main table)."""
+    base = [r for r in runs if r["config"].get("stages") == ["baseline"]]
+    if not base or any(np.isfinite(r.get("values", {}).get("accuracy", np.nan)) for r in runs):
+        return None
+    return base[0]
 
 
 def arms_markdown(runs: list[dict[str, Any]]) -> str:
     """Hardware-only arms against the baseline (module docstring): empty unless one run is the
     `baseline` arm and no run has an accuracy (a trained study has the main table)."""
-    base = [r for r in runs if r["config"].get("stages") == ["baseline"]]
-    if not base or any(np.isfinite(r.get("values", {}).get("accuracy", np.nan)) for r in runs):
+    base = _baseline_of_hardware_study(runs)
+    if base is None:
         return ""
-    ref = base[0]["results"]
+    ref = base["results"]
     budgets = next((_budgets(r) for r in runs if _budgets(r)), {})
-    acc = base[0]["config"].get("cost.accelerator", "npu")
+    acc = base["config"].get("cost.accelerator", "npu")
     lat = f"analytic:{acc}"
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
@@ -140,16 +153,14 @@ def blocks_markdown(runs: list[dict[str, Any]]) -> str:
     lowest seed): type, FLOPs and analytic latency per block (`supernet.expert.block_costs`): which
     blocks the search fused and what that did to FLOPs and latency. Empty without both."""
     from supernet.expert import block_costs
-    from supernet.spaces import make_space
-    base = [r for r in runs if r["config"].get("stages") == ["baseline"] and arms_markdown(runs)]
+    base = _baseline_of_hardware_study(runs)
     found = sorted((r for r in capacity_runs(runs) if r["results"].get("latency_target_ms")),
                    key=lambda r: (r["results"]["latency_target_ms"], r["config"].get("seed", 0)))
-    if not base or not found:
+    if base is None or not found:
         return ""
-    c, acc = found[0]["config"], found[0]["config"].get("cost.accelerator", "npu")
-    space = make_space(c["space.name"], **{k[len("space.kwargs."):]: v for k, v in c.items()
-                                           if k.startswith("space.kwargs.")})
-    a = block_costs(space, space.decode(base[0]["results"]["architecture"]), acc)
+    acc = found[0]["config"].get("cost.accelerator", "npu")
+    space = _space(found[0])
+    a = block_costs(space, space.decode(base["results"]["architecture"]), acc)
     b = block_costs(space, space.decode(found[0]["results"]["architecture"]), acc)
     out = [(f"Block by block (`supernet.expert.block_costs`, analytic `{acc}`): the baseline vs `{found[0]['dir']}` "
             f"(target {found[0]['results']['latency_target_ms']:.3g} ms). Widths differ between the two, so a "

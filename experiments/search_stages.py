@@ -233,19 +233,21 @@ def stage_evolve(ctx: Context) -> dict[str, Any]:
     cfg, ec, space = ctx.cfg, ctx.cfg.evolve, ctx.space
     parts = [_accuracy_evaluator(ctx)]
     objectives, constraints = ["max:accuracy"], []
+    cost = cost_config(cfg, space)
     target = latency_target(ctx)
+    budgets = cost.budgets  # params and peak activation bytes, both at once
+    # one hardware evaluator (one layer table per candidate) for the latency and the memories
+    hw = ({"accelerators": ()} if target is None else dict(target[0])) | (
+        {"memory": True, "memory_accelerator": cfg.cost.accelerator} if budgets else {})
+    if target is not None or budgets:
+        parts.append(E.HwCostEvaluator(space, **hw))
     if target is not None:
-        kwargs, lat_name = target
-        parts.append(E.HwCostEvaluator(space, **kwargs))
+        lat_name = target[1]
         if ec.algorithm == "nsga2":
             objectives.append(f"min:{lat_name}")
         else:
-            constraints.append(f"{lat_name} <= {cost_config(cfg, space).target_ms!r}")
-    budgets = cost_config(cfg, space).budgets  # params and peak activation bytes, both at once
-    if budgets:
-        parts.append(E.HwCostEvaluator(space, accelerators=(), memory=True,
-                                       memory_accelerator=cfg.cost.accelerator))
-        constraints += [f"{key} <= {value!r}" for key, value in budgets.items()]
+            constraints.append(f"{lat_name} <= {cost.target_ms!r}")
+    constraints += [f"{key} <= {value!r}" for key, value in budgets.items()]
     evaluator = parts[0] if len(parts) == 1 else E.CompositeEvaluator(space, parts)
     if ec.guide not in ("", "zero_shot"):
         raise ConfigError(f"unknown evolve.guide {ec.guide!r}; valid: zero_shot, or '' for unguided mutation")

@@ -221,10 +221,15 @@ def macs(table: LayerTable) -> jax.Array:
         [conv, dw, lin, pool, gap, add], 0.0)
 
 
+def layer_flops(table: LayerTable) -> jax.Array:
+    """FLOPs of each row, weighted by its presence (2 per MAC of conv/linear rows, 0 elsewhere)."""
+    mac_layers = _is(table, OpKind.CONV, OpKind.DWCONV, OpKind.LINEAR)
+    return 2.0 * jnp.where(mac_layers, macs(table), 0.0) * table.weight
+
+
 def total_flops(table: LayerTable) -> jax.Array:
     """FLOPs of the network (2 per MAC of conv/linear layers; FBNet/NAS-Bench-201 convention)."""
-    mac_layers = _is(table, OpKind.CONV, OpKind.DWCONV, OpKind.LINEAR)
-    return 2.0 * jnp.sum(jnp.where(mac_layers, macs(table), 0.0) * table.weight, axis=-1)
+    return jnp.sum(layer_flops(table), axis=-1)
 
 
 def total_params(table: LayerTable) -> jax.Array:

@@ -36,7 +36,7 @@ import numpy as np
 
 from hwmodel import analytic
 from hwmodel.accelerators import ACCELERATORS, AcceleratorSpec
-from hwmodel.layers import OpKind, macs
+from hwmodel.layers import layer_flops
 from hwmodel.registry import Registry
 from supernet.spaces.mobile import BLOCK_TYPES, MobileSpace
 
@@ -319,10 +319,8 @@ def block_costs(space: MobileSpace, arch: np.ndarray, accelerator: str = "npu") 
     """
     spec = ACCELERATORS[accelerator]
     table = space.layers(np.asarray(arch))
-    w = np.asarray(table.weight)
-    lat = np.asarray(analytic.layer_latency(spec, table)) * w
-    mac_rows = np.isin(np.asarray(table.op), [int(k) for k in (OpKind.CONV, OpKind.DWCONV, OpKind.LINEAR)])
-    flops = 2.0 * np.asarray(macs(table)) * w * mac_rows
+    lat = np.asarray(analytic.layer_latency(spec, table)) * np.asarray(table.weight)
+    flops = np.asarray(layer_flops(table))
     a = space.validate(arch)
     out = []
     for b in range(space.num_blocks):

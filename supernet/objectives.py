@@ -105,8 +105,9 @@ class CostConfig:
             raise ValueError(f"target_ms must be > 0, got {self.target_ms!r}")
         if self.weight < 0 or self.memory_weight < 0:
             raise ValueError("cost weights must be >= 0")
-        for name, value in self.budgets_by_field().items():
-            if not value > 0:
+        for name in MEMORY_BUDGETS:
+            value = getattr(self, name)
+            if value is not None and not value > 0:
                 raise ValueError(f"{name} must be a memory in bytes > 0 (or None), got {value!r}")
         ACCELERATORS[self.accelerator]  # unknown name -> KeyError listing the presets
 
@@ -114,13 +115,10 @@ class CostConfig:
     def uses_latency(self) -> bool:
         return self.form != "none"
 
-    def budgets_by_field(self) -> dict[str, float]:
-        return {f: getattr(self, f) for f in MEMORY_BUDGETS if getattr(self, f) is not None}
-
     @property
     def budgets(self) -> dict[str, float]:
         """The memory budgets set, by cost key (`params_bytes`, `peak_activation_bytes`)."""
-        return {MEMORY_BUDGETS[f]: v for f, v in self.budgets_by_field().items()}
+        return {key: getattr(self, f) for f, key in MEMORY_BUDGETS.items() if getattr(self, f) is not None}
 
     @property
     def uses_cost(self) -> bool:
@@ -183,6 +181,18 @@ def combine(task_loss: jax.Array, cost: Mapping[str, jax.Array], cfg: CostConfig
     return loss
 
 
+def _memories(spec, table, temperature) -> jax.Array:
+    """`[..., 2]`: parameter and (smooth, or exact with temperature None) peak activation bytes, in
+    the order of `MEMORY_BUDGETS`."""
+    return jnp.stack([memory.param_bytes(spec, table),
+                      memory.peak_activation_bytes(table, spec, temperature=temperature)], -1)
+
+
+def _first_archs(space: SearchSpace) -> np.ndarray:
+    """The space's first architecture (its smallest choices, in the spaces here) and its baseline."""
+    return np.stack([np.zeros(space.num_decisions, np.int32), landscape.reference_arch(space)])
+
+
 def memory_floor(space: SearchSpace, cfg: CostConfig, starts: int = 4, seed: int = 0
                  ) -> tuple[dict[str, float], np.ndarray, dict[str, float]]:
     """The smallest memories of `cfg`'s budgets that the space reaches, and the architecture closest
@@ -202,17 +212,12 @@ def memory_floor(space: SearchSpace, cfg: CostConfig, starts: int = 4, seed: int
     if not keys:
         raise ValueError("memory_floor needs at least one memory budget in the CostConfig")
 
-    def both(t, temperature):
-        return jnp.stack([memory.param_bytes(spec, t),
-                          memory.peak_activation_bytes(t, spec, temperature=temperature)], -1)
-
-    col = {"params_bytes": 0, "peak_activation_bytes": 1}
-    smooth = landscape.table_function(space, lambda t: both(t, cfg.temperature))
-    exact = landscape.table_function(space, lambda t: both(t, None))
+    col = {key: i for i, key in enumerate(MEMORY_BUDGETS.values())}
+    smooth = landscape.table_function(space, lambda t: _memories(spec, t, cfg.temperature))
+    exact = landscape.table_function(space, lambda t: _memories(spec, t, None))
     draw = np.random.default_rng(seed).integers(0, [d.num_choices for d in space.decisions],
                                                 size=(starts, space.num_decisions))
-    first = [np.zeros(space.num_decisions, np.int32), landscape.reference_arch(space)]
-    start_archs = space.validate_batch(np.concatenate([np.stack(first), draw]))
+    start_archs = space.validate_batch(np.concatenate([_first_archs(space), draw]))
     budget = np.asarray([cfg.budgets[k] for k in keys])
     idx = [col[k] for k in keys]
 
@@ -234,10 +239,8 @@ def check_budgets(space: SearchSpace, cfg: CostConfig, **kwargs) -> None:
     # the common case first: the space's first architecture (its smallest choices) or its baseline
     # meets the budgets, and the descents are not needed
     spec = ACCELERATORS[cfg.accelerator]
-    for arch in space.validate_batch(np.stack([np.zeros(space.num_decisions, np.int32),
-                                               landscape.reference_arch(space)])):
-        t = space.layers(arch)
-        got = {"params_bytes": memory.param_bytes(spec, t), "peak_activation_bytes": memory.peak_activation_bytes(t, spec)}
+    for arch in space.validate_batch(_first_archs(space)):
+        got = dict(zip(MEMORY_BUDGETS.values(), np.asarray(_memories(spec, space.layers(arch), None))))
         if all(float(got[k]) <= v for k, v in cfg.budgets.items()):
             return
     floors, closest, got = memory_floor(space, cfg, **kwargs)
