@@ -108,11 +108,11 @@ def surrogate_vs_counts(data_dir: str) -> dict:
             for seed in range(3):
                 tr, te = F.split(len(y), n, seed)
                 s = F.fit_space(space, archs[tr], y[tr])
-                x = F.features_of(space, archs[te], s.config, prune=s.prunes_dead)
+                x = F.features_of(space, archs[te], s.config, dead_code=s.dead_code)
                 pred = x @ np.asarray(s.coef, np.float64) + float(s.intercept)
                 base = fit_baseline(counts[tr], y[tr], relative=False)(counts[te])  # plain least squares
                 rows.append((stats.spearmanr(pred, y[te])[0], stats.spearmanr(base, y[te])[0],
-                             "prune" if s.prunes_dead else "keep"))
+                             s.dead_code))
             out[f"{label}@{n}"] = {"surrogate_spearman": [round(float(r[0]), 4) for r in rows],
                                  "op_counts_spearman": [round(float(r[1]), 4) for r in rows],
                                  "dead_code": [r[2] for r in rows],

@@ -8,8 +8,8 @@
 Prints one JSON object: `spearman`, `kendall`, `mape` (%), `within_10pct` (%), `n_train`,
 `n_test`, `fit` (`whole_network`, or `per_layer` with `--per-layer F_layers.csv`: the article's
 estimator, fitted on the measured layers of the training architectures and tested on the other
-architectures' whole networks in `--data`), `fit_seconds`, `dead_code` (`prune` or `keep`: whether the device runs networks with
-their dead code removed; `--dead-code auto`, the default, picks the one with the lower
+architectures' whole networks in `--data`), `fit_seconds`, `dead_code` (`prune`, `unused` or `keep`: which dead ops the device
+removes, `hwmodel.layers.DEAD_CODE`; `--dead-code auto`, the default, picks the one with the lowest
 leave-one-out error on the training rows), `features` (the feature set model selection chose by
 leave-one-out error among the op-group statistics with the `--accelerators` analytic features,
 without them, and the plain op counts; `hwmodel.fit.candidate_configs`) and `loo_rmse`. The
@@ -121,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="fit on per-layer measurements of the training architectures (CSV of "
                         "python -m experiments.measure --per-layer); --data then gives the whole networks")
     p.add_argument("--dead-code", choices=DEAD_CODE, default="auto",
-                   help="does the device remove dead ops (prune) or run them (keep); auto: by LOO error")
+                   help="which ops of a network the device runs: prune (none-fed and unused ops removed), "
+                        "unused (only ops whose output is unused removed), keep (all); auto: by LOO error")
     p.add_argument("--save", default=None, help="write the fitted surrogate here (JSON)")
     p.add_argument("--json", action="store_true", help="print one JSON object (default: readable)")
     args = p.parse_args(argv)
@@ -145,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                      f"of {args.data}; measure both with the same hwmodel.measure run")
                 by_config[c] = lx[keep]
                 # per-layer files hold only rows that execute (the backend removed dead code)
-                nets[c] = features_of(space, archs[tr], c, prune=True)
+                nets[c] = features_of(space, archs[tr], c, dead_code="prune")
             s = fit_layers(by_config, ly[keep], nets, y[tr])
         else:
             priors = []
@@ -154,12 +155,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 priors.append(fit_space(space, pa, py, config=config, dead_code=args.dead_code))
             s = fit_space(space, archs[tr], y[tr], config=config, dead_code=args.dead_code, priors=priors)
         fit_seconds = time.perf_counter() - t0
-        x = features_of(space, archs[te], s.config, prune=s.prunes_dead)
+        x = features_of(space, archs[te], s.config, dead_code=s.dead_code)
     pred = x @ np.asarray(s.coef, np.float64) + float(s.intercept)
     result = ranking_metrics(pred, y[te]) | {"n_train": int(len(tr)), "n_test": int(len(te)),
                                              "fit": "per_layer" if args.per_layer else "whole_network",
                                              "fit_seconds": fit_seconds,
-                                             "dead_code": "prune" if s.prunes_dead else "keep",
+                                             "dead_code": s.dead_code,
                                              "features": list(s.config.quantities)
                                              + [f"analytic.{a}" for a in s.config.accelerators],
                                              "loo_rmse": s.loo_rmse}

@@ -3,7 +3,7 @@
 Pure functions (no files, no flags): `features_of` (network features of many architectures, one
 compiled function), `fit_space` (whole-network fit, choosing whether the device runs dead code by
 leave-one-out error), `fit_layers` (the per-layer fit, mapped to whole networks by `calibrate_to_networks`),
-`split` and `ranking_metrics`. The command line that reads CSVs and prints metrics is
+`split`, `loo_ratios` (held-out error of a fit) and `ranking_metrics`. The command line that reads CSVs and prints metrics is
 `python -m experiments.fit_surrogate`.
 """
 
@@ -16,20 +16,19 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from hwmodel.layers import prune_dead
+from hwmodel.layers import DEAD_CODE as SEMANTICS, executed
 from hwmodel.surrogate import FeatureConfig, Surrogate, fit, network_features
 from hwmodel.tables import InputError  # noqa: F401  (re-exported: the fit's bad-input error)
 
 
 def features_of(space, archs: np.ndarray, config: FeatureConfig = FeatureConfig(),
-                chunk: int = 1024, prune: bool = True) -> np.ndarray:
+                chunk: int = 1024, dead_code: str = "prune") -> np.ndarray:
     """Network features of many architectures: one compiled, vmapped function, chunked.
 
-    With `prune` tables lose their dead ops first (`prune_dead`), as a deployment compiler removes
-    them; this only changes spaces with disconnectable graphs (NAS-Bench-201).
+    The tables keep the rows a device with the `dead_code` semantics runs (`hwmodel.layers.executed`:
+    `prune`, `unused` or `keep`); this only changes spaces with disconnectable graphs (NAS-Bench-201).
     """
-    fn = jax.jit(jax.vmap(lambda a: network_features(
-        prune_dead(space.layers(a)) if prune else space.layers(a), config)))
+    fn = jax.jit(jax.vmap(lambda a: network_features(executed(space.layers(a), dead_code), config)))
     out = []
     for i in range(0, len(archs), chunk):
         block = archs[i:i + chunk]
@@ -56,7 +55,7 @@ def calibrate_to_networks(s: Surrogate, net_features: np.ndarray, latency_ms: np
     return s.replace(coef=s.coef * a, intercept=jnp.asarray(b, jnp.float32))
 
 
-DEAD_CODE = ("auto", "prune", "keep")
+DEAD_CODE = ("auto", *SEMANTICS)
 
 
 def candidate_configs(config: FeatureConfig) -> list[FeatureConfig]:
@@ -89,7 +88,7 @@ def fit_layers(layer_features_by_config: dict, latency_ms: np.ndarray, net_featu
     best, best_err = None, np.inf
     for c, x in layer_features_by_config.items():
         for relative in (True, False):
-            s = calibrate_to_networks(fit(x, latency_ms, config=c, per_layer=True, prunes_dead=True,
+            s = calibrate_to_networks(fit(x, latency_ms, config=c, per_layer=True, dead_code="prune",
                                           relative=relative), net_features_by_config[c], y)
             pred = net_features_by_config[c] @ np.asarray(s.coef, np.float64) + float(s.intercept)
             err = float(np.sqrt(np.mean(((pred - y) / y) ** 2)))
@@ -106,18 +105,39 @@ def fit_space(space, archs: np.ndarray, latency_ms: np.ndarray, *, config: Featu
     Candidates (`candidate_configs`, with `select` and no `priors`; else `config` alone): the
     features of `config`, the same without its analytic-model features, and the plain
     per-operation-count linear model (`surrogate.COUNTS`), each with the ridge strength chosen by exact leave-one-out error; and the table semantics
-    `dead_code`: `prune` (dead ops removed, as a deployment compiler does), `keep` (executed, as a
-    layer-by-layer simulator does) or `auto` (both). The candidate with the lowest leave-one-out
-    relative error is returned, so the fit is never worse than the count baseline by more than the
-    noise of that estimate (on NAS-Bench-201's Pixel 3 column `auto` picks `prune`, on its Eyeriss
-    column `keep`; see `Surrogate`). The chosen features are `result.config`.
+    `dead_code` (`hwmodel.layers.DEAD_CODE`): `prune` (ops fed by `none` and ops whose output is
+    unused removed), `unused` (only the latter, a graph compiler's dead-code elimination), `keep`
+    (every op runs, as a layer-by-layer simulator does) or `auto` (all three). The candidate with
+    the lowest leave-one-out relative error is returned, so the fit is never worse than the count
+    baseline by more than the noise of that estimate (on NAS-Bench-201's Pixel 3 column `auto`
+    picks `unused`, on its Eyeriss column `keep`; see `Surrogate`). The chosen features are
+    `result.config`.
     """
     if dead_code not in DEAD_CODE:
         raise InputError(f"dead_code must be one of {', '.join(DEAD_CODE)}, got {dead_code!r}")
     configs = candidate_configs(config) if select and not priors else [config]
-    fits = [fit(features_of(space, archs, c, prune=p), latency_ms, config=c, priors=priors, prunes_dead=p)
-            for c in configs for p in ((True, False) if dead_code == "auto" else (dead_code == "prune",))]
+    fits = [fit(features_of(space, archs, c, dead_code=d), latency_ms, config=c, priors=priors, dead_code=d)
+            for c in configs for d in (SEMANTICS if dead_code == "auto" else (dead_code,))]
     return min(fits, key=lambda s: s.loo_rmse)
+
+
+def loo_ratios(space, archs: np.ndarray, latency_ms: np.ndarray, s: Surrogate) -> np.ndarray:
+    """`measured / predicted` of each training architecture by the surrogate refitted without it
+    (leave-one-out, same features and table semantics as `s`): the held-out error of the fit, from
+    which a latency limit on the model's prediction that the device meets with a chosen probability
+    follows (`supernet.derive.model_limit`, a split-conformal bound). Needs at least 3 rows."""
+    y = np.asarray(latency_ms, np.float64)
+    if len(y) < 3:
+        raise InputError(f"leave-one-out errors need at least 3 measured architectures, got {len(y)}")
+    x = features_of(space, np.asarray(archs), s.config, dead_code=s.dead_code)
+    keep = np.ones(len(y), bool)
+    ratios = np.empty(len(y))
+    for i in range(len(y)):
+        keep[i] = False
+        fi = fit(x[keep], y[keep], config=s.config, dead_code=s.dead_code)
+        ratios[i] = y[i] / max(float(x[i] @ np.asarray(fi.coef, np.float64) + float(fi.intercept)), 1e-9)
+        keep[i] = True
+    return ratios
 
 
 def ranking_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:

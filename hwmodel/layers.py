@@ -242,12 +242,28 @@ def is_op(table: LayerTable, *kinds: OpKind) -> jax.Array:
     return _is(table, *kinds)
 
 
-def prune_dead(table: LayerTable, backward: bool = True) -> LayerTable:
+#: What a device runs of a discrete network (`executed`): `prune` removes the ops fed only by `none`
+#: edges (their input is all zeros) and the ops whose output never reaches the network output;
+#: `unused` removes only the latter (a graph compiler's dead-code elimination, which cannot know that
+#: an input is all zeros: NAS-Bench-201's Pixel 3 column, where a conv behind a `none` edge still
+#: costs, and a cell whose output is cut off costs ~0.004 ms); `keep` runs everything (a
+#: layer-by-layer simulator such as HW-NAS-Bench's Eyeriss column).
+DEAD_CODE = ("prune", "unused", "keep")
+
+
+def executed(table: LayerTable, dead_code: str) -> LayerTable:
+    """The rows a device with the `dead_code` semantics (`DEAD_CODE`) runs of a discrete table."""
+    if dead_code not in DEAD_CODE:
+        raise ValueError(f"dead_code must be one of {', '.join(DEAD_CODE)}, got {dead_code!r}")
+    return table if dead_code == "keep" else prune_dead(table, forward=dead_code == "prune")
+
+
+def prune_dead(table: LayerTable, backward: bool = True, forward: bool = True) -> LayerTable:
     """Zeroes the weight of rows that a compiler would remove from a *discrete* network.
 
-    Forward: a row whose input does not exist (an op fed only by `none` edges) is removed (MIX needs
-    one existing input, ADD both, as in the execution semantics above). Backward (dead-code
-    elimination): a row whose output never
+    Forward (with `forward`): a row whose input does not exist (an op fed only by `none` edges) is
+    removed (MIX needs one existing input, ADD both, as in the execution semantics above). Backward
+    (dead-code elimination): a row whose output never
     reaches the network output (the last non-padding row) is removed; when nothing reaches the output
     (a NAS-Bench-201 cell with a disconnected output node) the whole network folds to a constant.
     Deployed graphs are pruned like this: NAS-Bench-201's Pixel 3 latencies (HW-NAS-Bench) show it,
@@ -266,7 +282,7 @@ def prune_dead(table: LayerTable, backward: bool = True) -> LayerTable:
                            jnp.where(t.op[i] == OpKind.ADD, src_ok & res_ok, src_ok))
             return ex.at[i].set(present[i] & ok)
 
-        exists = jax.lax.fori_loop(0, n, fwd, jnp.zeros(n, bool))
+        exists = jax.lax.fori_loop(0, n, fwd, jnp.zeros(n, bool)) if forward else present
         if backward:
             last = jnp.max(jnp.where(t.op != OpKind.NONE, jnp.arange(n), 0))
 

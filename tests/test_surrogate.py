@@ -9,7 +9,7 @@ import pytest
 from experiments import fit_surrogate as fit_cli
 from hwmodel.fit import fit_space
 from hwmodel.fit import InputError
-from hwmodel.layers import prune_dead, total_flops
+from hwmodel.layers import OpKind, executed, is_op, prune_dead, total_flops
 from hwmodel.surrogate import (FeatureConfig, fit, layer_features, network_features,
                                predict, predict_layers)
 from supernet.spaces import make_space
@@ -141,23 +141,39 @@ def nb201():
     return space, archs
 
 
-@pytest.mark.parametrize("prunes", [True, False])
-def test_fit_space_finds_whether_the_device_removes_dead_code(nb201, prunes):
-    """A device that runs dead ops (a simulator: HW-NAS-Bench's Eyeriss) and one that removes them
-    (a deployment compiler: its Pixel 3): `auto` keeps the fit whose table semantics match."""
+@pytest.mark.parametrize("semantics", ["prune", "unused", "keep"])
+def test_fit_space_finds_which_dead_code_the_device_removes(nb201, semantics):
+    """A device that runs dead ops (a simulator: HW-NAS-Bench's Eyeriss), one that removes the ops
+    whose output is unused (a graph compiler: its Pixel 3) and one that also removes ops fed only by
+    `none`: `auto` keeps the fit whose table semantics match, by far."""
     space, archs = nb201
     tables = jax.vmap(space.layers)(jnp.asarray(archs))
-    seen = prune_dead(tables) if prunes else tables
+    seen = executed(tables, semantics)
     theta = np.zeros(len(FeatureConfig().names), np.float32)
     theta[[0, 1, 9, 13]] = [0.01, 0.002, 0.03, 0.05]  # overheads and per-MMAC costs
     y = _toy_device(seen, theta, b=0.1)
     s = fit_space(space, archs, y, dead_code="auto")
-    assert s.prunes_dead is prunes
-    other = fit_space(space, archs, y, dead_code="keep" if prunes else "prune")
-    assert s.loo_rmse < 0.1 * other.loo_rmse
+    assert s.dead_code == semantics
+    for other in {"prune", "unused", "keep"} - {semantics}:
+        assert s.loo_rmse < 0.1 * fit_space(space, archs, y, dead_code=other).loo_rmse
     np.testing.assert_allclose(np.asarray(predict(s, s.executed(tables))), y, rtol=0.02)
     with pytest.raises(InputError, match="dead_code"):
         fit_space(space, archs, y, dead_code="sometimes")
+
+
+def test_the_three_table_semantics_on_a_cell_with_a_none_fed_conv():
+    """Node 1 gets only `none`: its conv into node 3 computes on zeros. `unused` runs it (a compiler
+    cannot know its input is zero), `prune` removes it; both remove an op whose output is unused
+    (the conv into node 2, which feeds nothing), `keep` runs all."""
+    space = make_space("nb201", cells_per_stage=1)  # three cells, one per stage
+    cell = space.decode("|none~0|+|skip_connect~0|nor_conv_3x3~1|+|nor_conv_1x1~0|nor_conv_3x3~1|none~2|")
+    convs = lambda sem: int(np.sum(np.asarray(executed(space.layers(cell), sem).weight)[
+        np.asarray(is_op(space.layers(cell), OpKind.CONV))] > 0))
+    stem_etc = convs("prune")
+    assert convs("unused") == stem_etc + 3  # + the none-fed 3x3 into node 3 of each cell
+    assert convs("keep") == stem_etc + 6  # + the unused 3x3 into node 2 of each cell
+    with pytest.raises(ValueError, match="dead_code must be one of prune, unused, keep"):
+        executed(space.layers(cell), "sometimes")
 
 
 def test_discrete_cost_of_a_cut_off_cell_is_what_the_device_runs(nb201, tmp_path):
@@ -172,17 +188,20 @@ def test_discrete_cost_of_a_cut_off_cell_is_what_the_device_runs(nb201, tmp_path
     cut = space.decode("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|none~0|none~1|none~2|")
     cfg = CostConfig(form="hinge", target_ms=1.0, weight=1.0, model="surrogate", discrete=True)
     probs = jnp.asarray(space.one_hot(cut)) * 0.9 + 0.1 / 5
-    for prunes in (True, False):
-        s = base.replace(prunes_dead=prunes)
+    full = float(predict(base, space.layers(cut)))
+    for semantics in ("prune", "unused", "keep"):
+        s = base.replace(dead_code=semantics)
         lat = float(make_cost_fn(space, cfg, s)(probs)["latency_ms"])
-        want = float(s.intercept) if prunes else float(predict(s, space.layers(cut)))
-        assert lat == pytest.approx(want, rel=1e-5)
+        if semantics == "unused":  # the rows the output still reaches (reductions, classifier on
+            assert float(s.intercept) < lat < full  # the constant cell output), not the cells' convs
+        else:
+            assert lat == pytest.approx(float(s.intercept) if semantics == "prune" else full, rel=1e-5)
         g = jax.grad(lambda p: make_cost_fn(space, cfg, s)(p)["latency_ms"])(probs)
         assert np.all(np.isfinite(np.asarray(g)))
     assert float(predict(base, space.layers(cut))) > float(base.intercept) + 1e-3  # the case differs
     path = str(tmp_path / "s.json")
-    fit_cli.save_surrogate(base.replace(prunes_dead=False), path)
-    assert fit_cli.load_surrogate(path).prunes_dead is False  # the device semantics are saved
+    fit_cli.save_surrogate(base.replace(dead_code="unused"), path)
+    assert fit_cli.load_surrogate(path).dead_code == "unused"  # the device semantics are saved
 
 
 def test_per_layer_fit_predicts_the_backends_layer_sum_and_the_cli_calibrates_it(tmp_path, capsys):

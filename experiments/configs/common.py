@@ -89,9 +89,13 @@ def base() -> ml_collections.ConfigDict:
     s.bn_recalibration = 10  # training batches that recompute the derived subnet's BN statistics (SPOS)
     s.supernet = ml_collections.ConfigDict()  # extra kwargs of the supernet class
     s.top_k = 10  # most probable architectures handed on (warm start of a later `evolve`)
+    # a finished workdir whose trained supernet this run derives from instead of training its own
+    # (both searches without a hardware term in the loss, all else equal): one search, many targets
+    s.supernet_from = ""
 
     k = c.cost = defaults_of(CostConfig)  # target_ms: None, or set from `target_frac` (pipeline.target_of)
-    # dead_code: does the device remove dead ops ("prune") or run them ("keep"); "auto" picks the
+    # dead_code: which ops the device runs ("prune": none-fed and unused ones removed, "unused": only
+    # the unused ones removed, "keep": all, hwmodel.layers.DEAD_CODE); "auto" picks the
     # fit with the lower leave-one-out error (hwmodel.fit.fit_space)
     k.surrogate = ml_collections.ConfigDict({"file": "", "csv": "", "column": "", "arch_column": "",
                                              "train_size": 50, "dead_code": "auto"})
