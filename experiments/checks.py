@@ -18,6 +18,7 @@ from experiments import data as D
 from experiments.search_stages import ACCURACY_EVALUATORS  # (importing it registers every stage)
 from experiments.landscape_stage import COSTS as LANDSCAPE_COSTS
 from experiments.expert_stage import mined_rules
+from experiments.train_stages import shared_supernet
 from supernet import expert
 from supernet.spaces.mobile import MobileSpace
 from supernet.landscape import line_decisions
@@ -146,6 +147,12 @@ def check_config(cfg: Any) -> None:
         _need(bool(sur.file or sur.csv), "cost.model='surrogate' needs cost.surrogate.file or cost.surrogate.csv")
         path = data_path(sur.file or sur.csv)
         _need(os.path.isfile(path), f"cost.surrogate.{'file' if sur.file else 'csv'} {path!r} not found")
+        if cost.confidence is not None:
+            _need(not sur.file, "cost.confidence needs the surrogate's training measurements: fit it in the run "
+                                "(cost.surrogate.csv), not from a saved file")
+            need = int(np.ceil(cost.confidence / (1 - cost.confidence) - 1e-9))
+            _need(sur.train_size >= need, f"cost.confidence={cost.confidence} needs cost.surrogate.train_size >= "
+                                          f"{need} (held-out errors of the fit), got {sur.train_size}")
     if cfg.table.csv:
         path = data_path(cfg.table.csv)
         if os.path.isfile(path):
@@ -163,6 +170,8 @@ def check_config(cfg: Any) -> None:
         _number(cfg, "single_shot.bn_recalibration", 0, integer=True)
         _number(cfg, "single_shot.top_k", 1, integer=True)
         search_config(cfg, space)
+        if cfg.single_shot.supernet_from:
+            shared_supernet(cfg)
     if "retrain" in stages:
         _number(cfg, "retrain.epochs", 1, integer=True)
         _number(cfg, "retrain.batch_size", 1, integer=True)

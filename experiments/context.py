@@ -57,6 +57,7 @@ class Context:
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
     _data: Any = None
     _surrogate: Any = None
+    _surrogate_ratios: Any = None
 
     def data(self):
         """CIFAR-10 (or the synthetic stand-in) as host arrays, optionally subsampled."""
@@ -163,7 +164,7 @@ def cost_config(cfg: Any, space: SearchSpace | None = None) -> CostConfig:
     """The CostConfig of `cfg.cost`, its target from `target_of`."""
     c = cfg.cost
     target, source = target_of(cfg, space)
-    if c.form in ("proxyless", "tunas", "hinge") and target is None:
+    if c.form in ("proxyless", "tunas", "hinge", "constraint") and target is None:
         raise ConfigError(f"cost.form={c.form!r} needs a latency target: set cost.target_ms (ms) or target_frac")
     return from_section(CostConfig, c, target_ms=target)
 
@@ -194,6 +195,22 @@ def fitted_surrogate(ctx: Context):
             msg = msg.replace(flag, key)
         raise ConfigError(msg) from None
     return ctx._surrogate
+
+
+def surrogate_ratios(ctx: Context) -> np.ndarray:
+    """`measured / predicted` of the surrogate's training cells, each by a fit without it
+    (`hwmodel.fit.loo_ratios`): what `cost.confidence` turns into a limit on the prediction."""
+    if ctx._surrogate_ratios is None:
+        from experiments import fit_surrogate as F
+        from hwmodel.fit import loo_ratios, split
+        s = ctx.cfg.cost.surrogate
+        if not s.csv or s.file:
+            raise ConfigError("cost.confidence needs the surrogate's training measurements: fit it in the run "
+                              "(cost.surrogate.csv), not from a saved file")
+        archs, lat = F.load_latency_csv(data_path(s.csv), ctx.space, s.column or None, s.arch_column or None)
+        idx, _ = split(len(archs), s.train_size, ctx.cfg.seed)
+        ctx._surrogate_ratios = loo_ratios(ctx.space, archs[idx], lat[idx], fitted_surrogate(ctx))
+    return ctx._surrogate_ratios
 
 
 #: `python -m experiments.fit_surrogate` flags and the config keys that set the same thing in a run.

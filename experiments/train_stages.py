@@ -5,6 +5,8 @@ and `retrain` (the architecture trained from scratch with a fixed schedule; its 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
 from typing import Any
@@ -17,14 +19,15 @@ from flax import nnx
 from tqdm import tqdm
 
 from supernet.model import Subnet, make_supernet
-from supernet.objectives import make_cost_fn
+from supernet.derive import model_limit
+from supernet.objectives import MEMORY_BUDGETS, CostConfig, make_cost_fn
 from supernet.single_shot import SingleShot
 from supernet.space import HasBaseline, SearchSpace
 from supernet.training import DeviceData, OptimConfig, TrainConfig, Trainer, evaluate, recalibrate_bn
 from experiments import data as D
-from experiments.config import ConfigError, from_section
+from experiments.config import ConfigError, from_section, to_dict
 from experiments.context import (STAGES, Context, checkpointer, fitted_surrogate, from_pure, last_metric, restore_latest,
-                                 search_config, splits, to_pure)
+                                 search_config, splits, surrogate_ratios, to_pure)
 
 
 @STAGES.register("baseline")
@@ -41,20 +44,74 @@ def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]
     search_cfg = search_config(cfg, ctx.space)
     cost = search_cfg.cost
     surrogate = fitted_surrogate(ctx) if cost.model == "surrogate" and cost.uses_latency else None
+    limits = model_limits(cost, surrogate_ratios(ctx) if surrogate is not None and cost.confidence else None)
+    if "latency_ms" in limits:  # the loss aims at the limit the returned architecture is held to
+        search_cfg = dataclasses.replace(search_cfg, cost=dataclasses.replace(cost, target_ms=limits["latency_ms"]))
     net = make_supernet(ctx.space, rngs=nnx.Rngs(cfg.seed), **dict(sc.supernet))
     search = SingleShot(ctx.space, net, search_cfg, mask=ctx.mask,
-                        cost_fn=make_cost_fn(ctx.space, cost, surrogate) if cost.uses_cost else None,
-                        augment=D.augment, mesh=ctx.mesh)
+                        cost_fn=make_cost_fn(ctx.space, search_cfg.cost, surrogate) if cost.uses_cost else None,
+                        augment=D.augment, mesh=ctx.mesh, limits=limits)
     train, val = splits(ctx)
     steps = min(len(train) // sc.batch_size, sc.steps_per_epoch or 10**9)
     mngr = checkpointer(ctx, "single_shot")
     search.init_optimizers(steps)
     restored = restore_latest(mngr, to_pure(search.state()))
+    if restored is None and sc.supernet_from:  # the finished search of another workdir (same training)
+        source = ocp.CheckpointManager(os.path.join(shared_supernet(cfg), "checkpoints", "single_shot"))
+        restored = restore_latest(source, to_pure(search.state()))
     if restored is not None:
         search.load_state(from_pure(search.state(), restored), steps)
     if ctx.wd.stage_done("single_shot") is None:  # epochs after the checkpoint run (and are logged) again
         ctx.wd.drop_metrics("single_shot", from_epoch=search.epoch)
     return search, mngr, train, val
+
+
+def model_limits(cost: CostConfig, ratios: np.ndarray | None = None) -> dict[str, float]:
+    """The limits the returned architecture is held to by the cost model: the memory budgets, and
+    the latency target tightened by `cost.confidence` and the surrogate's held-out `measured /
+    predicted` ratios (`supernet.derive.model_limit`; None: an exact model, the target itself)."""
+    limits = dict(cost.budgets)
+    if cost.uses_latency and cost.target_ms is not None:
+        limits["latency_ms"] = model_limit(cost.target_ms, ratios, cost.confidence)
+    return limits
+
+
+#: `single_shot` keys that act after the search (what is derived and reported), and may differ
+#: between a run and the workdir whose supernet it takes (`single_shot.supernet_from`).
+AFTER_SEARCH = ("supernet_from", "top_k", "bn_recalibration")
+
+
+def shared_supernet(cfg: Any) -> str:
+    """The workdir named by `single_shot.supernet_from`, checked to have trained the supernet this
+    run would train: its single-shot stage finished, the space, data, seed, zero-shot and search
+    settings (but for `AFTER_SEARCH`) and the stages before single_shot equal, and neither loss with
+    a hardware term (a latency target or budget that only bounds the derivation is allowed: it
+    changes what is returned, not the training)."""
+    src = os.path.abspath(cfg.single_shot.supernet_from)
+    try:
+        with open(os.path.join(src, "config.json")) as f:
+            other = json.load(f)["config"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"single_shot.supernet_from={src!r}: no readable config.json of a run there ({e})") from None
+    if not os.path.isfile(os.path.join(src, "stages", "single_shot.json")):
+        raise ConfigError(f"single_shot.supernet_from={src!r}: its single_shot stage has not finished; "
+                          f"run it to the end first")
+    mine = to_dict(cfg)
+    strip = lambda sec: {k: v for k, v in (sec or {}).items() if k not in AFTER_SEARCH}
+    before = lambda c: list(c["stages"][:c["stages"].index("single_shot")]) if "single_shot" in c["stages"] else None
+    differ = [k for k in ("space", "data", "seed", "zero_shot") if other.get(k) != mine.get(k)]
+    differ += ["single_shot"] * (strip(other.get("single_shot")) != strip(mine.get("single_shot")))
+    differ += ["stages before single_shot"] * (before(other) != before(mine))
+    if differ:
+        raise ConfigError(f"single_shot.supernet_from={src!r} trained another supernet: {', '.join(differ)} "
+                          f"differ from this config")
+    for who, c in (("its", other["cost"]), ("this run's", mine["cost"])):
+        in_loss = c["form"] not in ("none", "constraint") or any(c.get(k) is not None for k in MEMORY_BUDGETS)
+        if in_loss:
+            raise ConfigError(f"single_shot.supernet_from needs searches without a hardware term in the loss; "
+                              f"{who} cost.form={c['form']!r} (or a memory budget) trains the logits differently "
+                              f"(use cost.form='constraint' or 'none')")
+    return src
 
 
 def trained_supernet(ctx: Context) -> Any:
@@ -79,7 +136,7 @@ def stage_single_shot(ctx: Context) -> dict[str, Any]:
             mngr.save(search.epoch, args=ocp.args.StandardSave(to_pure(search.state())))
     finally:  # an interrupt (Ctrl-C) must not leave the last epoch's async save half written
         mngr.wait_until_finished()
-    argmax = search.derive_arch()
+    argmax = search.argmax_arch()
     ctx.supernet = search.model
     # the most probable architectures seed a later evolution (single-shot -> multishot); those whose
     # output is a constant (a NAS-Bench-201 cell cut off by `none` edges: 10 % in the table, what a
@@ -89,25 +146,21 @@ def stage_single_shot(ctx: Context) -> dict[str, Any]:
     ctx.arch = top[0]
     skipped = not np.array_equal(top[0], argmax)
     constrained = {"argmax_arch": ctx.space.encode(argmax), "argmax_is_constant": True} if skipped else {}
-    cc = search.cfg.cost
-    limits = ({"latency_ms": cc.target_ms} if cc.uses_latency and cc.target_ms is not None else {}) | cc.budgets
-    if limits and search.cost_fn is not None:
+    if search.limits:
         # a latency target and memory budgets are constraints on what is returned: the most probable
-        # of the top-k architectures that meets them all by the search's own cost model (the argmax
-        # when it does; the smooth activation peak there bounds the exact one from above)
-        cost = jax.jit(search.cost_fn)
-        costs = [{k: float(v) for k, v in cost(jnp.asarray(ctx.space.one_hot(a))).items()} for a in top]
-        ok = [i for i, c in enumerate(costs) if all(c[k] <= v for k, v in limits.items())]
-        if ok:
-            ctx.arch = top[ok[0]]
-        pick = costs[ok[0] if ok else 0]
-        constrained.update({"argmax_arch": ctx.space.encode(argmax), "meets_target_by_model": bool(ok),
-                            "rank_among_top_k": ok[0] if ok else None,
-                            **{f"{k}_model": v for k, v in pick.items() if k != "latency_ms"}})
-        if "latency_ms" in limits:
-            argmax_lat = float(cost(jnp.asarray(ctx.space.one_hot(argmax)))["latency_ms"]) if skipped \
-                else costs[0]["latency_ms"]
-            constrained.update({"argmax_latency_ms": argmax_lat, "latency_ms_model": pick["latency_ms"]})
+        # live architecture that meets them all by the search's own cost model (`supernet.derive`;
+        # the smooth activation peak there bounds the exact one from above)
+        d = search.derivation()
+        ctx.arch = d.arch
+        found = ctx.space.encode(d.arch)  # first in the ranking handed on, the others after it
+        ctx.ranking = ([found] + [r for r in ctx.ranking if r != found])[:len(top)]
+        argmax_costs = {k: float(v) for k, v in jax.jit(search.cost_fn)(jnp.asarray(ctx.space.one_hot(argmax))).items()}
+        constrained.update({"argmax_arch": ctx.space.encode(argmax), "meets_target_by_model": d.feasible,
+                            "rank_by_probability": d.rank, "derivation_exact": d.exact,
+                            "model_limits": search.limits,
+                            **{f"{k}_model": v for k, v in d.costs.items()}})
+        if "latency_ms" in argmax_costs:
+            constrained["argmax_latency_ms"] = argmax_costs["latency_ms"]
     return {"arch": ctx.space.encode(ctx.arch), "search_seconds": search.seconds,
             "steps_per_epoch": min(len(train) // sc.batch_size, sc.steps_per_epoch or 10**9),
             **inherited_accuracies(ctx, search.model, ctx.arch, train, val), **constrained,

@@ -16,6 +16,10 @@ Loss forms (`LOSS_FORMS`), with CE the task loss, LAT the expected latency in ms
 - `hinge`: CE + b * max(0, LAT / T - 1): only being slower than the target costs, a soft form of
   MnasNet's hard constraint (Tan et al., CVPR 2019, Eq. 2 with alpha = 0 below T); the search then
   looks for the most accurate architecture that meets the target, not for one at the target.
+- `constraint`: CE alone in the loss; T is a hard limit on the architecture the search returns, the
+  most probable one whose predicted latency meets it (`supernet.derive`, a projection as in
+  HardCoRe-NAS, Nayman et al. 2021). The cost that is constrained is then by definition the
+  returned architecture's, and one trained supernet serves any target.
 Memory budgets (the article's classification case fits parameter *and* peak activation bytes at
 once): + m * sum_k relu(M_k / B_k - 1) over the budgets set, `params_budget_bytes` on
 `hwmodel.memory.param_bytes` and `activation_budget_bytes` on its (smooth) peak activation bytes.
@@ -57,7 +61,7 @@ from supernet import landscape
 from supernet.relax import straight_through
 from supernet.space import ArchProbs, SearchSpace
 
-LOSS_FORMS = ("none", "fbnet", "proxyless", "tunas", "hinge")
+LOSS_FORMS = ("none", "fbnet", "proxyless", "tunas", "hinge", "constraint")
 COST_MODELS = ("analytic", "surrogate")
 #: Memory budgets: the CostConfig field -> the cost key (and evaluator column) it bounds.
 MEMORY_BUDGETS = {"params_budget_bytes": "params_bytes", "activation_budget_bytes": "peak_activation_bytes"}
@@ -79,6 +83,11 @@ class CostConfig:
       activation_budget_bytes: peak-activation-memory budget in bytes (None: unbounded).
       memory_weight: m, the weight of each budget's penalty.
       discrete: cost the argmax architecture with a straight-through gradient (module docstring).
+      confidence: with a latency target, the probability with which the returned architecture is
+        to meet it on the device given the surrogate's held-out errors on its training cells:
+        single-shot then limits the predicted latency to `T / r_q`, r_q the conformal quantile of
+        their measured / predicted ratios (`supernet.derive.model_limit`; the analytic model counts
+        as exact). None: `T` itself.
     """
 
     form: str = "none"
@@ -92,13 +101,14 @@ class CostConfig:
     activation_budget_bytes: float | None = None
     memory_weight: float = 1.0
     discrete: bool = False
+    confidence: float | None = None
 
     def __post_init__(self):
         if self.form not in LOSS_FORMS:
             raise ValueError(f"unknown latency loss form {self.form!r}; valid forms: {', '.join(LOSS_FORMS)}")
         if self.model not in COST_MODELS:
             raise ValueError(f"unknown cost model {self.model!r}; valid models: {', '.join(COST_MODELS)}")
-        if self.form in ("proxyless", "tunas", "hinge") and (self.target_ms is None or not self.target_ms > 0):
+        if self.form in ("proxyless", "tunas", "hinge", "constraint") and (self.target_ms is None or not self.target_ms > 0):
             raise ValueError(f"latency loss {self.form!r} needs a latency target target_ms > 0, "
                              f"got {self.target_ms!r}")
         if self.target_ms is not None and not self.target_ms > 0:
@@ -109,6 +119,8 @@ class CostConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be a memory in bytes > 0 (or None), got {value!r}")
+        if self.confidence is not None and not 0.5 <= self.confidence < 1.0:
+            raise ValueError(f"confidence must be a probability in [0.5, 1) (or None), got {self.confidence!r}")
         ACCELERATORS[self.accelerator]  # unknown name -> KeyError listing the presets
 
     @property
@@ -119,6 +131,12 @@ class CostConfig:
     def budgets(self) -> dict[str, float]:
         """The memory budgets set, by cost key (`params_bytes`, `peak_activation_bytes`)."""
         return {key: getattr(self, f) for f, key in MEMORY_BUDGETS.items() if getattr(self, f) is not None}
+
+    @property
+    def in_loss(self) -> bool:
+        """Whether the architecture loss has a hardware term (the `constraint` form and the
+        targets of the other forms also bound what single-shot returns, `supernet.derive`)."""
+        return self.form not in ("none", "constraint") or bool(self.budgets)
 
     @property
     def uses_cost(self) -> bool:

@@ -56,6 +56,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from supernet import derive as DV
 from supernet import relax as R
 from supernet.blocks import single_path
 from supernet.model import ArchLogits, Supernet
@@ -192,7 +193,8 @@ class SingleShot:
     def __init__(self, space: SearchSpace, model: Supernet, cfg: SearchConfig, *,
                  mask: SpaceMask | None = None, cost_fn: CostFn | None = None,
                  augment: AugmentFn = identity_input, mesh: jax.sharding.Mesh | None = None,
-                 weight_optimizer: optax.GradientTransformation | None = None, total_steps: int | None = None):
+                 weight_optimizer: optax.GradientTransformation | None = None, total_steps: int | None = None,
+                 limits: dict[str, float] | None = None):
         if cfg.cost.uses_cost and cost_fn is None:
             raise ValueError(f"the hardware cost (latency form {cfg.cost.form!r}, memory budgets "
                              f"{cfg.cost.budgets}) needs a cost_fn (supernet.objectives.make_cost_fn)")
@@ -200,6 +202,11 @@ class SingleShot:
         self.mask = space.check_mask(mask)
         self.allowed = jnp.asarray(self.mask.allowed)
         self.cost_fn, self.augment = cost_fn, augment
+        # hard limits on what is returned (cost key -> largest value by the cost model): the derived
+        # architecture is the most probable one meeting them (`supernet.derive`)
+        self.limits = dict(limits or {})
+        if self.limits and cost_fn is None:
+            raise ValueError(f"limits on {sorted(self.limits)} need a cost_fn to check them")
         self.mesh = mesh or make_mesh()
         self.epoch = 0
         self.seconds = 0.0
@@ -240,7 +247,9 @@ class SingleShot:
 
     def load_state(self, state: dict[str, Any], steps_per_epoch: int) -> None:
         self.init_optimizers(steps_per_epoch)
-        nnx.update(self._modules(), state["nnx"])
+        # replicated over the mesh as the step leaves it: a search restored after its last epoch
+        # goes straight to evaluation, which must not mix one-device weights with sharded data
+        nnx.update(self._modules(), jax.device_put(state["nnx"], NamedSharding(self.mesh, P())))
         self.epoch, self.seconds = int(state["epoch"]), float(state["seconds"])
 
     # ----------------------------------------------------------------- the step
@@ -287,7 +296,7 @@ class SingleShot:
                     a, _ = sample_one_hot(model.arch_logits.get_value(), k_rv)
                     logits = jax.lax.stop_gradient(forward(model, xv, a, True))
                     ce_v, acc_v = cross_entropy(logits, yv), accuracy(logits, yv)
-                    cost = cost_fn(a) if cost_fn is not None else {}
+                    cost = cost_fn(a) if cost_fn is not None and cfg.cost.in_loss else {}
                     # TuNAS's reward: quality (batch accuracy) minus the cost terms of the loss form
                     reward = -combine(1.0 - acc_v, cost, cfg.cost)
                     adv = extra[0].advantage(jax.lax.stop_gradient(reward), cfg.reward_momentum)
@@ -306,7 +315,7 @@ class SingleShot:
                         logits = forward(m, xv, w, cfg.hard)
                         ce = cross_entropy(logits, yv)
                         # one-hot forward: the cost of the sampled architecture (straight-through)
-                        cost = cost_fn(w if cfg.hard else p) if cost_fn is not None else {}
+                        cost = cost_fn(w if cfg.hard else p) if cost_fn is not None and cfg.cost.in_loss else {}
                         loss = combine(ce, cost, cfg.cost)
                         return loss + regularisers(lg, gstep), (ce, accuracy(logits, yv), cost)
 
@@ -346,7 +355,8 @@ class SingleShot:
         """One epoch of alternating updates; returns the epoch's mean metrics and current choices.
 
         With a cost function the record also holds `latency_ms_argmax` (the cost of the architecture
-        `derive_arch()` returns now) and `latency_gap` (`latency_ms / latency_ms_argmax - 1`, the
+        `derive_arch()` returns now; with `limits` also `meets_limits` and `derived_rank`, its place
+        in the probability order) and `latency_gap` (`latency_ms / latency_ms_argmax - 1`, the
         optimised cost's relative distance from it); always `arch_entropy` (mean per decision, nats).
         """
         cfg = self.cfg
@@ -379,13 +389,17 @@ class SingleShot:
                                      f"rates (weights {cfg.optim.lr}, logits {cfg.arch_lr}) or the latency weight"
                                      + (f", or raise the temperatures tau={tuple(cfg.tau)}"
                                         if cfg.relaxation == "gumbel" else ""))
-        arch = self.derive_arch()
+        derived = self.derivation() if self.limits else None
+        arch = self.derive_arch() if derived is None else derived.arch
         rec.update(epoch=self.epoch, seconds=self.seconds, arch=self.space.encode(arch),
                    arch_entropy=float(mean_entropy(jnp.asarray(self.probs()), self.allowed)))
+        if derived is not None:
+            rec.update(meets_limits=derived.feasible, derived_rank=derived.rank)
         if self.cost_fn is not None:
             if self._argmax_cost is None:
                 self._argmax_cost = jax.jit(self.cost_fn)
-            argmax = {k: float(v) for k, v in self._argmax_cost(jnp.asarray(self.space.one_hot(arch))).items()}
+            argmax = derived.costs if derived is not None else \
+                {k: float(v) for k, v in self._argmax_cost(jnp.asarray(self.space.one_hot(arch))).items()}
             rec.update({f"{k}_argmax": v for k, v in argmax.items()})
             if "latency_ms" in rec and "latency_ms" in argmax:
                 rec["latency_gap"] = rec["latency_ms"] / argmax["latency_ms"] - 1.0
@@ -397,19 +411,29 @@ class SingleShot:
         return np.asarray(R.probabilities(self.cfg.relaxation, self.model.arch_logits.get_value(), self.allowed))
 
     def derive_arch(self) -> np.ndarray:
-        """The argmax architecture among the allowed choices."""
+        """The architecture the search returns now: the argmax among the allowed choices, or with
+        `limits` the most probable live architecture that meets them (`derivation`)."""
+        return self.derivation().arch if self.limits else self.argmax_arch()
+
+    def argmax_arch(self) -> np.ndarray:
+        """The most probable architecture among the allowed choices (limits ignored)."""
         return R.argmax_arch(jnp.asarray(self.probs()), self.allowed)
+
+    def derivation(self) -> DV.Derivation:
+        """The most probable live architecture meeting `limits` by the cost model, with its costs and
+        its rank (`supernet.derive.most_probable`; exact on spaces small enough to enumerate)."""
+        if self.cost_fn is None:
+            raise ValueError("a derivation under limits needs the search's cost_fn")
+        return DV.most_probable(self.space, self._logp(), np.asarray(self.allowed), self.cost_fn, self.limits)
+
+    def _logp(self) -> np.ndarray:
+        logp = np.log(np.maximum(self.probs(), 1e-30))
+        logp[~np.asarray(self.allowed)] = -np.inf
+        return logp
 
     def top_k(self, k: int) -> list[np.ndarray]:
         """The k most probable architectures under the factorised distribution (beam over decisions)."""
-        logp = np.log(np.maximum(self.probs(), 1e-30))
-        logp[~np.asarray(self.allowed)] = -np.inf
-        beams: list[tuple[float, list[int]]] = [(0.0, [])]
-        for d in range(self.space.num_decisions):
-            cand = [(s + logp[d, c], a + [c]) for s, a in beams for c in range(logp.shape[1])
-                    if np.isfinite(logp[d, c])]
-            beams = sorted(cand, key=lambda t: -t[0])[:k]
-        return [np.asarray(a, np.int32) for _, a in beams]
+        return list(DV.top_k(self._logp(), k))
 
 
 def mean_entropy(probs: jax.Array, allowed) -> jax.Array:

@@ -169,6 +169,7 @@ def test_auto_data_source_is_recorded_and_a_resume_on_another_source_refused(tmp
     ("--config.single_shot.batch_size=0", "single_shot.batch_size must be an integer >= 1"),
     ("--config.cost.target_ms=ten", "--config.cost.target_ms: expected a float, got 'ten'"),
     ("--config.cost.target_ms=-1", "cost.target_ms must be a latency in ms > 0"),
+    ("--config.cost.confidence=1.0", "confidence must be a probability in [0.5, 1)"),
     ("--config.single_shot.tau=(0,0)", "the temperatures tau must be >= 1e-06"),
     ("--config.single_shot.tau=(1e-40,1e-40)", "a colder Gumbel softmax is a hard argmax: use hard=True"),
     ("--config.single_shot.val_fraction=1.5", "single_shot.val_fraction must be a number > 0 and < 1"),

@@ -10,7 +10,8 @@ Append `,pixel3` for the latency-targeted search (surrogate fitted on 50 cells o
 with zero-shot scores first (`zero_shot` stage: keep 20% of the space, then single-shot inside it).
 `cpu` is the 2-core CPU protocol (about 17 min per seed, docs/results/single_shot.md):
     python -m experiments.run --config experiments/configs/nb201/single_shot.py:cpu --workdir workdirs/ss_cpu/s0
-(`:cpu,pixel3` adds the 10 ms hinge target, `:cpu,zero` scores 500 cells zero-shot first).
+(`:cpu,pixel3` adds the 10 ms target as a hard limit on the returned cell, met by the 50-cell
+surrogate with a margin for its error; `:cpu,zero` scores 500 cells zero-shot first).
 
 Reproduces (issue 3): mean `cifar10_valid_acc` of the found cells over seeds; published anchors on
 this column: DARTS 39.77, GDAS 89.89, DrNAS 91.55, best 91.57.
@@ -56,11 +57,10 @@ def get_config(arg: str | None = None):
         c.space.kwargs = {"channels": 8, "cells_per_stage": 1}
         for k, v in CPU.items():
             c.single_shot[k] = v
-        if "pixel3" in args:  # meet the target (hinge), costed on the cell that will be returned
-            c.cost.form = "hinge"
-            c.cost.weight = 2.0
-            c.cost.discrete = True
-            c.single_shot.arch_lr_min = 0.0  # the architecture settles (else the argmax flips at T)
+        if "pixel3" in args:  # the target as a hard limit on the returned cell (supernet.derive):
+            c.cost.form = "constraint"  # the most probable cell whose predicted latency meets it,
+            c.cost.weight = 0.0  # tightened by the surrogate's held-out error to meet the table's
+            c.cost.confidence = 0.9  # latency with probability ~0.9 (docs/results/single_shot.md)
     if "quick" in args:  # the README quickstart: minutes on a laptop CPU
         c.data.name = "auto"
         c.data.num_train = 4000
