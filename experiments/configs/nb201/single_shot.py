@@ -10,8 +10,13 @@ Append `,pixel3` for the latency-targeted search (surrogate fitted on 50 cells o
 with zero-shot scores first (`zero_shot` stage: keep 20% of the space, then single-shot inside it).
 `cpu` is the 2-core CPU protocol (about 17 min per seed, docs/results/single_shot.md):
     python -m experiments.run --config experiments/configs/nb201/single_shot.py:cpu --workdir workdirs/ss_cpu/s0
-(`:cpu,pixel3` adds the 10 ms target as a hard limit on the returned cell, met by the 50-cell
-surrogate with a margin for its error; `:cpu,zero` scores 500 cells zero-shot first).
+`:cpu,pixel3` adds the 10 ms target as a hard limit on the returned cell (`cost.form=constraint`:
+the most probable cell whose surrogate latency, fitted on 50 table cells, is under the target
+tightened so that the table meets it with probability 0.9). Its loss has no latency term, so the
+supernet of a `:cpu` run serves any target without training again (seconds per target):
+    python -m experiments.run --config experiments/configs/nb201/single_shot.py:cpu,pixel3 \
+        --config.cost.target_ms=6 --config.single_shot.supernet_from=workdirs/ss_cpu/s0 --workdir workdirs/ss_cpu_p3_6/s0
+`:cpu,zero` scores 500 cells zero-shot first.
 
 Reproduces (issue 3): mean `cifar10_valid_acc` of the found cells over seeds; published anchors on
 this column: DARTS 39.77, GDAS 89.89, DrNAS 91.55, best 91.57.
