@@ -13,6 +13,7 @@ import numpy as np
 from hwmodel.accelerators import ACCELERATORS
 from hwmodel.tables import read_csv
 from supernet.spaces import make_space
+from supernet.derive import ratios_needed
 from supernet.objectives import check_budgets
 from experiments import data as D
 from experiments.search_stages import ACCURACY_EVALUATORS  # (importing it registers every stage)
@@ -150,7 +151,7 @@ def check_config(cfg: Any) -> None:
         if cost.confidence is not None:
             _need(not sur.file, "cost.confidence needs the surrogate's training measurements: fit it in the run "
                                 "(cost.surrogate.csv), not from a saved file")
-            need = int(np.ceil(cost.confidence / (1 - cost.confidence) - 1e-9))
+            need = ratios_needed(cost.confidence)
             _need(sur.train_size >= need, f"cost.confidence={cost.confidence} needs cost.surrogate.train_size >= "
                                           f"{need} (held-out errors of the fit), got {sur.train_size}")
     if cfg.table.csv:

@@ -57,6 +57,7 @@ class Context:
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
     _data: Any = None
     _surrogate: Any = None
+    _surrogate_train: Any = None  # (archs, latency_ms) the surrogate was fitted on, when fitted in the run
     _surrogate_ratios: Any = None
 
     def data(self):
@@ -186,7 +187,8 @@ def fitted_surrogate(ctx: Context):
         elif s.csv:
             archs, lat = F.load_latency_csv(data_path(s.csv), ctx.space, s.column or None, s.arch_column or None)
             idx, _ = split(len(archs), s.train_size, ctx.cfg.seed)
-            ctx._surrogate = fit_space(ctx.space, archs[idx], lat[idx], dead_code=s.dead_code)
+            ctx._surrogate_train = archs[idx], lat[idx]
+            ctx._surrogate = fit_space(ctx.space, *ctx._surrogate_train, dead_code=s.dead_code)
         else:
             raise ConfigError("cost.model='surrogate' needs cost.surrogate.file or cost.surrogate.csv")
     except InputError as e:  # the fit's messages name its command-line flags: say the config keys
@@ -201,15 +203,12 @@ def surrogate_ratios(ctx: Context) -> np.ndarray:
     """`measured / predicted` of the surrogate's training cells, each by a fit without it
     (`hwmodel.fit.loo_ratios`): what `cost.confidence` turns into a limit on the prediction."""
     if ctx._surrogate_ratios is None:
-        from experiments import fit_surrogate as F
-        from hwmodel.fit import loo_ratios, split
-        s = ctx.cfg.cost.surrogate
-        if not s.csv or s.file:
+        from hwmodel.fit import loo_ratios
+        surrogate = fitted_surrogate(ctx)
+        if ctx._surrogate_train is None:
             raise ConfigError("cost.confidence needs the surrogate's training measurements: fit it in the run "
                               "(cost.surrogate.csv), not from a saved file")
-        archs, lat = F.load_latency_csv(data_path(s.csv), ctx.space, s.column or None, s.arch_column or None)
-        idx, _ = split(len(archs), s.train_size, ctx.cfg.seed)
-        ctx._surrogate_ratios = loo_ratios(ctx.space, archs[idx], lat[idx], fitted_surrogate(ctx))
+        ctx._surrogate_ratios = loo_ratios(ctx.space, *ctx._surrogate_train, surrogate)
     return ctx._surrogate_ratios
 
 

@@ -11,8 +11,6 @@ import os
 import time
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -20,7 +18,7 @@ from tqdm import tqdm
 
 from supernet.model import Subnet, make_supernet
 from supernet.derive import model_limit
-from supernet.objectives import MEMORY_BUDGETS, CostConfig, make_cost_fn
+from supernet.objectives import MEMORY_BUDGETS, CostConfig, hardware_in_loss, make_cost_fn
 from supernet.single_shot import SingleShot
 from supernet.space import HasBaseline, SearchSpace
 from supernet.training import DeviceData, OptimConfig, TrainConfig, Trainer, evaluate, recalibrate_bn
@@ -106,8 +104,7 @@ def shared_supernet(cfg: Any) -> str:
         raise ConfigError(f"single_shot.supernet_from={src!r} trained another supernet: {', '.join(differ)} "
                           f"differ from this config")
     for who, c in (("its", other["cost"]), ("this run's", mine["cost"])):
-        in_loss = c["form"] not in ("none", "constraint") or any(c.get(k) is not None for k in MEMORY_BUDGETS)
-        if in_loss:
+        if hardware_in_loss(c["form"], any(c.get(k) is not None for k in MEMORY_BUDGETS)):
             raise ConfigError(f"single_shot.supernet_from needs searches without a hardware term in the loss; "
                               f"{who} cost.form={c['form']!r} (or a memory budget) trains the logits differently "
                               f"(use cost.form='constraint' or 'none')")
@@ -154,7 +151,7 @@ def stage_single_shot(ctx: Context) -> dict[str, Any]:
         ctx.arch = d.arch
         found = ctx.space.encode(d.arch)  # first in the ranking handed on, the others after it
         ctx.ranking = ([found] + [r for r in ctx.ranking if r != found])[:len(top)]
-        argmax_costs = {k: float(v) for k, v in jax.jit(search.cost_fn)(jnp.asarray(ctx.space.one_hot(argmax))).items()}
+        argmax_costs = search.costs_of(argmax)
         constrained.update({"argmax_arch": ctx.space.encode(argmax), "meets_target_by_model": d.feasible,
                             "rank_by_probability": d.rank, "derivation_exact": d.exact,
                             "model_limits": search.limits,

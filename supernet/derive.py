@@ -46,9 +46,7 @@ import itertools
 from typing import Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from scipy.stats import norm
 
 from supernet.space import SearchSpace
 
@@ -79,6 +77,12 @@ class Derivation:
     candidates: int
 
 
+def ratios_needed(confidence: float) -> int:
+    """Fewest held-out ratios for which `model_limit` at `confidence` exists: the smallest n with
+    `ceil((n + 1) confidence) <= n`, i.e. `n >= confidence / (1 - confidence)` (9 for 0.9)."""
+    return int(np.ceil(confidence / (1 - confidence) - 1e-9))
+
+
 def model_limit(target: float, ratios: np.ndarray | None, confidence: float | None) -> float:
     """The largest prediction of the cost model under which the device meets `target` with
     probability at least `confidence`, from the held-out `measured / predicted` ratios of its
@@ -94,10 +98,10 @@ def model_limit(target: float, ratios: np.ndarray | None, confidence: float | No
     if not 0.5 <= confidence < 1.0:
         raise ValueError(f"confidence must be in [0.5, 1), got {confidence!r}")
     r = np.sort(np.asarray(ratios, np.float64))
-    k = int(np.ceil((len(r) + 1) * confidence - 1e-9))
-    if k > len(r):
-        raise ValueError(f"a confidence of {confidence} needs at least {int(np.ceil(confidence / (1 - confidence) - 1e-9))} "
+    if len(r) < ratios_needed(confidence):
+        raise ValueError(f"a confidence of {confidence} needs at least {ratios_needed(confidence)} "
                          f"held-out errors of the cost model, got {len(r)}")
+    k = int(np.ceil((len(r) + 1) * confidence - 1e-9))
     if not np.all(np.isfinite(r)) or not np.all(r > 0):
         raise ValueError("the measured / predicted ratios must be finite and positive")
     return float(target / max(r[k - 1], 1.0))

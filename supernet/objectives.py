@@ -136,7 +136,7 @@ class CostConfig:
     def in_loss(self) -> bool:
         """Whether the architecture loss has a hardware term (the `constraint` form and the
         targets of the other forms also bound what single-shot returns, `supernet.derive`)."""
-        return self.form not in ("none", "constraint") or bool(self.budgets)
+        return hardware_in_loss(self.form, bool(self.budgets))
 
     @property
     def uses_cost(self) -> bool:
@@ -145,6 +145,12 @@ class CostConfig:
 
 
 CostFn = Callable[[ArchProbs], dict[str, jax.Array]]
+
+
+def hardware_in_loss(form: str, has_budget: bool) -> bool:
+    """Whether a loss of latency form `form`, with or without a memory budget, has a hardware term
+    (`CostConfig.in_loss`; also for forms read back from a stored config)."""
+    return form not in ("none", "constraint") or has_budget
 
 
 def make_cost_fn(space: SearchSpace, cfg: CostConfig, surrogate: Surrogate | None = None) -> CostFn:

@@ -217,6 +217,7 @@ class SingleShot:
         self._extra: tuple[nnx.Module, ...] = (RewardBaseline(),) if cfg.estimator == "reinforce" else ()
         self._step_fns: dict[bool, Callable] = {}
         self._argmax_cost: Callable | None = None
+        self._derived: tuple[bytes, DV.Derivation] | None = None  # the last derivation, by its logits
 
     # ----------------------------------------------------------------- optimizers and state
     def init_optimizers(self, steps_per_epoch: int) -> None:
@@ -396,10 +397,7 @@ class SingleShot:
         if derived is not None:
             rec.update(meets_limits=derived.feasible, derived_rank=derived.rank)
         if self.cost_fn is not None:
-            if self._argmax_cost is None:
-                self._argmax_cost = jax.jit(self.cost_fn)
-            argmax = derived.costs if derived is not None else \
-                {k: float(v) for k, v in self._argmax_cost(jnp.asarray(self.space.one_hot(arch))).items()}
+            argmax = derived.costs if derived is not None else self.costs_of(arch)
             rec.update({f"{k}_argmax": v for k, v in argmax.items()})
             if "latency_ms" in rec and "latency_ms" in argmax:
                 rec["latency_gap"] = rec["latency_ms"] / argmax["latency_ms"] - 1.0
@@ -424,7 +422,17 @@ class SingleShot:
         its rank (`supernet.derive.most_probable`; exact on spaces small enough to enumerate)."""
         if self.cost_fn is None:
             raise ValueError("a derivation under limits needs the search's cost_fn")
-        return DV.most_probable(self.space, self._logp(), np.asarray(self.allowed), self.cost_fn, self.limits)
+        logp = self._logp()
+        if self._derived is None or self._derived[0] != logp.tobytes():  # the logits moved since
+            self._derived = logp.tobytes(), DV.most_probable(self.space, logp, np.asarray(self.allowed),
+                                                               self.cost_fn, self.limits)
+        return self._derived[1]
+
+    def costs_of(self, arch: np.ndarray) -> dict[str, float]:
+        """The cost model's costs of one architecture (the search's `cost_fn`, compiled once)."""
+        if self._argmax_cost is None:
+            self._argmax_cost = jax.jit(self.cost_fn)
+        return {k: float(v) for k, v in self._argmax_cost(jnp.asarray(self.space.one_hot(arch))).items()}
 
     def _logp(self) -> np.ndarray:
         logp = np.log(np.maximum(self.probs(), 1e-30))
