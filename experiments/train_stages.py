@@ -21,6 +21,7 @@ from supernet.derive import model_limit
 from supernet.objectives import MEMORY_BUDGETS, CostConfig, hardware_in_loss, make_cost_fn
 from supernet.single_shot import SingleShot
 from supernet.space import HasBaseline, SearchSpace
+from supernet.spaces import make_space
 from supernet.training import DeviceData, OptimConfig, TrainConfig, Trainer, evaluate, recalibrate_bn
 from experiments import data as D
 from experiments.config import ConfigError, from_section, to_dict
@@ -203,10 +204,34 @@ def inherited_accuracies(ctx: Context, net: Any, arch: np.ndarray, train: Device
 MODEL_DIR = "model"
 
 
+def retrain_space(cfg: Any, space: SearchSpace) -> SearchSpace:
+    """The space whose network `retrain` trains: `space`, or the space rebuilt with
+    `retrain.space_kwargs` overriding its constructor arguments. The override makes a training proxy
+    of the searched architecture (the same decision vector, e.g. every width halved on half the
+    parallelism factor: `mobile-curated` with `parallelism=8` and halved `base_widths`, `stem_width`,
+    `head_width` gives each layer exactly half the channels), as ProxylessNAS and MnasNet train
+    reduced proxies when full networks are too dear; costs stay those of the searched network.
+
+    Raises:
+      ConfigError: the override changes the decisions (their number or choice counts), so the
+        architecture would not mean the same choices.
+    """
+    over = dict(cfg.retrain.get("space_kwargs", None) or {})
+    if not over:
+        return space
+    proxy = make_space(cfg.space.name, **{**dict(cfg.space.kwargs), **over})
+    if [d.name for d in proxy.decisions] != [d.name for d in space.decisions] or \
+            not np.array_equal(proxy.num_choices, space.num_choices):
+        raise ConfigError(f"retrain.space_kwargs={over} change the space's decisions (their number or "
+                          "choice counts); a training proxy must keep them (scale widths and the "
+                          "parallelism factor together)")
+    return proxy
+
+
 def build_subnet(cfg: Any, space: SearchSpace, arch: np.ndarray) -> Subnet:
     """The standalone network of `arch` as `retrain` builds it (fresh weights; `load_subnet` fills
-    in the trained ones)."""
-    net = make_supernet(space, rngs=nnx.Rngs(cfg.seed + 1), **dict(cfg.single_shot.supernet))
+    in the trained ones), in `retrain_space(cfg, space)`."""
+    net = make_supernet(retrain_space(cfg, space), rngs=nnx.Rngs(cfg.seed + 1), **dict(cfg.single_shot.supernet))
     return net.derive(arch)
 
 
@@ -244,6 +269,9 @@ def stage_retrain(ctx: Context) -> dict[str, Any]:
     t0 = time.perf_counter()
     hist = trainer.fit(train, test, callback=lambda r: ctx.wd.log({"stage": "retrain", **r}))
     save_subnet(trainer.model, ctx.wd.file(MODEL_DIR))
-    return {"arch": ctx.space.encode(ctx.arch), "test_accuracy": hist[-1]["test_acc"],
-            "retrain_seconds": time.perf_counter() - t0, "weights": MODEL_DIR}
+    out = {"arch": ctx.space.encode(ctx.arch), "test_accuracy": hist[-1]["test_acc"],
+           "retrain_seconds": time.perf_counter() - t0, "weights": MODEL_DIR}
+    if rc.get("space_kwargs", None):
+        out["trained_arch"] = retrain_space(cfg, ctx.space).encode(ctx.arch)  # the proxy's widths
+    return out
 

@@ -35,6 +35,8 @@ import onnx
 from flax import nnx
 from onnx import helper, shape_inference
 
+from supernet import blocks
+
 #: Ops whose window attributes `make_explicit` fills in (kernel from the weight for convolutions).
 _WINDOWED = ("Conv", "MaxPool", "AveragePool", "LpPool")
 
@@ -60,7 +62,8 @@ def to_onnx(module: nnx.Module, input_shape: Sequence[int], *, opset: int = 23,
         raise ValueError(f"input_shape must be positive integers, got {tuple(input_shape)!r}")
     net = nnx.clone(module)
     net.eval()
-    model = jax2onnx.to_onnx(net, [shape], model_name=model_name, opset=opset, return_mode="proto")
+    with blocks.library_convolutions():  # one Conv node per convolution, not the CPU tap sums
+        model = jax2onnx.to_onnx(net, [shape], model_name=model_name, opset=opset, return_mode="proto")
     return make_explicit(model)
 
 

@@ -33,14 +33,15 @@ SPECS = ["nb201/single_shot.py", "nb201/single_shot.py:cpu", "nb201/single_shot.
          "mobile/accelerators.py", "mobile/accelerators.py:npu-p8", "mobile/accelerators.py:smoke",
          "mobile/convergence.py", "mobile/convergence.py:raw", "mobile/convergence.py:smoke",
          "mobile/memory.py", "mobile/memory.py:baseline,smoke", "mobile/latency_cut.py",
-         "mobile/latency_cut.py:rules", "mobile/latency_cut.py:transfer", "mobile/latency_cut.py:smoke"]
+         "mobile/latency_cut.py:rules", "mobile/latency_cut.py:transfer", "mobile/latency_cut.py:smoke",
+         "mobile/latency_cut.py:retrain", "mobile/latency_cut.py:nas47,retrain,smoke"]
 #: Dict-valued keys whose items are a dataclass's fields (read by `Cls(**dict(section))`).
 SPLATTED = {"single_shot.optim": OptimConfig, "retrain.optim": OptimConfig}
 #: Sections translated by `experiments.config.from_section(Cls, section)`: their keys that are fields
 #: of `Cls` are read (the test checks that the source makes that call).
 FROM_SECTION = {"single_shot": SearchConfig, "cost": CostConfig, "retrain": TrainConfig}
 #: Free-form kwargs dicts (passed on whole to a space or supernet class).
-KWARGS = ("space.kwargs", "single_shot.supernet", "zero_shot.supernet", "hardware.presets")
+KWARGS = ("space.kwargs", "single_shot.supernet", "zero_shot.supernet", "hardware.presets", "retrain.space_kwargs")
 
 
 def _reads(path: pathlib.Path) -> set[str]:

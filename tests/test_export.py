@@ -140,3 +140,30 @@ def test_export_cli_errors(tmp_path, capsys):
                            "--arch", "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|none~0|none~1|avg_pool_3x3~2|",
                            "--out", str(tmp_path / "cell.onnx")])
     onnx.checker.check_model(onnx.load(out), full_check=True)
+
+
+def test_retrain_trains_the_proxy_space_and_export_rebuilds_it(tmp_path, capsys):
+    """`retrain.space_kwargs`: the searched decisions are trained on half the widths (every layer
+    exactly half its channels), results name both networks, export rebuilds the trained proxy; an
+    override that changes the decisions stops with one message."""
+    import json
+
+    from experiments import export as export_cli
+    from experiments.config import ConfigError, load_config
+    from experiments.run import main
+    from experiments.train_stages import retrain_space
+
+    wd = str(tmp_path / "run")
+    res = main(["--config", "experiments/configs/mobile/latency_cut.py:nas47,retrain,smoke", "--workdir", wd])
+    cfg = load_config("experiments/configs/mobile/latency_cut.py:nas47,retrain,smoke")
+    space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
+    proxy = retrain_space(cfg, space)
+    arch = space.decode(res["architecture"])
+    np.testing.assert_array_equal(2 * proxy.stage_widths(arch), space.stage_widths(arch))
+    assert res["stages"]["retrain"]["trained_arch"] == proxy.encode(arch) != res["architecture"]
+    out = export_cli.main([wd])
+    assert proxy.encode(arch) in capsys.readouterr().out and os.path.exists(out)
+    cfg.retrain.space_kwargs = {"blocks_per_stage": (1, 1)}
+    with pytest.raises(ConfigError, match="change the space's decisions"):
+        retrain_space(cfg, space)
+    assert json.load(open(os.path.join(wd, "results.json")))["stages"]["retrain"]["weights"] == "model"

@@ -43,3 +43,34 @@ def test_conv2d_uses_it_only_on_the_switch_path(monkeypatch):
     assert len(calls) == (1 if jax.default_backend() == "cpu" else 0)
     np.testing.assert_allclose(y, _lax(x, w, 1, 1), rtol=1e-6)
     assert not nested_conv.supported(jnp.ones((2, 2, 2, 2)), 1, 2)  # even kernels keep XLA's path
+
+
+@pytest.mark.parametrize("k,stride,size", [(3, 1, 8), (3, 2, 8), (5, 2, 9), (7, 1, 6), (1, 2, 7)])
+def test_depthwise_tap_sum_equals_xla(k, stride, size):
+    kx, kw, kc = jax.random.split(jax.random.key(k * 10 + stride), 3)
+    x = jax.random.normal(kx, (2, size, size, 6))
+    w = jax.random.normal(kw, (k, k, 1, 6))
+    ct = jax.random.normal(kc, _lax(x, w, stride, 6).shape)
+
+    def vjp(f):
+        y, pull = jax.vjp(f, x, w)
+        return (y, *pull(ct))
+
+    got = vjp(lambda a, b: nested_conv.depthwise_tap_sum(a, b, stride))
+    want = vjp(lambda a, b: _lax(a, b, stride, 6))
+    for g, w_ in zip(got, want):
+        np.testing.assert_allclose(g, w_, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_takes_the_tap_sum_for_depthwise_on_cpu_but_not_in_export(monkeypatch):
+    calls = []
+    real = nested_conv.depthwise_tap_sum
+    monkeypatch.setattr(nested_conv, "depthwise_tap_sum", lambda *a: calls.append(a) or real(*a))
+    x, w = jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 1, 3))
+    blocks.conv2d(x, w, groups=3)
+    assert len(calls) == (1 if jax.default_backend() == "cpu" else 0)
+    blocks.conv2d(x, jnp.ones((3, 3, 3, 3)))  # dense: XLA's convolution
+    with blocks.library_convolutions():
+        y = blocks.conv2d(x, w, groups=3)
+    assert len(calls) == (1 if jax.default_backend() == "cpu" else 0)
+    np.testing.assert_allclose(y, _lax(x, w, 1, 3), rtol=1e-6)

@@ -137,6 +137,9 @@ def base() -> ml_collections.ConfigDict:
     r.epochs = 30  # the launcher's retraining schedule (TrainConfig's own default is a short 10)
     r.steps_per_epoch = 0  # 0: full epochs
     r.optim.grad_clip = 0.0  # 0: no clipping, as OptimConfig's None (0.0 is what workdirs recorded)
+    # constructor arguments of the space that override `space.kwargs` for the retrained network only
+    # (`train_stages.retrain_space`): a narrower proxy with the same decisions, e.g. mobile half width
+    r.space_kwargs = {}
 
     c.table = ml_collections.ConfigDict({"csv": "", "arch_column": "arch_str", "column": "",
                                          "latency_columns": ()})
