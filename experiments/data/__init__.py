@@ -1,7 +1,8 @@
 """Dataset loaders: host arrays loaded once and cached, device-side augmentation.
 
 `load_cifar10()` finds CIFAR-10 under `../shared/data` (or `$HWNAS_DATA_DIR`, or an argument),
-`synthetic_cifar10()` stands in when it is absent (tests, smoke configs).
+`synthetic_cifar10()` stands in when it is absent (tests, smoke configs). `coco`: detection (YOLO
+boxes, COCO JSON) and segmentation (PNG masks) sets letterboxed to a square input.
 """
 
 from experiments.data.cifar10 import (
@@ -24,6 +25,7 @@ from experiments.data.cifar10 import (
     synthetic_cifar10,
 )
 
+from experiments.data.coco import DetectionSet, SegmentationSet, load_coco_json, load_masks, load_yolo_detection
 from hwmodel.registry import Registry
 
 #: The data sets a config's `data.name` may name: `(data config section) -> Cifar10` (host arrays;
@@ -33,7 +35,7 @@ DATASETS = Registry("data set", {
     "synthetic": lambda dc: synthetic_cifar10(dc.num_train or 2000, dc.num_test or 500, seed=0),
 })
 
-__all__ = ["DATASETS", 
+__all__ = ["DATASETS", "DetectionSet", "SegmentationSet", "load_coco_json", "load_masks", "load_yolo_detection",
     "CIFAR10_MEAN", "CIFAR10_STD", "CLASSES", "Cifar10", "DataError", "Split", "augment", "batches", "crop_flip",
     "crop_flip_params", "find_source", "load_cifar10", "normalize", "random_crops", "resolve_data_dir",
     "split_train", "synthetic_cifar10",

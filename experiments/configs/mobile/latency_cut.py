@@ -25,17 +25,9 @@ CPU scale in a session). Run time and result (2026-12-05, 2-core CPU): docs/resu
 
 import ml_collections
 
-from experiments.configs.common import base, config_args
+from experiments.configs.common import base, config_args, mobile_retrain
 
 ARMS = ("baseline", "rules", "nas60", "nas47", "rules_nas", "transfer")
-#: `:retrain`'s training proxy (`train_stages.retrain_space`): the searched decisions on half the
-#: widths and half the parallelism factor, so every layer has exactly half its channels.
-HALF_WIDTH = {"parallelism": 8, "base_widths": (8, 12, 16, 32, 48, 80, 160), "stem_width": 16,
-              "head_width": 640}
-#: `:retrain`'s data and schedule: training and test images of CIFAR-10, epochs (batch 128, cosine
-#: SGD 0.1, label smoothing 0.1).
-RETRAIN_IMAGES = (10000, 2000)
-RETRAIN_EPOCHS = 10
 
 
 def get_config(arg: str | None = None):
@@ -63,26 +55,13 @@ def get_config(arg: str | None = None):
         c.space.kwargs = {"parallelism": 16, "input_size": 64, "num_classes": 100}
     if arm == "transfer":  # the rules come from expert.mine_from
         c.expert.rules = ()
-    if "retrain" in args:  # accuracy: the found network trained on CIFAR-10 (CPU protocol, docstring)
-        c.stages = [*c.stages, "retrain"]
-        c.data.name = "cifar10"
-        c.data.num_train, c.data.num_test = RETRAIN_IMAGES
-        c.retrain.space_kwargs = HALF_WIDTH
-        c.retrain.epochs = RETRAIN_EPOCHS
-        c.retrain.batch_size = 128
-        c.retrain.label_smoothing = 0.1
-        c.report.measured = ()  # the hardware side is the sweep without `retrain`
     if "smoke" in args:
         c.evolve.budget_evals = 60
         c.space.kwargs = {"parallelism": 16, "blocks_per_stage": (1, 2), "base_widths": (16, 32),
                           "stage_strides": (1, 2), "stem_width": 16, "head_width": 64}
         c.report.measured = ()
-        if "retrain" in args:
-            c.data.name = "synthetic"
-            c.data.num_train, c.data.num_test = 256, 128
-            c.retrain.space_kwargs = {"parallelism": 8, "base_widths": (8, 16), "stem_width": 8,
-                                      "head_width": 32}
-            c.retrain.epochs, c.retrain.batch_size, c.retrain.steps_per_epoch = 1, 32, 2
+    if "retrain" in args:  # accuracy: the found network trained on CIFAR-10 (the CPU protocol)
+        mobile_retrain(c, smoke_space="smoke" in args)
     return c
 
 

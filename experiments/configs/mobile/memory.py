@@ -21,7 +21,7 @@ Run time and result (2026-12-05, 2-core CPU): docs/results/memory.md.
 
 import ml_collections
 
-from experiments.configs.common import base, config_args
+from experiments.configs.common import base, config_args, mobile_retrain
 
 ARMS = ("baseline", "rules", "nas", "rules_nas")
 #: 53 % of MobileNetV2's parameter and peak-activation bytes on mobile-curated (P = 16, int8).
@@ -29,7 +29,7 @@ BUDGETS = {"params_budget_bytes": 1_182_000.0, "activation_budget_bytes": 225_70
 
 
 def get_config(arg: str | None = None):
-    args = config_args(arg, (*ARMS, "smoke"), default="nas")
+    args = config_args(arg, (*ARMS, "retrain", "smoke"), default="nas")
     arm = next((a for a in args if a in ARMS), "nas")
     c = base()
     c.space.name = "mobile-curated"
@@ -48,10 +48,16 @@ def get_config(arg: str | None = None):
         c.space.kwargs = {"parallelism": 16, "blocks_per_stage": (1, 2), "base_widths": (16, 32),
                           "stage_strides": (1, 2), "stem_width": 16, "head_width": 64}
         c.cost.update({"params_budget_bytes": 14000.0, "activation_budget_bytes": 65000.0})
+    if "retrain" in args:  # accuracy: the found network trained on CIFAR-10 (the mobile CPU protocol)
+        mobile_retrain(c, smoke_space="smoke" in args)
     return c
 
 
 def get_sweep(arg: str | None = None):
+    if "retrain" in config_args(arg, (*ARMS, "retrain", "smoke"), default="nas"):
+        # accuracy arms (MobileNetV2's is latency_cut.py:retrain's 0_baseline, the same runs)
+        return [{"name": f"{i}_{arm}/seed={seed}", "stages": get_config(f"{arm},retrain").stages, "seed": seed}
+                for i, arm in ((1, "rules"), (2, "nas")) for seed in range(3)]
     fixed = [{"name": f"{i}_{arm}", "stages": get_config(arm).stages} for i, arm in enumerate(ARMS[:2])]
     return fixed + [{"name": f"{i + 2}_{arm}/seed={seed}", "stages": get_config(arm).stages, "seed": seed}
                     for i, arm in enumerate(ARMS[2:]) for seed in range(3)]
