@@ -13,7 +13,8 @@ Compute cycles, with R = `mac_rows`, C = `mac_cols` (the parallelism factor P) a
   `ho*wo*k^2 * ceil(c / lanes) / cores`. On a PxP NPU this is 1/P efficient, which is why FBNet-style
   depthwise blocks are not free on a neural engine and fused IBNs win in early stages.
 - LINEAR: a 1x1 conv on a 1x1 map: `ceil(c_in/R) * ceil(c_out/C) / cores`.
-- AVGPOOL, GAP, ADD (their MACs) and SHUFFLE (its output elements) run on the vector unit:
+- AVGPOOL, GAP, ADD (their MACs) and the data movement of SHUFFLE, UPSAMPLE and CONCAT (their output
+  elements) run on the vector unit:
   `elements / (vector_lanes * cores)`.
 - INPUT, MIX, IDENTITY, NONE do no work and cost nothing (no overhead either).
 
@@ -61,7 +62,7 @@ from hwmodel.layers import LayerTable, OpKind
 
 #: Ops that do work (and pay `layer_overhead_s`).
 _NO_WORK_OPS = (OpKind.NONE, OpKind.INPUT, OpKind.MIX, OpKind.IDENTITY)
-_VECTOR_OPS = (OpKind.AVGPOOL, OpKind.GAP, OpKind.ADD, OpKind.SHUFFLE)
+_VECTOR_OPS = (OpKind.AVGPOOL, OpKind.GAP, OpKind.ADD, *L.MOVE_OPS)
 #: Half-width of the window of integers that `soft_ceil` evaluates around floor(x).
 _CEIL_WINDOW = 6
 
@@ -140,7 +141,7 @@ def _compute_cycles(spec: AcceleratorSpec, table: LayerTable, ceil: CeilFn) -> j
     conv = ho * wo * k2 * g * tiles
     dw = ho * wo * k2 * ceil(table.c_out / float(spec.depthwise_lanes))
     lin = tiles
-    vec_elems = jnp.where(L.is_op(table, OpKind.SHUFFLE), L.out_elems(table), L.macs(table))
+    vec_elems = jnp.where(L.is_op(table, *L.MOVE_OPS), L.out_elems(table), L.macs(table))
     vec = vec_elems / float(spec.vector_lanes)
     # Nested `where` rather than `jnp.select`: select lowers to a variadic argmax-reduce that XLA
     # constant-folds very slowly when a large batched table is a closure constant.

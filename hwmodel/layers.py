@@ -21,6 +21,10 @@ Execution semantics (used by `memory` and `profile`):
   so in a discrete network exactly one input exists and MIX is an alias of it (no compute, no tensor).
   IDENTITY is an alias of its input (a skip connection). Neither writes a new tensor.
 - ADD is a real elementwise add (a residual); both inputs exist whenever it is present.
+- UPSAMPLE is a nearest-neighbour resize by the integer factor `kernel` (`h_out = h * kernel`; a
+  bilinear resize costs the same data movement on the models here); CONCAT joins `src` (`c_in`
+  channels) and `res` (`c_out - c_in` channels) of the same `h x w` along channels, both inputs
+  needed: the decoders of detection and segmentation heads (FPN, LR-ASPP) are built from them.
 - Every other op writes a new tensor of `c_out x h_out x w_out` elements.
 
 Example:
@@ -58,12 +62,18 @@ class OpKind(enum.IntEnum):
     MIX = 8  # free merge of exclusive alternatives (alias of the one that exists)
     IDENTITY = 9  # skip connection (alias of `src`)
     SHUFFLE = 10  # channel shuffle (ShuffleNet), a pure data movement
+    UPSAMPLE = 11  # nearest-neighbour upsampling by the integer factor `kernel` (h_out = h * kernel)
+    CONCAT = 12  # channel concatenation of `src` (c_in channels) and `res` (c_out - c_in channels)
 
 
 #: Ops that write no tensor of their own (aliases) and cost nothing.
 ALIAS_OPS = (OpKind.NONE, OpKind.MIX, OpKind.IDENTITY)
 #: Ops with weights (multiply-accumulate layers).
 WEIGHTED_OPS = (OpKind.CONV, OpKind.DWCONV, OpKind.LINEAR)
+#: Ops that read two tensors, both needed (`src` and `res`).
+BINARY_OPS = (OpKind.ADD, OpKind.CONCAT)
+#: Ops that only move data (no arithmetic): their work is the elements they write.
+MOVE_OPS = (OpKind.SHUFFLE, OpKind.UPSAMPLE, OpKind.CONCAT)
 
 FIELDS_INT = ("op", "src", "res", "act")
 FIELDS_FLOAT = ("weight", "c_in", "c_out", "kernel", "stride", "groups", "h", "w")
@@ -170,17 +180,20 @@ def _is(table: LayerTable, *kinds: OpKind) -> jax.Array:
 
 
 def out_hw(table: LayerTable) -> tuple[jax.Array, jax.Array]:
-    """Output spatial size: ceil(h / stride) ('same' padding); 1x1 after GAP and LINEAR."""
+    """Output spatial size: ceil(h / stride) ('same' padding); 1x1 after GAP and LINEAR; h * kernel
+    after UPSAMPLE."""
     flat = _is(table, OpKind.GAP, OpKind.LINEAR)
-    ho = jnp.where(flat, 1.0, jnp.ceil(table.h / table.stride))
-    wo = jnp.where(flat, 1.0, jnp.ceil(table.w / table.stride))
+    up = _is(table, OpKind.UPSAMPLE)
+    ho = jnp.where(flat, 1.0, jnp.where(up, table.h * table.kernel, jnp.ceil(table.h / table.stride)))
+    wo = jnp.where(flat, 1.0, jnp.where(up, table.w * table.kernel, jnp.ceil(table.w / table.stride)))
     return ho, wo
 
 
 def in_elems(table: LayerTable) -> jax.Array:
-    """Elements of the input tensor read by each row (both inputs for ADD)."""
+    """Elements of the input tensors read by each row (both inputs for ADD and CONCAT)."""
     n = table.c_in * table.h * table.w
     n = jnp.where(_is(table, OpKind.ADD), 2 * n, n)
+    n = jnp.where(_is(table, OpKind.CONCAT), table.c_out * table.h * table.w, n)
     return jnp.where(_is(table, *ALIAS_OPS, OpKind.INPUT), 0.0, n)
 
 
@@ -206,7 +219,8 @@ def weight_elems(table: LayerTable) -> jax.Array:
 
 
 def macs(table: LayerTable) -> jax.Array:
-    """Multiply-accumulates of each row (for pooling and adds: one op per input element used)."""
+    """Multiply-accumulates of each row (for pooling and adds: one op per input element used; data
+    movement, `MOVE_OPS`, has none)."""
     ho, wo = out_hw(table)
     k2 = table.kernel * table.kernel
     conv = ho * wo * k2 * table.c_in * table.c_out / table.groups
@@ -262,7 +276,7 @@ def prune_dead(table: LayerTable, backward: bool = True, forward: bool = True) -
     """Zeroes the weight of rows that a compiler would remove from a *discrete* network.
 
     Forward (with `forward`): a row whose input does not exist (an op fed only by `none` edges) is
-    removed (MIX needs one existing input, ADD both, as in the execution semantics above). Backward
+    removed (MIX needs one existing input, ADD and CONCAT both, as in the execution semantics above). Backward
     (dead-code elimination): a row whose output never
     reaches the network output (the last non-padding row) is removed; when nothing reaches the output
     (a NAS-Bench-201 cell with a disconnected output node) the whole network folds to a constant.
@@ -278,8 +292,8 @@ def prune_dead(table: LayerTable, backward: bool = True, forward: bool = True) -
         def fwd(i, ex):
             src_ok = jnp.where(t.src[i] >= 0, ex[jnp.maximum(t.src[i], 0)], t.op[i] == OpKind.INPUT)
             res_ok = (t.res[i] >= 0) & ex[jnp.maximum(t.res[i], 0)]
-            ok = jnp.where(t.op[i] == OpKind.MIX, src_ok | res_ok,
-                           jnp.where(t.op[i] == OpKind.ADD, src_ok & res_ok, src_ok))
+            binary = (t.op[i] == OpKind.ADD) | (t.op[i] == OpKind.CONCAT)
+            ok = jnp.where(t.op[i] == OpKind.MIX, src_ok | res_ok, jnp.where(binary, src_ok & res_ok, src_ok))
             return ex.at[i].set(present[i] & ok)
 
         exists = jax.lax.fori_loop(0, n, fwd, jnp.zeros(n, bool)) if forward else present

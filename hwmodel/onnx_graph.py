@@ -13,15 +13,16 @@ Node mapping (one row per node that does work; the rest alias their input):
 - GlobalAveragePool, GlobalMaxPool, ReduceMean over H, W: GAP.
 - Add, Sum, Mul, Sub, Div of two activations: ADD (an elementwise op of two tensors). With a
   constant operand (a bias or a scale that inference would fold) they are free aliases.
-- Concat, Resize/Upsample: SHUFFLE rows of their output size (pure data movement, costed as
-  elements written on the vector unit; there is no concat or resize kind in the table).
+- Resize/Upsample by one integer factor: UPSAMPLE; Concat of two NCHW tensors along channels:
+  CONCAT. Any other resize or concatenation (e.g. along the last axis of an NHWC tensor): a SHUFFLE
+  row of its output size (pure data movement, costed as elements written on the vector unit).
 - Relu, Clip (ReLU6), activations, BatchNormalization (folded), Flatten, Reshape, Transpose,
   Squeeze, Unsqueeze, Identity, Dropout, Constant, Cast, Shape, Softmax: free (an alias of
   their first input; a following Relu/Clip marks the producing row `act=1`).
 Any other op stops with a message naming it and the node.
 
 Tables built here are costed row by row (analytic, surrogate, ZigZag); they are not executable by
-`hwmodel.profile` (a Concat row does not obey its shape rules).
+`hwmodel.profile` (a SHUFFLE row standing for a concatenation does not obey its shape rules).
 """
 
 from __future__ import annotations
@@ -138,9 +139,21 @@ def layer_table(model: onnx.ModelProto) -> LayerTable:
         elif op in _ELEMENTWISE:
             c, h, w = spatial(out)
             rows.append(dict(op=OpKind.ADD, src=src, res=where[acts[1]], c_in=c, c_out=c, h=h, w=w))
-        elif op in ("Concat", "Resize", "Upsample"):
+        elif op in ("Resize", "Upsample"):
             c, h, w = spatial(out)
-            rows.append(dict(op=OpKind.SHUFFLE, src=src, c_in=c, c_out=c, groups=1, h=h, w=w))
+            ci, hi, wi = spatial(shape(acts[0], node))
+            if h % hi == 0 and h // hi == w // wi and w % wi == 0:  # integer upsampling
+                rows.append(dict(op=OpKind.UPSAMPLE, src=src, c_in=ci, c_out=c, kernel=h // hi, h=hi, w=wi))
+            else:  # another resize: data movement of its output
+                rows.append(dict(op=OpKind.SHUFFLE, src=src, c_in=c, c_out=c, groups=1, h=h, w=w))
+        elif op == "Concat":
+            c, h, w = spatial(out)
+            axis = int(_attrs(node).get("axis", 1))
+            if len(acts) == 2 and axis in (1, -3) and len(out) == 4:  # channels of two NCHW tensors
+                ci = spatial(shape(acts[0], node))[0]
+                rows.append(dict(op=OpKind.CONCAT, src=src, res=where[acts[1]], c_in=ci, c_out=c, h=h, w=w))
+            else:  # any other concatenation: data movement of its output
+                rows.append(dict(op=OpKind.SHUFFLE, src=src, c_in=c, c_out=c, groups=1, h=h, w=w))
         else:
             raise OnnxCostError(f"node {name!r}: ONNX op {op!r} cannot be costed (supported: Conv, Gemm, "
                                 "MatMul, AveragePool, MaxPool, GlobalAveragePool, ReduceMean, Add, Mul, Sub, "

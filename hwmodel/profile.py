@@ -46,8 +46,10 @@ ApplyFn = Callable[[Params, Float[Array, "b h w c"]], jax.Array]
 
 #: Rows that compute nothing of their own; `profile_layers` reports 0 s for them.
 NO_COMPUTE_OPS = (OpKind.NONE, OpKind.INPUT, OpKind.MIX, OpKind.IDENTITY)
-_SPATIAL_OPS = (OpKind.CONV, OpKind.DWCONV, OpKind.AVGPOOL, OpKind.GAP, OpKind.ADD, OpKind.SHUFFLE)
-_SAME_CHANNEL_OPS = (OpKind.AVGPOOL, OpKind.GAP, OpKind.ADD, OpKind.SHUFFLE)
+_SPATIAL_OPS = (OpKind.CONV, OpKind.DWCONV, OpKind.AVGPOOL, OpKind.GAP, OpKind.ADD, OpKind.SHUFFLE,
+                OpKind.UPSAMPLE, OpKind.CONCAT)
+_SAME_CHANNEL_OPS = (OpKind.AVGPOOL, OpKind.GAP, OpKind.ADD, OpKind.SHUFFLE, OpKind.UPSAMPLE)
+_BINARY_OPS = (OpKind.ADD, OpKind.CONCAT)  # read `src` and `res`, both needed
 _INT_FIELDS = ("c_in", "c_out", "kernel", "stride", "groups", "h", "w")
 _DN = ("NHWC", "HWIO", "NHWC")
 # Random streams beyond any row index: the ADD operand and the inputs of timed functions.
@@ -125,6 +127,15 @@ def _out_shape(r: Row, ins: list[tuple[int, int, int]]) -> tuple[int, int, int]:
         raise ValueError(f"{r.describe()}: channels must be divisible by the {g} groups")
     if r.op == OpKind.ADD and ins[1] != ins[0]:
         raise ValueError(f"{r.describe()} adds tensors of different shapes {ins}")
+    if r.op == OpKind.CONCAT:
+        if ins[1][:2] != (h, w) or c + ins[1][2] != r.c_out:
+            raise ValueError(f"{r.describe()} concatenates {ins[0]} and {ins[1]}: the sizes must match and "
+                             f"the channels add up to c_out={r.c_out}")
+        return (h, w, r.c_out)
+    if r.op == OpKind.UPSAMPLE:
+        if r.kernel < 1:
+            raise ValueError(f"{r.describe()}: the upsampling factor (kernel) must be >= 1")
+        return (h * r.kernel, w * r.kernel, c)
     if r.op == OpKind.GAP:
         return (1, 1, c)
     if r.op == OpKind.LINEAR:
@@ -144,6 +155,8 @@ class Plan(NamedTuple):
 def _declared_shape(r: Row) -> tuple[int, int, int]:
     """The (h, w, c) a row's fields say it writes (`hwmodel.layers.out_hw`)."""
     flat = r.op in (OpKind.GAP, OpKind.LINEAR)
+    if r.op == OpKind.UPSAMPLE:
+        return (r.h * r.kernel, r.w * r.kernel, r.c_out)
     return (1 if flat else math.ceil(r.h / r.stride), 1 if flat else math.ceil(r.w / r.stride), r.c_out)
 
 
@@ -163,11 +176,11 @@ def plan(t: LayerTable) -> Plan:
         r = table_row(t, i)
         if t.weight[i] <= 0 or r.op == OpKind.NONE:
             continue
-        if r.op == OpKind.INPUT or not 0 <= r.src < i or r.res >= i or (r.op == OpKind.ADD and r.res < 0):
-            raise ValueError(f"{r.describe()} must read earlier rows (src={r.src}, res={r.res}; ADD reads "
-                             "both); only row 0 is an INPUT")
-        # MIX reads whichever alternatives exist (exists if one does); ADD needs both; others `src`.
-        wanted = (r.src, r.res) if r.op == OpKind.ADD else (r.src,)
+        if r.op == OpKind.INPUT or not 0 <= r.src < i or r.res >= i or (r.op in _BINARY_OPS and r.res < 0):
+            raise ValueError(f"{r.describe()} must read earlier rows (src={r.src}, res={r.res}; ADD and "
+                             "CONCAT read both); only row 0 is an INPUT")
+        # MIX reads whichever alternatives exist (exists if one does); ADD, CONCAT need both; others `src`.
+        wanted = (r.src, r.res) if r.op in _BINARY_OPS else (r.src,)
         wanted = tuple(dict.fromkeys((r.src, r.res))) if r.op == OpKind.MIX else wanted
         ins[i] = [j for j in wanted if j >= 0 and exists[j]]
         exists[i] = bool(ins[i]) if r.op == OpKind.MIX else len(ins[i]) == len(wanted)
@@ -241,6 +254,10 @@ def _apply_row(r: Row, p: dict[str, jax.Array], x: jax.Array, res: jax.Array | N
         y = _shuffle(x, r.groups)
     elif r.op == OpKind.ADD:
         y = x + res
+    elif r.op == OpKind.UPSAMPLE:
+        y = jnp.repeat(jnp.repeat(x, r.kernel, axis=1), r.kernel, axis=2)  # nearest neighbour
+    elif r.op == OpKind.CONCAT:
+        y = jnp.concatenate([x, res], axis=-1)
     else:
         raise ValueError(f"{r.describe()} has nothing to execute")
     return jax.nn.relu(y) if r.act == 1 else y
@@ -294,7 +311,7 @@ def build_network(table: LayerTable, key: jax.Array | None = None) -> tuple[Para
                     y = y + outs[j]
                 y = jax.nn.relu(y) if r.act == 1 else y
             else:
-                res = outs[ins[1]] if r.op == OpKind.ADD else None
+                res = outs[ins[1]] if r.op in _BINARY_OPS else None
                 y = _apply_row(r, params.get(f"row{r.index}", {}), outs[ins[0]], res)
             outs[r.index] = y
         if pl.out_shape is None:  # nothing reaches the output: the network is a constant
@@ -311,7 +328,7 @@ def layer_fn(table: LayerTable, row: int, key: jax.Array | None = None,
     """One computing row alone: `(params, fn, input_shape)` with `fn(params, x)` on `input_shape`.
 
     The input shape comes from the row's own fields: `[batch, h, w, c_in]` (`[batch, 1, 1, c_in]`
-    for LINEAR). For ADD the second operand is a random tensor held in `params["res"]`, so the timed
+    for LINEAR). For ADD and CONCAT the second operand is a random tensor held in `params["res"]`, so the timed
     function reads both inputs as in the network.
 
     Example:
@@ -330,10 +347,11 @@ def layer_fn(table: LayerTable, row: int, key: jax.Array | None = None,
         raise ValueError(f"{r.describe()} computes nothing (input, alias or padding); nothing to execute")
     h, w = (1, 1) if r.op == OpKind.LINEAR else (r.h, r.w)
     shape = (batch_size, h, w, r.c_in)
-    _out_shape(r, [shape[1:], shape[1:]])  # validates the row's own fields
+    res_shape = (*shape[:3], r.c_out - r.c_in) if r.op == OpKind.CONCAT else shape
+    _out_shape(r, [shape[1:], res_shape[1:]])  # validates the row's own fields
     params = _init_row(r, key)
-    if r.op == OpKind.ADD:
-        params = {"res": normal(key, _RES_STREAM, shape)}
+    if r.op in _BINARY_OPS:
+        params = {"res": normal(key, _RES_STREAM, res_shape)}
 
     def fn(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
         return _apply_row(r, params, x, params.get("res"))

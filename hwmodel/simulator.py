@@ -12,9 +12,9 @@ check of our analytic model (`hwmodel.analytic`) that the issue asks for.
 What this backend does with it:
 - Each layer-table row that computes becomes one ZigZag layer in ZigZag's own user format (the
   equations its ONNX parser writes): CONV (`groups` as ZigZag's G), DWCONV, LINEAR (Gemm),
-  AVGPOOL and GAP (Pooling, weightless), ADD (elementwise, two activation operands). SHUFFLE is a
-  pure permutation that ZigZag cannot express; it costs 0 here (it appears only in FBNet's
-  grouped blocks). 8-bit weights and activations, 16-bit partial sums (ZigZag's ONNX defaults).
+  AVGPOOL and GAP (Pooling, weightless), ADD (elementwise, two activation operands). SHUFFLE,
+  UPSAMPLE and CONCAT are pure data movement that ZigZag's layer format cannot express; they cost
+  0 here (FBNet's grouped blocks; the decoders of detection and segmentation heads). 8-bit weights and activations, 16-bit partial sums (ZigZag's ONNX defaults).
 - Depthwise convolutions get their own spatial mapping (`depthwise_mapping`): the array dimension
   that the description's default mapping unrolls over output channels K is unrolled over channel
   groups G instead, and the one over input channels C over the kernel width FX (a reduction, as C
@@ -107,7 +107,7 @@ def _same_pads(size: int, k: int, s: int) -> list[int]:
 
 
 def layer_workload(r: profile.Row, depthwise: bool = True) -> dict[str, Any] | None:
-    """One row as a ZigZag layer (user format, id 0), or None for a row ZigZag cannot cost (SHUFFLE).
+    """One row as a ZigZag layer (user format, id 0), or None for a row ZigZag cannot cost (data movement).
 
     `depthwise=False` leaves depthwise convolutions on the description's default mapping (as
     ZigZag's own ONNX flow does), for comparison with ZigZag's totals.
@@ -154,7 +154,7 @@ def layer_workload(r: profile.Row, depthwise: bool = True) -> dict[str, Any] | N
         return base | {
             "name": "linear", "operator_type": "Gemm", "equation": "O[b][k]+=W[k][c]*I[b][c]",
             "loop_dims": ["B", "K", "C"], "loop_sizes": [1, r.c_out, r.c_in]}
-    if r.op == OpKind.SHUFFLE:
+    if r.op in (OpKind.SHUFFLE, OpKind.UPSAMPLE, OpKind.CONCAT):
         return None
     raise ValueError(f"{r.describe()}: no ZigZag layer for op {r.op.name}")
 

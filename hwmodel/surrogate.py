@@ -61,7 +61,10 @@ _GROUPS = {
     "pool": lambda t: is_op(t, OpKind.AVGPOOL, OpKind.GAP),
     "add": lambda t: is_op(t, OpKind.ADD),
     "shuffle": lambda t: is_op(t, OpKind.SHUFFLE),
+    "resample": lambda t: is_op(t, OpKind.UPSAMPLE, OpKind.CONCAT),
 }
+#: Groups added after surrogates were first saved: a saved file without them predicts 0 for them.
+_ADDED_GROUPS = ("resample",)
 _QUANTITIES = ("count", "mmacs", "mact", "mweights")  # per layer; M = 1e6 (keeps features O(1))
 
 
@@ -157,10 +160,13 @@ class Surrogate:
     def from_dict(cls, d: dict[str, Any]) -> "Surrogate":
         config = FeatureConfig(tuple(d.get("accelerators", ())), float(d.get("temperature", 0.02)),
                                tuple(d.get("quantities", _QUANTITIES)))
-        if list(d["feature_names"]) != list(config.names):
+        saved = dict(zip(d["feature_names"], d["coef"]))
+        missing = [n for n in config.names if n not in saved]
+        if set(saved) - set(config.names) or any(n.split(".")[0] not in _ADDED_GROUPS for n in missing):
             raise ValueError("saved surrogate's features do not match this version's features: "
                              f"{d['feature_names'][:3]}... vs {list(config.names)[:3]}...; refit it")
-        return cls(jnp.asarray(d["coef"], jnp.float32), jnp.asarray(d["intercept"], jnp.float32), config,
+        coef = [saved.get(n, 0.0) for n in config.names]  # ops it never saw (`_ADDED_GROUPS`) cost 0
+        return cls(jnp.asarray(coef, jnp.float32), jnp.asarray(d["intercept"], jnp.float32), config,
                    # files saved before `unused` existed hold a bool `prunes_dead`
                    d.get("dead_code", "prune" if d.get("prunes_dead", True) else "keep"),
                    float(d.get("loo_rmse", 0.0)))
@@ -305,7 +311,7 @@ def baseline_features(table: LayerTable) -> dict[str, Float[Array, "*b"]]:
     w = table.weight
     dw = is_op(table, OpKind.DWCONV)
     compute = is_op(table, OpKind.CONV, OpKind.DWCONV, OpKind.LINEAR, OpKind.AVGPOOL, OpKind.GAP,
-                    OpKind.ADD, OpKind.SHUFFLE)
+                    OpKind.ADD, OpKind.SHUFFLE, OpKind.UPSAMPLE, OpKind.CONCAT)
     return {
         "flops": total_flops(table),
         "dw_flops": 2.0 * jnp.sum(jnp.where(dw, macs(table), 0.0) * w, -1),
