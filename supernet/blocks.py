@@ -255,6 +255,27 @@ def slice_bn(src: BatchNorm, c: int) -> BatchNorm:
     return new
 
 
+class ConvBN(nnx.Module):
+    """Conv -> BN (-> ReLU6 when `act`): every conv of the network (no bias; BN follows)."""
+
+    def __init__(self, conv: SharedConv, bn: BatchNorm, act: bool):
+        self.conv, self.bn, self.act = conv, bn, act
+
+    @classmethod
+    def new(cls, c_in: int, c_out: int, kernel: int = 1, stride: int = 1, *, depthwise: bool = False,
+            act: bool = True, rngs: nnx.Rngs) -> "ConvBN":
+        conv = SharedConv(c_in, c_out, kernel, stride, groups=c_in if depthwise else 1, rngs=rngs)
+        return cls(conv, batch_norm(c_out, rngs=rngs), act)
+
+    def __call__(self, x: Float[Array, "b h w c"], kmask: Float[Array, "k k"] | None = None) -> Array:
+        y = self.bn(self.conv(x, kernel_mask=kmask))
+        return jax.nn.relu6(y) if self.act else y
+
+    def sliced(self, c_in: int, c_out: int, kernel: int) -> "ConvBN":
+        """A standalone copy with the first `c_in`/`c_out` channels and the centre `kernel`."""
+        return ConvBN(slice_conv(self.conv, c_in, c_out, kernel), slice_bn(self.bn, c_out), self.act)
+
+
 # ------------------------------------------------------------------ activation taps (zero-shot scores)
 _ACTIVE: contextvars.ContextVar["Taps | None"] = contextvars.ContextVar("supernet_taps", default=None)
 

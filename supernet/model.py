@@ -33,6 +33,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from hwmodel.registry import Registry
+from supernet.heads import SlicedHead
 from supernet.space import Architecture, ArchProbs, SearchSpace
 
 #: Supernet classes by space family (`make_supernet` picks by the space's type).
@@ -74,7 +75,13 @@ class Supernet(nnx.Module, abc.ABC):
         Its outputs equal `self(x, space.one_hot(arch))` when both are in the same BN mode.
         """
         a = self.space.decode(arch) if isinstance(arch, str) else self.space.validate(arch)
-        return Subnet(self.derive_backbone(a), nnx.clone(self.head), self.space.encode(a))
+        backbone = self.derive_backbone(a)
+        head = nnx.clone(self.head)
+        if isinstance(self.head, SlicedHead):  # slice its convs to the derived features' widths
+            size = self.space.input_size
+            feats = jax.eval_shape(lambda m, x: m(x), backbone, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+            head = self.head.derive([f.shape[-1] for f in feats])
+        return Subnet(backbone, head, self.space.encode(a))
 
 
 class Subnet(nnx.Module):

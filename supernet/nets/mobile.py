@@ -42,35 +42,13 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float
 
-from supernet.blocks import (BatchNorm, SharedConv, batch_norm, channel_mask, choose, is_single_path, kernel_mask,
-                             slice_bn, slice_conv)
-from supernet.heads import ClassificationHead
+from supernet.blocks import ConvBN, channel_mask, choose, is_single_path, kernel_mask
+from supernet.heads import ClassificationHead, SegmentationHead
 from supernet.model import SUPERNETS, Supernet
 from supernet.space import Architecture, ArchProbs
 from supernet.spaces.mobile import BLOCK_TYPES, MobileSpace
 
 IBN, FUSED, SKIP = (BLOCK_TYPES.index(t) for t in ("ibn", "fused", "skip"))
-
-
-class ConvBN(nnx.Module):
-    """Conv -> BN (-> ReLU6 when `act`): every conv of the network (no bias; BN follows)."""
-
-    def __init__(self, conv: SharedConv, bn: BatchNorm, act: bool):
-        self.conv, self.bn, self.act = conv, bn, act
-
-    @classmethod
-    def new(cls, c_in: int, c_out: int, kernel: int = 1, stride: int = 1, *, depthwise: bool = False,
-            act: bool = True, rngs: nnx.Rngs) -> "ConvBN":
-        conv = SharedConv(c_in, c_out, kernel, stride, groups=c_in if depthwise else 1, rngs=rngs)
-        return cls(conv, batch_norm(c_out, rngs=rngs), act)
-
-    def __call__(self, x: Float[Array, "b h w c"], kmask: Float[Array, "k k"] | None = None) -> Array:
-        y = self.bn(self.conv(x, kernel_mask=kmask))
-        return jax.nn.relu6(y) if self.act else y
-
-    def sliced(self, c_in: int, c_out: int, kernel: int) -> "ConvBN":
-        """A standalone copy with the first `c_in`/`c_out` channels and the centre `kernel`."""
-        return ConvBN(slice_conv(self.conv, c_in, c_out, kernel), slice_bn(self.bn, c_out), self.act)
 
 
 # ------------------------------------------------------------------ derived (standalone) modules
@@ -100,7 +78,7 @@ class FusedIBNBlock(nnx.Module):
 class MobileBackbone(nnx.Module):
     """A derived network: stem, stages of chosen blocks (skipped blocks omitted), head conv."""
 
-    def __init__(self, stem: ConvBN, stages: list[list[nnx.Module]], head_conv: ConvBN):
+    def __init__(self, stem: ConvBN, stages: list[list[nnx.Module]], head_conv: ConvBN | None):
         self.stem, self.head_conv = stem, head_conv
         self.stages = nnx.List([nnx.List(s) for s in stages])
 
@@ -110,7 +88,7 @@ class MobileBackbone(nnx.Module):
             for block in stage:
                 x = block(x)
             feats.append(x)
-        return feats + [self.head_conv(x)]
+        return feats if self.head_conv is None else feats + [self.head_conv(x)]
 
 
 # ------------------------------------------------------------------ weight-sharing modules
@@ -200,8 +178,16 @@ class MobileSupernet(Supernet):
                                       rngs=rngs))
             c_in = c_max[s]
         self.blocks = nnx.List(blocks)
-        self.head_conv = ConvBN.new(c_in, space.head_width, rngs=rngs)
-        self.head = ClassificationHead(space.head_width, space.num_classes, rngs=rngs)
+        if space.head == "segmentation":  # reads the stages' maps: no head conv
+            self.head_conv = None
+            last = len(space.base_widths) - 1
+            up, out = space.decoder_factors
+            self.head = SegmentationHead(c_max[space.decoder_stage], c_max[last], space.head_channels,
+                                         space.num_classes, shallow=space.decoder_stage, deep=last,
+                                         up=up, out_factor=out, rngs=rngs)
+        else:
+            self.head_conv = ConvBN.new(c_in, space.head_width, rngs=rngs)
+            self.head = ClassificationHead(space.head_width, space.num_classes, rngs=rngs)
         self.init_arch_logits()
 
     def backbone(self, x: Float[Array, "b h w 3"], arch_weights: ArchProbs) -> list[Array]:
@@ -224,7 +210,7 @@ class MobileSupernet(Supernet):
             p_in, w_in = p_out, w_out
             if b + 1 == space.num_blocks or space.block_first[b + 1]:
                 feats.append(x)
-        return feats + [self.head_conv(x)]
+        return feats if self.head_conv is None else feats + [self.head_conv(x)]
 
     def derive_backbone(self, arch: Architecture) -> MobileBackbone:
         # One jit of the whole derivation: eagerly, every distinct shape compiles its own slice
@@ -246,4 +232,4 @@ class MobileSupernet(Supernet):
                                               space.expansions[a[space.expansion_ids[b]]]))
             c_in = c_out
         return MobileBackbone(nnx.clone(self.stem), stages,
-                              self.head_conv.sliced(c_in, space.head_width, 1))
+                              None if self.head_conv is None else self.head_conv.sliced(c_in, space.head_width, 1))

@@ -54,6 +54,7 @@ from supernet.spaces.registry import SPACES
 from supernet.template import Number, TableTemplate, ref
 
 GRIDS = ("curated", "raw")
+HEADS = ("classification", "segmentation")
 BLOCK_TYPES = ("ibn", "fused", "skip")
 # Columns of the per-block scalar group "blk".
 P_IBN, P_FUSED, P_SKIP, KERNEL, EXPANSION, P_E1, P_NOT_E1 = range(7)
@@ -88,16 +89,24 @@ class MobileSpace(SearchSpace):
                  stem_width: int = 32, head_width: int = 1280,
                  width_multipliers: Sequence[float] = (0.5, 0.75, 1.0),
                  expansions: Sequence[int] = (1, 3, 6), kernels: Sequence[int] = (3, 5),
-                 width_factors: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5)):
+                 width_factors: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5),
+                 head: str = "classification", head_channels: int = 64, decoder_stage: int = 2):
         """Builds the space. Defaults are MobileNetV2 for CIFAR (32x32 input, stem stride 1,
         stage strides (1, 1, 2, 2, 1, 2, 1)); ImageNet uses `input_size=224, stem_stride=2,
         stage_strides=(1, 2, 2, 2, 1, 2, 1), num_classes=1000`.
+
+        `head`: `classification` (MobileNetV2's 1x1 head conv to `head_width`, global pooling, a
+        linear classifier) or `segmentation` (`supernet.heads.SegmentationHead`: the last stage and
+        stage `decoder_stage` fused FPN-style at `head_channels`, `num_classes` per-pixel logits at
+        the input's resolution); the layer table holds the head's rows either way.
 
         Raises:
           ValueError: unknown grid, inconsistent stage lengths or non-positive sizes.
         """
         if grid not in GRIDS:
             raise ValueError(f"unknown width grid {grid!r}; valid grids: {', '.join(GRIDS)}")
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
         n_st = len(base_widths)
         if not (len(stage_strides) == len(blocks_per_stage) == n_st >= 1):
             raise ValueError(f"stage_strides ({len(stage_strides)}), base_widths ({n_st}) and "
@@ -108,7 +117,7 @@ class MobileSpace(SearchSpace):
                                 blocks_per_stage=blocks_per_stage, stem_width=[stem_width],
                                 head_width=[head_width], width_multipliers=width_multipliers,
                                 expansions=expansions, kernels=kernels,
-                                width_factors=width_factors).items():
+                                width_factors=width_factors, head_channels=[head_channels]).items():
             if len(vals) == 0 or min(vals) <= 0:
                 raise ValueError(f"{label} must be positive and non-empty, got {tuple(vals)}")
         self.name = f"mobile-{grid}"
@@ -116,6 +125,9 @@ class MobileSpace(SearchSpace):
         self.input_size, self.num_classes, self.stem_stride = input_size, num_classes, stem_stride
         self.stage_strides, self.base_widths = tuple(stage_strides), tuple(base_widths)
         self.blocks_per_stage = tuple(blocks_per_stage)
+        self.head, self.head_channels, self.decoder_stage = head, int(head_channels), int(decoder_stage)
+        if head == "segmentation" and not 0 <= decoder_stage < n_st - 1:
+            raise ValueError(f"decoder_stage must name a stage before the last (0..{n_st - 2}), got {decoder_stage}")
         self.multipliers = tuple(float(m) for m in width_multipliers)
         self.expansions, self.kernels = tuple(expansions), tuple(kernels)
         curated = grid == "curated"
@@ -178,17 +190,42 @@ class MobileSpace(SearchSpace):
                 stride=self.stem_stride, h=r, w=r)
         r = -(-r // self.stem_stride)
         c: Number = self.stem_width
+        stage_out: dict[int, tuple[int, int]] = {}  # stage -> (output row, resolution)
         for b in range(self.num_blocks):
             s = int(self.block_stage[b])
             first = bool(self.block_first[b])
             stride = self.stage_strides[s] if first else 1
             x = self._add_block(add, b, x, c, ref("width", s), stride, r, first)
             c, r = ref("width", s), -(-r // stride)
-        x = add("head", OpKind.CONV, src=x, act=1, c_in=c, c_out=self.head_width, h=r, w=r)
-        x = add("pool", OpKind.GAP, src=x, c_in=self.head_width, c_out=self.head_width, h=r, w=r)
-        add("classifier", OpKind.LINEAR, src=x, c_in=self.head_width, c_out=self.num_classes)
+            stage_out[s] = (x, r)
+        if self.head == "segmentation":
+            self._add_segmentation_head(add, stage_out)
+        else:
+            x = add("head", OpKind.CONV, src=x, act=1, c_in=c, c_out=self.head_width, h=r, w=r)
+            x = add("pool", OpKind.GAP, src=x, c_in=self.head_width, c_out=self.head_width, h=r, w=r)
+            add("classifier", OpKind.LINEAR, src=x, c_in=self.head_width, c_out=self.num_classes)
         self.row_names: tuple[str, ...] = tuple(names)
         return t
+
+    def _add_segmentation_head(self, add, stage_out: dict[int, tuple[int, int]]) -> None:
+        """The rows of `supernet.heads.SegmentationHead` (same ops, same order of data)."""
+        last = len(self.base_widths) - 1
+        (deep, r_deep), (shallow, r_sh) = stage_out[last], stage_out[self.decoder_stage]
+        if r_sh % r_deep or self.input_size % r_sh:
+            raise ValueError(f"the segmentation head upsamples by integer factors: stage {self.decoder_stage} "
+                             f"({r_sh} px) must be a multiple of the last stage's {r_deep} px and divide "
+                             f"the input's {self.input_size} px")
+        ch, k = self.head_channels, self.num_classes
+        #: upsampling factors of the head: the last stage to stage `decoder_stage`, that to the input
+        self.decoder_factors = (r_sh // r_deep, self.input_size // r_sh)
+        d = add("seg.deep", OpKind.CONV, src=deep, act=1, c_in=ref("width", last), c_out=ch, h=r_deep, w=r_deep)
+        u = add("seg.up", OpKind.UPSAMPLE, src=d, c_in=ch, c_out=ch, kernel=r_sh // r_deep, h=r_deep, w=r_deep)
+        lat = add("seg.lateral", OpKind.CONV, src=shallow, act=1, c_in=ref("width", self.decoder_stage),
+                  c_out=ch, h=r_sh, w=r_sh)
+        y = add("seg.add", OpKind.ADD, src=u, res=lat, c_in=ch, c_out=ch, h=r_sh, w=r_sh)
+        y = add("seg.fuse", OpKind.CONV, src=y, act=1, c_in=ch, c_out=ch, kernel=3, h=r_sh, w=r_sh)
+        y = add("seg.classifier", OpKind.CONV, src=y, c_in=ch, c_out=k, h=r_sh, w=r_sh)
+        add("seg.out", OpKind.UPSAMPLE, src=y, c_in=k, c_out=k, kernel=self.input_size // r_sh, h=r_sh, w=r_sh)
 
     @staticmethod
     def _add_block(add, b: int, x: int, c_in: Number, c_out: Number, stride: int, r: int,

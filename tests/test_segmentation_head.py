@@ -1,0 +1,89 @@
+"""The segmentation head on the mobile space (`MobileSpace(head="segmentation")`,
+`supernet.heads.SegmentationHead`): the supernet at a one-hot architecture equals the derived
+subnet, the layer table holds exactly the derived network's weights and executes to the same
+output shape, a pixel loss reaches every architecture logit, bad settings stop with one message."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from hwmodel import profile
+from hwmodel.layers import OpKind, is_op, total_params, weight_elems
+from supernet import make_space, make_supernet
+from supernet.blocks import BatchNorm, SharedConv
+from supernet.heads import SegmentationHead
+
+SEG = dict(blocks_per_stage=(1, 2, 2), base_widths=(8, 16, 24), stage_strides=(1, 2, 2), stem_width=8,
+           head_width=32, parallelism=4, input_size=32, stem_stride=2, head="segmentation", head_channels=16,
+           decoder_stage=1, num_classes=2)
+
+
+@pytest.fixture(scope="module")
+def seg():
+    space = make_space("mobile-curated", **SEG)
+    net = make_supernet(space, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    archs = [np.asarray(space.sample(jax.random.key(i))) for i in range(4)] + [space.baseline_arch()]
+    return space, net, x, archs
+
+
+def test_one_hot_supernet_equals_the_derived_subnet(seg):
+    space, net, x, archs = seg
+    net.eval()
+    for a in archs:
+        sub = net.derive(a)
+        sub.eval()
+        y, want = net(x, space.one_hot(a)), sub(x)
+        assert y.shape == (2, 32, 32, 2) and isinstance(sub.head, SegmentationHead)
+        np.testing.assert_allclose(y, want, atol=1e-5, rtol=1e-5, err_msg=space.encode(a))
+    net.train()
+
+
+def test_the_layer_table_holds_the_derived_network(seg):
+    """Conv kernels + one folded BN bias per conv + the classifier's bias == the table's params; the
+    table (head rows included) executes to per-pixel logits at the input's size."""
+    space, net, x, archs = seg
+    assert [space.row_names[i] for i in range(len(space.row_names)) if space.row_names[i].startswith("seg.")] == [
+        "seg.deep", "seg.up", "seg.lateral", "seg.add", "seg.fuse", "seg.classifier", "seg.out"]
+    for a in archs:
+        t = space.layers(a)
+        sub = net.derive(a)
+        convs = [m for _, m in nnx.iter_graph(sub) if isinstance(m, SharedConv)]
+        bns = [m for _, m in nnx.iter_graph(sub) if isinstance(m, BatchNorm)]
+        rows = np.asarray(is_op(t, OpKind.CONV, OpKind.DWCONV) & (t.weight > 0))
+        assert len(convs) == rows.sum() == len(bns) + 1  # the classifier has a bias, no BN
+        n = sum(c.kernel.size for c in convs) + sum(b.scale.size for b in bns) + sub.head.classifier.bias.size
+        assert n == int(round(float(total_params(t)))), space.encode(a)
+        assert float(np.asarray(weight_elems(t))[rows].sum()) == n
+        params, apply = profile.build_network(t)
+        assert apply(params, x).shape == (2, 32, 32, 2)
+
+
+def test_a_pixel_loss_reaches_every_architecture_logit(seg):
+    space, net, x, _ = seg
+    y = jax.random.randint(jax.random.key(1), (2, 32, 32), 0, 2)
+    logits = jax.random.normal(jax.random.key(2), space.choice_valid.shape) * space.choice_valid
+
+    def loss(lg):
+        probs = jax.nn.softmax(jnp.where(space.choice_valid, lg, -1e9), -1)
+        out = net(x, probs)
+        return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
+
+    net.eval()  # running BN statistics: nothing is written inside the trace
+    g = np.asarray(jax.grad(loss)(logits))
+    net.train()
+    valid = np.asarray(space.choice_valid)
+    multi = valid.sum(-1) > 1
+    assert np.all(np.abs(g[multi]).max(-1) > 0), "a decision's logits get no gradient"
+
+
+def test_bad_head_settings():
+    with pytest.raises(ValueError, match="unknown head 'detection'"):
+        make_space("mobile-curated", **{**SEG, "head": "detection"})
+    with pytest.raises(ValueError, match=r"decoder_stage must name a stage before the last \(0..1\)"):
+        make_space("mobile-curated", **{**SEG, "decoder_stage": 2})
+    with pytest.raises(ValueError, match="upsamples by integer factors"):
+        make_space("mobile-curated", **{**SEG, "input_size": 36})
