@@ -84,6 +84,7 @@ def table_lookup(ctx: Context, arch: np.ndarray) -> dict[str, Any]:
 #: What `results.json`'s `accuracy_pct` is, by the stage and key it was taken from.
 ACCURACY_SOURCES = {
     ("retrain", "test_accuracy"): "retrain: test accuracy (%) of the found network trained from scratch",
+    ("retrain", "test_miou"): "retrain: test mIoU (%) of the found network trained from scratch (segmentation)",
     ("evolve", "accuracy"): "evolve: the evaluator's accuracy (%) of the best candidate",
     ("single_shot", "inherited_val_accuracy"): "single_shot: validation accuracy (%) of the derived subnet "
                                                "of the searched supernet, inherited weights, BN recalibrated",
@@ -98,9 +99,12 @@ def in_percent(stage: str, out: dict[str, Any], cfg: Any) -> dict[str, Any]:
     for `evolve.evaluator=table`)."""
     scale = 1.0 if stage == "evolve" and cfg.evolve.evaluator == "table" else 100.0
 
+    def pct(k: str) -> bool:
+        return k.endswith(("accuracy", "miou"))
+
     def convert(d: dict[str, Any]) -> dict[str, Any]:
-        return {(k + "_pct" if k.endswith("accuracy") else k):
-                (v * scale if k.endswith("accuracy") and isinstance(v, (int, float)) else v) for k, v in d.items()}
+        return {(k + "_pct" if pct(k) else k):
+                (v * scale if pct(k) and isinstance(v, (int, float)) else v) for k, v in d.items()}
 
     res = convert(out)
     if "front" in res:
@@ -129,7 +133,7 @@ def run_pipeline(cfg: Any, wd: Workdir) -> dict[str, Any]:
         outputs[stage] = done
     res: dict[str, Any] = {"architecture": space.encode(ctx.arch), "space": space.name}
     res["search_seconds"] = sum(o.get("search_seconds", 0.0) for o in outputs.values())
-    src = next(((s, k) for s, k in (("retrain", "test_accuracy"), ("evolve", "accuracy"),
+    src = next(((s, k) for s, k in (("retrain", "test_accuracy"), ("retrain", "test_miou"), ("evolve", "accuracy"),
                                     ("single_shot", "inherited_val_accuracy"), ("single_shot", "supernet_val_accuracy"))
                 if k in outputs.get(s, {})), None)  # a zero-shot-scored evolve has no accuracy
     res["accuracy_pct"] = None if src is None else in_percent(src[0], {src[1]: outputs[src[0]][src[1]]}, cfg)[src[1] + "_pct"]

@@ -22,7 +22,9 @@ from supernet.objectives import MEMORY_BUDGETS, CostConfig, hardware_in_loss, ma
 from supernet.single_shot import SingleShot
 from supernet.space import HasBaseline, SearchSpace
 from supernet.spaces import make_space
-from supernet.training import DeviceData, OptimConfig, TrainConfig, Trainer, evaluate, recalibrate_bn
+from supernet.tasks import TASKS, Classification
+from supernet.training import (DeviceData, OptimConfig, TrainConfig, Trainer, evaluate, evaluate_task,
+                               recalibrate_bn)
 from experiments import data as D
 from experiments.config import ConfigError, from_section, to_dict
 from experiments.context import (STAGES, Context, checkpointer, fitted_surrogate, from_pure, last_metric, restore_latest,
@@ -264,12 +266,22 @@ def stage_retrain(ctx: Context) -> dict[str, Any]:
     test = DeviceData.put(d.x_test, d.y_test, ctx.mesh)
     tcfg = from_section(TrainConfig, rc, optim=OptimConfig(**dict(rc.optim)), seed=cfg.seed,
                         steps_per_epoch=rc.steps_per_epoch or None)
-    trainer = Trainer(sub, tcfg, augment=D.augment, mesh=ctx.mesh, eval_input=lambda k, x: D.normalize(x))
+    task = TASKS[cfg.task.name](ctx.space.num_classes)
+    classify = isinstance(task, Classification)
+    normalize = lambda k, x: D.normalize(x)  # noqa: E731
+    # a dense task flips image and target together (Task.augment); CIFAR's crop + flip is images-only
+    trainer = Trainer(sub, tcfg, augment=D.augment if classify else normalize, mesh=ctx.mesh,
+                      eval_input=normalize, task=task)
     ctx.wd.drop_metrics("retrain")  # retraining restarts from scratch: a killed run's epochs go
     t0 = time.perf_counter()
     hist = trainer.fit(train, test, callback=lambda r: ctx.wd.log({"stage": "retrain", **r}))
     save_subnet(trainer.model, ctx.wd.file(MODEL_DIR))
-    out = {"arch": ctx.space.encode(ctx.arch), "test_accuracy": hist[-1]["test_acc"],
+    scores = ({"test_accuracy": hist[-1]["test_acc"]} if classify
+              else {k: v for k, v in hist[-1].items() if k.startswith("test_")})
+    if not classify:  # the training split too: a dense pipeline that learns nears its ceiling there
+        scores.update({f"train_{k}": v for k, v in evaluate_task(trainer.model, train, normalize, task,
+                                                                  mesh=ctx.mesh).items()})
+    out = {"arch": ctx.space.encode(ctx.arch), **scores,
            "retrain_seconds": time.perf_counter() - t0, "weights": MODEL_DIR}
     if rc.get("space_kwargs", None):
         out["trained_arch"] = retrain_space(cfg, ctx.space).encode(ctx.arch)  # the proxy's widths

@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxtyping import Array, Float, Int
 
 from supernet.blocks import BatchNorm, single_path
+from supernet.tasks.task import Classification, Task
 
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 """`(key, uint8 images [B, H, W, C]) -> float32 network input` (jittable)."""
@@ -155,8 +156,12 @@ class Trainer:
     """
 
     def __init__(self, model: nnx.Module, cfg: TrainConfig, augment: AugmentFn = identity_input,
-                 mesh: jax.sharding.Mesh | None = None, eval_input: AugmentFn | None = None):
+                 mesh: jax.sharding.Mesh | None = None, eval_input: AugmentFn | None = None,
+                 task: Task | None = None):
+        """`task` (default `Classification()`) gives the loss, the batch metric, the joint
+        augmentation of images and targets (`augment` is its image part) and the test metrics."""
         self.model, self.cfg, self.augment = model, cfg, augment
+        self.task = task or Classification()
         self.eval_input = eval_input or identity_input
         self.mesh = mesh or make_mesh()
         self.epoch = 0
@@ -173,21 +178,18 @@ class Trainer:
         rep = NamedSharding(self.mesh, P())
         state = jax.device_put(state, rep)
         key = jax.random.key(cfg.seed)
-        mesh, bs, aug, ls = self.mesh, cfg.batch_size, self.augment, cfg.label_smoothing
+        mesh, bs, aug, ls, task = self.mesh, cfg.batch_size, self.augment, cfg.label_smoothing, self.task
 
         @jax.jit
         def step(state, train, perm, i, k):
             model, opt = nnx.merge(graphdef, state)
             model.train()
             xb, yb = gather_batch(train, perm, i, bs, mesh)
-            xb = aug(jax.random.fold_in(k, i), xb)
+            xb, yb = task.augment(jax.random.fold_in(k, i), xb, yb, aug)
 
             def loss_fn(m):
-                logits = m(xb)
-                y1 = optax.smooth_labels(jax.nn.one_hot(yb, logits.shape[-1]), ls) if ls else None
-                loss = (optax.softmax_cross_entropy(logits.astype(jnp.float32), y1).mean() if ls
-                        else cross_entropy(logits, yb))
-                return loss, accuracy(logits, yb)
+                out = m(xb)
+                return task.loss(out, yb, ls), task.train_metric(out, yb)
 
             (loss, acc), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
             opt.update(model, grads)
@@ -208,7 +210,11 @@ class Trainer:
                 raise FloatingPointError(f"training loss is {rec['train_loss']} at epoch {self.epoch}; "
                                          "lower the learning rate or check the data")
             if test is not None and (self.epoch == cfg.epochs - 1):
-                rec["test_acc"] = evaluate(self.model, test, self.eval_input, mesh=self.mesh)
+                if isinstance(self.task, Classification):
+                    rec["test_acc"] = evaluate(self.model, test, self.eval_input, mesh=self.mesh)
+                else:
+                    rec.update({f"test_{k}": v for k, v in evaluate_task(
+                        self.model, test, self.eval_input, self.task, mesh=self.mesh).items()})
             history.append(rec)
             self.epoch += 1
             if callback:
@@ -346,3 +352,34 @@ def evaluate(model: nnx.Module, data: DeviceData, prepare: AugmentFn, arch_weigh
     return total / len(data)
 
 
+
+
+def evaluate_task(model: nnx.Module, data: DeviceData, prepare: AugmentFn, task: Task, batch_size: int = 50,
+                  mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
+    """`task.summary` of a standalone network over all of `data` in eval mode (BatchNorm running
+    statistics; the last partial batch included, its repeats masked). The model is left in train mode.
+
+    Example:
+        >>> # evaluate_task(subnet, test, normalize_only, Segmentation(2))["miou"]
+    """
+    mesh = mesh or make_mesh()
+    n = len(data)
+    bs = held_out_batch(batch_size, n, mesh)
+    model.eval()
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def stats(state, data):
+        m = nnx.merge(graphdef, state)
+
+        def batch(i):
+            pos = i * bs + jnp.arange(bs)
+            idx = jnp.minimum(pos, n - 1)
+            xb = jax.lax.with_sharding_constraint(data.x[idx], NamedSharding(mesh, P("data")))
+            return task.held_out_stats(m(prepare(None, xb)), data.y[idx], pos < n)
+
+        return jax.lax.fori_loop(1, -(-n // bs), lambda i, acc: jax.tree.map(jnp.add, acc, batch(i)), batch(0))
+
+    out = task.summary(jax.device_get(stats(state, data)))
+    model.train()
+    return out

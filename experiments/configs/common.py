@@ -77,7 +77,11 @@ def base() -> ml_collections.ConfigDict:
     c.matmul_precision = "default"
     c.stages = ["single_shot"]
     c.space = ml_collections.ConfigDict({"name": "nb201", "kwargs": {}})
-    c.data = ml_collections.ConfigDict({"name": "cifar10", "dir": "", "num_train": 0, "num_test": 0})
+    # input_size: the side images are letterboxed to (the dense-task sets; CIFAR-10 is 32 px as stored)
+    c.data = ml_collections.ConfigDict({"name": "cifar10", "dir": "", "num_train": 0, "num_test": 0,
+                                        "input_size": 32})
+    # what the network predicts (supernet.tasks.TASKS): classification, segmentation
+    c.task = ml_collections.ConfigDict({"name": "classification"})
 
     # The options of a section that a dataclass takes come from that dataclass's defaults (their one
     # source; its docstring says what each does) and are translated back by `from_section`; the

@@ -110,6 +110,25 @@ class SegmentationSet:
         return len(self.class_names) + 1
 
 
+@dataclasses.dataclass(frozen=True)
+class DenseSplits:
+    """Train and test arrays of a dense-target set in the launcher's host-array form (the fields of
+    `Cifar10`): images uint8 `[n, s, s, 3]`, targets `[n, s, s]` (masks)."""
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str = ""
+
+
+def person_masks(data_dir: str | os.PathLike | None, size: int) -> DenseSplits:
+    """COCO128's person masks (`train2017` to train, `val2017` to test), letterboxed to `size`:
+    0 background, 1 person, `IGNORE` unlabelled pixels and padding."""
+    tr = load_masks(data_dir, "train2017", size, classes=("person",))
+    te = load_masks(data_dir, "val2017", size, classes=("person",))
+    return DenseSplits(tr.images, tr.masks, te.images, te.masks, f"{tr.source}; {te.source}")
+
+
 def letterbox_params(width: int, height: int, size: int) -> tuple[float, int, int, int, int]:
     """`(scale, new_w, new_h, pad_x, pad_y)` that fit a `width x height` image into `size x size`.
 
