@@ -85,6 +85,8 @@ def table_lookup(ctx: Context, arch: np.ndarray) -> dict[str, Any]:
 ACCURACY_SOURCES = {
     ("retrain", "test_accuracy"): "retrain: test accuracy (%) of the found network trained from scratch",
     ("retrain", "test_miou"): "retrain: test mIoU (%) of the found network trained from scratch (segmentation)",
+    ("retrain", "test_map"): "retrain: test COCO mAP@[.5:.95] (%) of the found network trained from scratch "
+                             "(detection)",
     ("evolve", "accuracy"): "evolve: the evaluator's accuracy (%) of the best candidate",
     ("single_shot", "inherited_val_accuracy"): "single_shot: validation accuracy (%) of the derived subnet "
                                                "of the searched supernet, inherited weights, BN recalibrated",
@@ -100,7 +102,7 @@ def in_percent(stage: str, out: dict[str, Any], cfg: Any) -> dict[str, Any]:
     scale = 1.0 if stage == "evolve" and cfg.evolve.evaluator == "table" else 100.0
 
     def pct(k: str) -> bool:
-        return k.endswith(("accuracy", "miou"))
+        return k.endswith(("accuracy", "miou", "map", "ap50", "ap75"))
 
     def convert(d: dict[str, Any]) -> dict[str, Any]:
         return {(k + "_pct" if pct(k) else k):
@@ -133,7 +135,8 @@ def run_pipeline(cfg: Any, wd: Workdir) -> dict[str, Any]:
         outputs[stage] = done
     res: dict[str, Any] = {"architecture": space.encode(ctx.arch), "space": space.name}
     res["search_seconds"] = sum(o.get("search_seconds", 0.0) for o in outputs.values())
-    src = next(((s, k) for s, k in (("retrain", "test_accuracy"), ("retrain", "test_miou"), ("evolve", "accuracy"),
+    src = next(((s, k) for s, k in (("retrain", "test_accuracy"), ("retrain", "test_miou"), ("retrain", "test_map"),
+                                    ("evolve", "accuracy"),
                                     ("single_shot", "inherited_val_accuracy"), ("single_shot", "supernet_val_accuracy"))
                 if k in outputs.get(s, {})), None)  # a zero-shot-scored evolve has no accuracy
     res["accuracy_pct"] = None if src is None else in_percent(src[0], {src[1]: outputs[src[0]][src[1]]}, cfg)[src[1] + "_pct"]

@@ -266,7 +266,7 @@ def stage_retrain(ctx: Context) -> dict[str, Any]:
     test = DeviceData.put(d.x_test, d.y_test, ctx.mesh)
     tcfg = from_section(TrainConfig, rc, optim=OptimConfig(**dict(rc.optim)), seed=cfg.seed,
                         steps_per_epoch=rc.steps_per_epoch or None)
-    task = TASKS[cfg.task.name](ctx.space.num_classes)
+    task = TASKS[cfg.task.name](ctx.space)
     classify = isinstance(task, Classification)
     normalize = lambda k, x: D.normalize(x)  # noqa: E731
     # a dense task flips image and target together (Task.augment); CIFAR's crop + flip is images-only

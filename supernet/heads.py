@@ -62,38 +62,44 @@ def upsample(x: Float[Array, "b h w c"], factor: int) -> Float[Array, "b fh fw c
     return jax.image.resize(x, (b, h * factor, w * factor, c), "nearest")
 
 
-@HEADS.register("segmentation")
-class SegmentationHead(SlicedHead):
+class DenseHead(SlicedHead):
     """A light FPN-style decoder (Kirillov et al. 2019, Panoptic FPN's semantic branch, one level):
     the deep map `features[deep]` through a 1x1 conv to `channels`, upsampled to the resolution of
-    `features[shallow]`, added to that map's own 1x1 lateral conv, a 3x3 conv, a 1x1 classifier,
-    then upsampled to the input (`out_factor`). Every op is a layer-table op (CONV, UPSAMPLE, ADD),
-    so the head is costed with the backbone (`MobileSpace(head="segmentation")` adds the same rows).
+    `features[shallow]`, added to that map's own 1x1 lateral conv, a 3x3 conv, a 1x1 output conv
+    (`outputs` channels, with bias), then upsampled by `out_factor`. Every op is a layer-table op
+    (CONV, UPSAMPLE, ADD), so the head is costed with the backbone (`MobileSpace(head=...)` adds the
+    same rows). Segmentation: `outputs` = classes, `out_factor` up to the input. Detection
+    (CenterNet, Zhou et al. 2019): `outputs` = classes + 4 (heatmap, size, offset) at the decoder's
+    stride, `out_factor` 1, the heatmap biases at `prior_bias`.
 
     Example:
-        >>> head = SegmentationHead(16, 32, 8, 2, shallow=0, deep=1, up=2, out_factor=4, rngs=nnx.Rngs(0))
+        >>> head = DenseHead(16, 32, 8, 2, shallow=0, deep=1, up=2, out_factor=4, rngs=nnx.Rngs(0))
         >>> head([jnp.ones((1, 8, 8, 16)), jnp.ones((1, 4, 4, 32))]).shape
         (1, 32, 32, 2)
         >>> head.derive([8, 24])([jnp.ones((1, 8, 8, 8)), jnp.ones((1, 4, 4, 24))]).shape
         (1, 32, 32, 2)
     """
 
-    def __init__(self, c_shallow: int, c_deep: int, channels: int, num_classes: int, *, shallow: int,
-                 deep: int, up: int, out_factor: int, rngs: nnx.Rngs | None):
+    def __init__(self, c_shallow: int, c_deep: int, channels: int, outputs: int, *, shallow: int,
+                 deep: int, up: int, out_factor: int, rngs: nnx.Rngs | None,
+                 prior_bias: tuple[int, float] | None = None):
         self.shallow, self.deep, self.up, self.out_factor = shallow, deep, up, out_factor
         if rngs is None:  # `derive` fills the modules in
             return
         self.deep_conv = ConvBN.new(c_deep, channels, rngs=rngs)
         self.lateral = ConvBN.new(c_shallow, channels, rngs=rngs)
         self.fuse = ConvBN.new(channels, channels, 3, rngs=rngs)
-        self.classifier = SharedConv(channels, num_classes, use_bias=True, rngs=rngs)
+        self.classifier = SharedConv(channels, outputs, use_bias=True, rngs=rngs)
+        if prior_bias is not None:  # (n, b): the first n outputs start at logit b (a rare-positive prior)
+            n, b = prior_bias
+            self.classifier.bias.set_value(self.classifier.bias.get_value().at[:n].set(b))
 
     def __call__(self, features: Sequence[Float[Array, "b h w c"]]) -> Float[Array, "b H W k"]:
         y = upsample(self.deep_conv(features[self.deep]), self.up) + self.lateral(features[self.shallow])
         return upsample(self.classifier(self.fuse(y)), self.out_factor)
 
-    def derive(self, channels: Sequence[int]) -> "SegmentationHead":
-        new = SegmentationHead(0, 0, 0, 0, shallow=self.shallow, deep=self.deep, up=self.up,
+    def derive(self, channels: Sequence[int]) -> "DenseHead":
+        new = DenseHead(0, 0, 0, 0, shallow=self.shallow, deep=self.deep, up=self.up,
                                out_factor=self.out_factor, rngs=None)
         c = self.fuse.conv.c_out
         new.deep_conv = self.deep_conv.sliced(int(channels[self.deep]), c, 1)
@@ -101,3 +107,7 @@ class SegmentationHead(SlicedHead):
         new.fuse = self.fuse.sliced(c, c, self.fuse.conv.k)
         new.classifier = slice_conv(self.classifier, c, self.classifier.c_out, 1)
         return new
+
+
+HEADS.register("segmentation")(DenseHead)
+HEADS.register("detection")(DenseHead)

@@ -100,7 +100,9 @@ class DeviceData:
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(f"need as many labels as images (and at least one): {len(x)} vs {len(y)}")
         rep = NamedSharding(mesh, P())
-        return cls(jax.device_put(np.asarray(x), rep), jax.device_put(np.asarray(y, np.int32), rep))
+        y = np.asarray(y)  # integer labels or masks as int32; float targets (boxes) as float32
+        y = y.astype(np.float32 if np.issubdtype(y.dtype, np.floating) else np.int32)
+        return cls(jax.device_put(np.asarray(x), rep), jax.device_put(y, rep))
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -369,17 +371,17 @@ def evaluate_task(model: nnx.Module, data: DeviceData, prepare: AugmentFn, task:
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def stats(state, data):
+    def batch(state, data, i):
         m = nnx.merge(graphdef, state)
+        pos = i * bs + jnp.arange(bs)
+        idx = jnp.minimum(pos, n - 1)
+        xb = jax.lax.with_sharding_constraint(data.x[idx], NamedSharding(mesh, P("data")))
+        return task.held_out_stats(m(prepare(None, xb)), data.y[idx], pos < n)
 
-        def batch(i):
-            pos = i * bs + jnp.arange(bs)
-            idx = jnp.minimum(pos, n - 1)
-            xb = jax.lax.with_sharding_constraint(data.x[idx], NamedSharding(mesh, P("data")))
-            return task.held_out_stats(m(prepare(None, xb)), data.y[idx], pos < n)
-
-        return jax.lax.fori_loop(1, -(-n // bs), lambda i, acc: jax.tree.map(jnp.add, acc, batch(i)), batch(0))
-
-    out = task.summary(jax.device_get(stats(state, data)))
+    stats = None
+    for i in range(-(-n // bs)):
+        s = jax.device_get(batch(state, data, jnp.int32(i)))
+        stats = s if stats is None else task.combine(stats, s)
+    out = task.summary(stats)
     model.train()
     return out

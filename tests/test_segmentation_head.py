@@ -1,5 +1,5 @@
 """The segmentation head on the mobile space (`MobileSpace(head="segmentation")`,
-`supernet.heads.SegmentationHead`): the supernet at a one-hot architecture equals the derived
+`supernet.heads.DenseHead`): the supernet at a one-hot architecture equals the derived
 subnet, the layer table holds exactly the derived network's weights and executes to the same
 output shape, a pixel loss reaches every architecture logit, bad settings stop with one message."""
 
@@ -14,7 +14,7 @@ from hwmodel import profile
 from hwmodel.layers import OpKind, is_op, total_params, weight_elems
 from supernet import make_space, make_supernet
 from supernet.blocks import BatchNorm, SharedConv
-from supernet.heads import SegmentationHead
+from supernet.heads import DenseHead
 
 SEG = dict(blocks_per_stage=(1, 2, 2), base_widths=(8, 16, 24), stage_strides=(1, 2, 2), stem_width=8,
            head_width=32, parallelism=4, input_size=32, stem_stride=2, head="segmentation", head_channels=16,
@@ -37,7 +37,7 @@ def test_one_hot_supernet_equals_the_derived_subnet(seg):
         sub = net.derive(a)
         sub.eval()
         y, want = net(x, space.one_hot(a)), sub(x)
-        assert y.shape == (2, 32, 32, 2) and isinstance(sub.head, SegmentationHead)
+        assert y.shape == (2, 32, 32, 2) and isinstance(sub.head, DenseHead)
         np.testing.assert_allclose(y, want, atol=1e-5, rtol=1e-5, err_msg=space.encode(a))
     net.train()
 
@@ -46,8 +46,8 @@ def test_the_layer_table_holds_the_derived_network(seg):
     """Conv kernels + one folded BN bias per conv + the classifier's bias == the table's params; the
     table (head rows included) executes to per-pixel logits at the input's size."""
     space, net, x, archs = seg
-    assert [space.row_names[i] for i in range(len(space.row_names)) if space.row_names[i].startswith("seg.")] == [
-        "seg.deep", "seg.up", "seg.lateral", "seg.add", "seg.fuse", "seg.classifier", "seg.out"]
+    assert [n for n in space.row_names if n.startswith("dec.")] == [
+        "dec.deep", "dec.up", "dec.lateral", "dec.add", "dec.fuse", "dec.output", "dec.upsample"]
     for a in archs:
         t = space.layers(a)
         sub = net.derive(a)
@@ -81,8 +81,8 @@ def test_a_pixel_loss_reaches_every_architecture_logit(seg):
 
 
 def test_bad_head_settings():
-    with pytest.raises(ValueError, match="unknown head 'detection'"):
-        make_space("mobile-curated", **{**SEG, "head": "detection"})
+    with pytest.raises(ValueError, match="unknown head 'keypoints'"):
+        make_space("mobile-curated", **{**SEG, "head": "keypoints"})
     with pytest.raises(ValueError, match=r"decoder_stage must name a stage before the last \(0..1\)"):
         make_space("mobile-curated", **{**SEG, "decoder_stage": 2})
     with pytest.raises(ValueError, match="upsamples by integer factors"):

@@ -26,7 +26,7 @@ from experiments.data.cifar10 import (
 )
 
 from experiments.data.coco import (DenseSplits, DetectionSet, SegmentationSet, load_coco_json, load_masks,
-                                   load_yolo_detection, person_masks)
+                                   load_yolo_detection, person_boxes, person_masks)
 from hwmodel.registry import Registry
 
 #: The data sets a config's `data.name` may name: `(data config section) -> Cifar10` (host arrays;
@@ -36,9 +36,11 @@ DATASETS = Registry("data set", {
     "synthetic": lambda dc: synthetic_cifar10(dc.num_train or 2000, dc.num_test or 500, seed=0),
     # segmentation: COCO128 person masks letterboxed to `data.input_size`
     "coco128-person-masks": lambda dc: person_masks(dc.dir or None, dc.input_size),
+    # detection: COCO128 person boxes letterboxed to `data.input_size` (supernet.tasks.Detection's targets)
+    "coco128-person-boxes": lambda dc: person_boxes(dc.dir or None, dc.input_size),
 })
 
-__all__ = ["DATASETS", "DenseSplits", "person_masks", "DetectionSet", "SegmentationSet", "load_coco_json", "load_masks", "load_yolo_detection",
+__all__ = ["DATASETS", "DenseSplits", "person_boxes", "person_masks", "DetectionSet", "SegmentationSet", "load_coco_json", "load_masks", "load_yolo_detection",
     "CIFAR10_MEAN", "CIFAR10_STD", "CLASSES", "Cifar10", "DataError", "Split", "augment", "batches", "crop_flip",
     "crop_flip_params", "find_source", "load_cifar10", "normalize", "random_crops", "resolve_data_dir",
     "split_train", "synthetic_cifar10",

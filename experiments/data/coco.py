@@ -129,6 +129,19 @@ def person_masks(data_dir: str | os.PathLike | None, size: int) -> DenseSplits:
     return DenseSplits(tr.images, tr.masks, te.images, te.masks, f"{tr.source}; {te.source}")
 
 
+def person_boxes(data_dir: str | os.PathLike | None, size: int, max_boxes: int = 32) -> DenseSplits:
+    """COCO128's person boxes (`train2017` to train, `val2017` to test), letterboxed to `size`:
+    targets `[n, max_boxes, 5]` float32 rows `x1 y1 x2 y2 class` in input pixels, class -1 on
+    padding rows (`supernet.tasks.Detection`'s form; an image with more boxes keeps its first)."""
+    def pack(ds: DetectionSet) -> np.ndarray:
+        y = np.concatenate([ds.boxes, ds.labels[..., None].astype(np.float32)], -1)
+        return y.astype(np.float32)
+
+    tr = load_yolo_detection(data_dir, "train2017", size, classes=("person",), max_boxes=max_boxes)
+    te = load_yolo_detection(data_dir, "val2017", size, classes=("person",), max_boxes=max_boxes)
+    return DenseSplits(tr.images, pack(tr), te.images, pack(te), f"{tr.source}; {te.source}")
+
+
 def letterbox_params(width: int, height: int, size: int) -> tuple[float, int, int, int, int]:
     """`(scale, new_w, new_h, pad_x, pad_y)` that fit a `width x height` image into `size x size`.
 

@@ -43,7 +43,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from supernet.blocks import ConvBN, channel_mask, choose, is_single_path, kernel_mask
-from supernet.heads import ClassificationHead, SegmentationHead
+from supernet.heads import ClassificationHead, DenseHead
 from supernet.model import SUPERNETS, Supernet
 from supernet.space import Architecture, ArchProbs
 from supernet.spaces.mobile import BLOCK_TYPES, MobileSpace
@@ -178,13 +178,16 @@ class MobileSupernet(Supernet):
                                       rngs=rngs))
             c_in = c_max[s]
         self.blocks = nnx.List(blocks)
-        if space.head == "segmentation":  # reads the stages' maps: no head conv
+        if space.head in ("segmentation", "detection"):  # reads the stages' maps: no head conv
             self.head_conv = None
             last = len(space.base_widths) - 1
             up, out = space.decoder_factors
-            self.head = SegmentationHead(c_max[space.decoder_stage], c_max[last], space.head_channels,
-                                         space.num_classes, shallow=space.decoder_stage, deep=last,
-                                         up=up, out_factor=out, rngs=rngs)
+            det = space.head == "detection"
+            self.head = DenseHead(c_max[space.decoder_stage], c_max[last], space.head_channels,
+                                  space.num_classes + (4 if det else 0), shallow=space.decoder_stage, deep=last,
+                                  up=up, out_factor=1 if det else out, rngs=rngs,
+                                  # CenterNet's heatmap prior: sigmoid(-2.19) = 0.1
+                                  prior_bias=(space.num_classes, -2.19) if det else None)
         else:
             self.head_conv = ConvBN.new(c_in, space.head_width, rngs=rngs)
             self.head = ClassificationHead(space.head_width, space.num_classes, rngs=rngs)

@@ -54,7 +54,7 @@ from supernet.spaces.registry import SPACES
 from supernet.template import Number, TableTemplate, ref
 
 GRIDS = ("curated", "raw")
-HEADS = ("classification", "segmentation")
+HEADS = ("classification", "segmentation", "detection")
 BLOCK_TYPES = ("ibn", "fused", "skip")
 # Columns of the per-block scalar group "blk".
 P_IBN, P_FUSED, P_SKIP, KERNEL, EXPANSION, P_E1, P_NOT_E1 = range(7)
@@ -96,9 +96,11 @@ class MobileSpace(SearchSpace):
         stage_strides=(1, 2, 2, 2, 1, 2, 1), num_classes=1000`.
 
         `head`: `classification` (MobileNetV2's 1x1 head conv to `head_width`, global pooling, a
-        linear classifier) or `segmentation` (`supernet.heads.SegmentationHead`: the last stage and
-        stage `decoder_stage` fused FPN-style at `head_channels`, `num_classes` per-pixel logits at
-        the input's resolution); the layer table holds the head's rows either way.
+        linear classifier), `segmentation` (`supernet.heads.DenseHead`: the last stage and stage
+        `decoder_stage` fused FPN-style at `head_channels`, `num_classes` per-pixel logits at the
+        input's resolution) or `detection` (the same decoder, CenterNet's `num_classes` heatmaps
+        plus box size and offset at stage `decoder_stage`'s stride); the layer table holds the
+        head's rows either way.
 
         Raises:
           ValueError: unknown grid, inconsistent stage lengths or non-positive sizes.
@@ -126,7 +128,7 @@ class MobileSpace(SearchSpace):
         self.stage_strides, self.base_widths = tuple(stage_strides), tuple(base_widths)
         self.blocks_per_stage = tuple(blocks_per_stage)
         self.head, self.head_channels, self.decoder_stage = head, int(head_channels), int(decoder_stage)
-        if head == "segmentation" and not 0 <= decoder_stage < n_st - 1:
+        if head != "classification" and not 0 <= decoder_stage < n_st - 1:
             raise ValueError(f"decoder_stage must name a stage before the last (0..{n_st - 2}), got {decoder_stage}")
         self.multipliers = tuple(float(m) for m in width_multipliers)
         self.expansions, self.kernels = tuple(expansions), tuple(kernels)
@@ -198,8 +200,8 @@ class MobileSpace(SearchSpace):
             x = self._add_block(add, b, x, c, ref("width", s), stride, r, first)
             c, r = ref("width", s), -(-r // stride)
             stage_out[s] = (x, r)
-        if self.head == "segmentation":
-            self._add_segmentation_head(add, stage_out)
+        if self.head != "classification":
+            self._add_dense_head(add, stage_out)
         else:
             x = add("head", OpKind.CONV, src=x, act=1, c_in=c, c_out=self.head_width, h=r, w=r)
             x = add("pool", OpKind.GAP, src=x, c_in=self.head_width, c_out=self.head_width, h=r, w=r)
@@ -207,25 +209,28 @@ class MobileSpace(SearchSpace):
         self.row_names: tuple[str, ...] = tuple(names)
         return t
 
-    def _add_segmentation_head(self, add, stage_out: dict[int, tuple[int, int]]) -> None:
-        """The rows of `supernet.heads.SegmentationHead` (same ops, same order of data)."""
+    def _add_dense_head(self, add, stage_out: dict[int, tuple[int, int]]) -> None:
+        """The rows of `supernet.heads.DenseHead` (same ops, same order of data): segmentation
+        logits upsampled to the input, or CenterNet's `classes + 4` maps at the decoder's stride."""
         last = len(self.base_widths) - 1
         (deep, r_deep), (shallow, r_sh) = stage_out[last], stage_out[self.decoder_stage]
         if r_sh % r_deep or self.input_size % r_sh:
-            raise ValueError(f"the segmentation head upsamples by integer factors: stage {self.decoder_stage} "
+            raise ValueError(f"the {self.head} head upsamples by integer factors: stage {self.decoder_stage} "
                              f"({r_sh} px) must be a multiple of the last stage's {r_deep} px and divide "
                              f"the input's {self.input_size} px")
-        ch, k = self.head_channels, self.num_classes
+        ch, k = self.head_channels, self.num_classes + (4 if self.head == "detection" else 0)
         #: upsampling factors of the head: the last stage to stage `decoder_stage`, that to the input
         self.decoder_factors = (r_sh // r_deep, self.input_size // r_sh)
-        d = add("seg.deep", OpKind.CONV, src=deep, act=1, c_in=ref("width", last), c_out=ch, h=r_deep, w=r_deep)
-        u = add("seg.up", OpKind.UPSAMPLE, src=d, c_in=ch, c_out=ch, kernel=r_sh // r_deep, h=r_deep, w=r_deep)
-        lat = add("seg.lateral", OpKind.CONV, src=shallow, act=1, c_in=ref("width", self.decoder_stage),
+        d = add("dec.deep", OpKind.CONV, src=deep, act=1, c_in=ref("width", last), c_out=ch, h=r_deep, w=r_deep)
+        u = add("dec.up", OpKind.UPSAMPLE, src=d, c_in=ch, c_out=ch, kernel=r_sh // r_deep, h=r_deep, w=r_deep)
+        lat = add("dec.lateral", OpKind.CONV, src=shallow, act=1, c_in=ref("width", self.decoder_stage),
                   c_out=ch, h=r_sh, w=r_sh)
-        y = add("seg.add", OpKind.ADD, src=u, res=lat, c_in=ch, c_out=ch, h=r_sh, w=r_sh)
-        y = add("seg.fuse", OpKind.CONV, src=y, act=1, c_in=ch, c_out=ch, kernel=3, h=r_sh, w=r_sh)
-        y = add("seg.classifier", OpKind.CONV, src=y, c_in=ch, c_out=k, h=r_sh, w=r_sh)
-        add("seg.out", OpKind.UPSAMPLE, src=y, c_in=k, c_out=k, kernel=self.input_size // r_sh, h=r_sh, w=r_sh)
+        y = add("dec.add", OpKind.ADD, src=u, res=lat, c_in=ch, c_out=ch, h=r_sh, w=r_sh)
+        y = add("dec.fuse", OpKind.CONV, src=y, act=1, c_in=ch, c_out=ch, kernel=3, h=r_sh, w=r_sh)
+        y = add("dec.output", OpKind.CONV, src=y, c_in=ch, c_out=k, h=r_sh, w=r_sh)
+        if self.head == "segmentation":  # per-pixel logits at the input's size
+            add("dec.upsample", OpKind.UPSAMPLE, src=y, c_in=k, c_out=k, kernel=self.input_size // r_sh,
+                h=r_sh, w=r_sh)
 
     @staticmethod
     def _add_block(add, b: int, x: int, c_in: Number, c_out: Number, stride: int, r: int,

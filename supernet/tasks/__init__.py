@@ -1,9 +1,9 @@
-"""Tasks (`task`: classification, segmentation; the `TASKS` registry) and their metrics (`metrics`:
+"""Tasks (`task`: classification, segmentation, detection; the `TASKS` registry) and their metrics (`metrics`:
 COCO mAP through pycocotools, IoU from a confusion matrix)."""
 
 from supernet.tasks.metrics import (COCO_STATS, coco_detections, coco_ground_truth, coco_map,
                                     confusion_matrix, iou_per_class, mean_iou)
-from supernet.tasks.task import TASKS, Classification, Segmentation, Task
+from supernet.tasks.task import TASKS, Classification, Detection, Segmentation, Task
 
-__all__ = ["COCO_STATS", "TASKS", "Classification", "Segmentation", "Task", "coco_detections",
+__all__ = ["COCO_STATS", "TASKS", "Classification", "Detection", "Segmentation", "Task", "coco_detections",
            "coco_ground_truth", "coco_map", "confusion_matrix", "iou_per_class", "mean_iou"]

@@ -10,6 +10,15 @@ is written once for every task. `TASKS` names them for configs.
   pixel cross-entropy averaged over the labelled pixels, pixel accuracy, and on held-out data the
   confusion matrix, whence per-class IoU and mIoU (`supernet.tasks.metrics`). Its augmentation
   flips image and mask together (random horizontal flip).
+- `Detection`: CenterNet (Zhou et al. 2019, "Objects as Points"): maps `[B, h, w, K + 4]` at stride
+  `s` (K class heatmaps, box width and height in cells, centre offset), boxes `[B, M, 5]` (`x1 y1 x2
+  y2 class` in input pixels, class -1 on padding rows). Loss: the penalty-reduced focal loss on
+  Gaussian heatmaps (alpha 2, beta 4; TTFNet's elliptical Gaussian, sigma = 0.54 w / 6 per axis),
+  L1 on size (weight 0.1) and offset (weight 1) at the centres. Decoding: a 3x3 max-pool keeps the
+  peaks (CenterNet's non-maximum suppression), the top `max_detections` become boxes. Held-out
+  metric: COCO mAP by pycocotools (`coco_map`) in input pixels; a letterbox is a scale and shift
+  per image, so IoUs and thus AP, AP50, AP75 equal those in original pixels (the small / medium /
+  large split does not). The augmentation flips images and boxes together.
 
 Example:
     >>> seg = Segmentation(2)
@@ -32,7 +41,7 @@ import optax
 from jaxtyping import Array, Bool, Float, Int
 
 from hwmodel.registry import Registry
-from supernet.tasks.metrics import iou_per_class, mean_iou
+from supernet.tasks.metrics import coco_detections, coco_ground_truth, coco_map, iou_per_class, mean_iou
 
 ImageFn = Callable[[jax.Array, jax.Array], jax.Array]
 """`(key, uint8 images) -> float32 network input` (`supernet.training.AugmentFn`)."""
@@ -60,9 +69,13 @@ class Task(abc.ABC):
     def held_out_stats(self, out: Array, y: Array, valid: Bool[Array, " b"]) -> Any:
         """Additive statistics of a held-out batch (`valid` masks the repeats of a padded batch)."""
 
+    def combine(self, acc: Any, stats: Any) -> Any:
+        """Statistics of two held-out parts together (default: their sum)."""
+        return jax.tree.map(lambda a, b: a + b, acc, stats)
+
     @abc.abstractmethod
     def summary(self, stats: Any) -> dict[str, float]:
-        """The metrics of the summed statistics, `main_metric` first."""
+        """The metrics of the combined statistics, `main_metric` first."""
 
 
 class Classification(Task):
@@ -130,8 +143,113 @@ class Segmentation(Task):
         return out
 
 
-#: Tasks by config name: `(num_classes) -> Task`.
+class Detection(Task):
+    """Single-stage anchor-free detection, CenterNet (module docstring)."""
+
+    main_metric = "map"
+
+    def __init__(self, num_classes: int, stride: int, input_size: int, max_detections: int = 100,
+                 size_weight: float = 0.1, offset_weight: float = 1.0):
+        if num_classes < 1 or stride < 1 or input_size < stride:
+            raise ValueError(f"detection needs classes >= 1 and 1 <= stride <= input_size, got "
+                             f"{num_classes}, {stride}, {input_size}")
+        self.num_classes, self.stride, self.input_size = int(num_classes), int(stride), int(input_size)
+        self.max_detections, self.size_weight, self.offset_weight = max_detections, size_weight, offset_weight
+
+    def targets(self, y: Float[Array, "b m 5"], h: int, w: int):
+        """`(heatmap [B, h, w, K], centre cells [B, M, 2] (ints), size [B, M, 2], offset [B, M, 2],
+        valid [B, M])` in cells of the output grid."""
+        s, k = float(self.stride), self.num_classes
+        valid = y[..., 4] >= 0
+        x1, y1, x2, y2 = (y[..., i] / s for i in range(4))
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        px = jnp.clip(jnp.floor(cx), 0, w - 1)
+        py = jnp.clip(jnp.floor(cy), 0, h - 1)
+        bw, bh = jnp.maximum(x2 - x1, 1e-3), jnp.maximum(y2 - y1, 1e-3)
+        sx, sy = jnp.maximum(0.54 * bw / 6, 0.3), jnp.maximum(0.54 * bh / 6, 0.3)  # TTFNet's alpha = 0.54
+        gx, gy = jnp.arange(w, dtype=jnp.float32), jnp.arange(h, dtype=jnp.float32)
+        g = jnp.exp(-((gx[None, None, None, :] - px[..., None, None]) ** 2 / (2 * sx[..., None, None] ** 2)
+                      + (gy[None, None, :, None] - py[..., None, None]) ** 2 / (2 * sy[..., None, None] ** 2)))
+        onehot = jax.nn.one_hot(jnp.where(valid, y[..., 4], -1).astype(jnp.int32), k)  # [B, M, K]
+        heat = jnp.max(g[..., None] * onehot[:, :, None, None, :] * valid[..., None, None, None], axis=1)
+        cells = jnp.stack([py, px], -1).astype(jnp.int32)
+        return heat, cells, jnp.stack([bw, bh], -1), jnp.stack([cx - px, cy - py], -1), valid
+
+    def loss(self, out, y, label_smoothing=0.0):
+        del label_smoothing
+        out = out.astype(jnp.float32)
+        k = self.num_classes
+        heat, cells, size, offset, valid = self.targets(y, out.shape[1], out.shape[2])
+        logit = out[..., :k]
+        p = jax.nn.sigmoid(logit)
+        pos = heat >= 1.0 - 1e-4  # the centre cells (the Gaussian is 1 there)
+        log_p, log_1p = jax.nn.log_sigmoid(logit), jax.nn.log_sigmoid(-logit)
+        focal = jnp.where(pos, (1 - p) ** 2 * log_p, (1 - heat) ** 4 * p ** 2 * log_1p)
+        n = jnp.maximum(jnp.sum(valid), 1)
+        at = jax.vmap(lambda o, c: o[c[:, 0], c[:, 1]])(out, cells)  # [B, M, K + 4] at the centres
+        l1 = lambda a, b: jnp.sum(jnp.abs(a - b).sum(-1) * valid) / n  # noqa: E731
+        return (-jnp.sum(focal) / n + self.size_weight * l1(at[..., k:k + 2], size)
+                + self.offset_weight * l1(at[..., k + 2:k + 4], offset))
+
+    def train_metric(self, out, y):
+        """Share of boxes whose centre cell scores above 0.5 for their class (a training signal)."""
+        k = self.num_classes
+        _, cells, _, _, valid = self.targets(y, out.shape[1], out.shape[2])
+        at = jax.vmap(lambda o, c: o[c[:, 0], c[:, 1]])(out[..., :k], cells)
+        cls = jnp.clip(y[..., 4], 0, k - 1).astype(jnp.int32)
+        hit = jnp.take_along_axis(at, cls[..., None], -1)[..., 0] > 0.0
+        return jnp.sum(hit & valid) / jnp.maximum(jnp.sum(valid), 1)
+
+    def augment(self, key, x, y, images):
+        """Random horizontal flip of images and boxes together, then `images` (normalisation)."""
+        flip = jax.random.bernoulli(jax.random.fold_in(key, 7), 0.5, (x.shape[0],))
+        x = jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
+        w = float(x.shape[2])
+        flipped = jnp.stack([w - y[..., 2], y[..., 1], w - y[..., 0], y[..., 3], y[..., 4]], -1)
+        y = jnp.where((flip[:, None] & (y[..., 4] >= 0))[..., None], flipped, y)
+        return images(key, x), y
+
+    def decode(self, out: Float[Array, "b h w c"]) -> tuple[Array, Array, Array]:
+        """`(boxes [B, D, 4] x1 y1 x2 y2 in input pixels, scores [B, D], classes [B, D])`."""
+        k, s = self.num_classes, float(self.stride)
+        heat = jax.nn.sigmoid(out[..., :k].astype(jnp.float32))
+        peak = heat == jax.lax.reduce_window(heat, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
+        b, h, w = heat.shape[:3]
+        d = min(self.max_detections, h * w * k)
+        scores, idx = jax.lax.top_k((heat * peak).reshape(b, -1), d)
+        cell, cls = idx // k, idx % k
+        cy, cx = cell // w, cell % w
+        flat = out.reshape(b, h * w, -1).astype(jnp.float32)
+        at = jnp.take_along_axis(flat, cell[..., None], 1)  # [B, D, K + 4]
+        bw, bh, ox, oy = (at[..., k + i] for i in range(4))
+        x0, y0 = (cx + ox) * s, (cy + oy) * s
+        half_w, half_h = jnp.maximum(bw, 0) * s / 2, jnp.maximum(bh, 0) * s / 2
+        boxes = jnp.stack([x0 - half_w, y0 - half_h, x0 + half_w, y0 + half_h], -1)
+        return jnp.clip(boxes, 0, self.input_size), scores, cls
+
+    def held_out_stats(self, out, y, valid):
+        boxes, scores, cls = self.decode(out)
+        return {"boxes": boxes, "scores": scores, "classes": cls, "truth": y, "valid": valid}
+
+    def combine(self, acc, stats):
+        return jax.tree.map(lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)]), acc, stats)
+
+    def summary(self, stats):
+        v = np.asarray(stats["valid"], bool)
+        truth = np.asarray(stats["truth"])[v]
+        keep = [t[:, 4] >= 0 for t in truth]
+        size = (self.input_size, self.input_size)
+        gt = coco_ground_truth([t[m, :4] for t, m in zip(truth, keep)], [t[m, 4].astype(int) for t, m in zip(truth, keep)],
+                               [size] * len(truth), [str(c) for c in range(self.num_classes)])
+        dt = coco_detections(np.asarray(stats["boxes"])[v], np.asarray(stats["scores"])[v],
+                             np.asarray(stats["classes"])[v])
+        return {k: x for k, x in coco_map(gt, dt).items() if np.isfinite(x)}  # NaN: no truth of that size
+
+
+#: Tasks by config name: `(space) -> Task` (a space with `num_classes`; detection also reads the
+#: stride of its head's maps, `decoder_factors[1]`, and `input_size`).
 TASKS: Registry = Registry("task", {
-    "classification": lambda num_classes: Classification(),
-    "segmentation": lambda num_classes: Segmentation(num_classes),
+    "classification": lambda space: Classification(),
+    "segmentation": lambda space: Segmentation(space.num_classes),
+    "detection": lambda space: Detection(space.num_classes, space.decoder_factors[1], space.input_size),
 })
