@@ -15,6 +15,7 @@ from hwmodel.tables import read_csv
 from supernet.spaces import make_space
 from supernet.derive import ratios_needed
 from supernet.tasks import TASKS
+from zero_shot.registry import check_task
 from supernet.objectives import check_budgets
 from experiments import data as D
 from experiments.search_stages import ACCURACY_EVALUATORS  # (importing it registers every stage)
@@ -119,14 +120,20 @@ def check_config(cfg: Any) -> None:
     _number(cfg, "data.num_test", 0, integer=True)
     task = cfg.get("task", {}).get("name", "classification")
     _need(task in TASKS, f"unknown task.name {task!r}; valid: {', '.join(sorted(TASKS))}")
+    if "zero_shot" in cfg.stages or cfg.get("evolve", {}).get("guide", "") == "zero_shot":
+        try:
+            check_task(list(cfg.zero_shot.proxies), task)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"zero_shot.proxies: {e.args[0] if e.args else e}") from None
     if task != "classification":
         _need(getattr(space, "head", "classification") == task,
               f"task.name={task!r} needs a space with that head (space.kwargs head={task!r}); "
               f"{cfg.space.name!r} has head {getattr(space, 'head', 'classification')!r}")
-        _need(set(cfg.stages) <= {"baseline", "expert", "evolve", "retrain"} and
-              (cfg.evolve.evaluator in ("capacity", "") or "evolve" not in cfg.stages),
-              f"task.name={task!r} runs the stages baseline, expert, evolve (capacity evaluator) and "
-              f"retrain so far; got {list(cfg.stages)}")
+        _need(set(cfg.stages) <= {"baseline", "expert", "single_shot", "evolve", "retrain"} and
+              (cfg.evolve.evaluator == "capacity" or "evolve" not in cfg.stages),
+              f"task.name={task!r} runs the stages baseline, expert, single_shot, evolve (capacity "
+              f"evaluator) and retrain so far; got {list(cfg.stages)} (evolve.evaluator="
+              f"{cfg.evolve.evaluator!r})")
         _need(cfg.data.name != "cifar10" and cfg.data.get("input_size", 32) == getattr(space, "input_size", 32),
               f"task.name={task!r} needs its data set (e.g. data.name='coco128-person-masks') letterboxed "
               f"to the space's input_size: data.input_size={cfg.data.get('input_size')}, space "

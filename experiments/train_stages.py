@@ -49,9 +49,10 @@ def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]
     if "latency_ms" in limits:  # the loss aims at the limit the returned architecture is held to
         search_cfg = dataclasses.replace(search_cfg, cost=dataclasses.replace(cost, target_ms=limits["latency_ms"]))
     net = make_supernet(ctx.space, rngs=nnx.Rngs(cfg.seed), **dict(sc.supernet))
+    task = TASKS[cfg.task.name](ctx.space)
     search = SingleShot(ctx.space, net, search_cfg, mask=ctx.mask,
                         cost_fn=make_cost_fn(ctx.space, search_cfg.cost, surrogate) if cost.uses_cost else None,
-                        augment=D.augment, mesh=ctx.mesh, limits=limits)
+                        augment=image_augment(task), mesh=ctx.mesh, limits=limits, task=task)
     train, val = splits(ctx)
     steps = min(len(train) // sc.batch_size, sc.steps_per_epoch or 10**9)
     mngr = checkpointer(ctx, "single_shot")
@@ -65,6 +66,12 @@ def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]
     if ctx.wd.stage_done("single_shot") is None:  # epochs after the checkpoint run (and are logged) again
         ctx.wd.drop_metrics("single_shot", from_epoch=search.epoch)
     return search, mngr, train, val
+
+
+def image_augment(task: Any):
+    """The image part of a task's training augmentation: CIFAR's crop + flip for classification,
+    normalisation only for dense tasks (their `Task.augment` flips image and target together)."""
+    return D.augment if isinstance(task, Classification) else (lambda k, x: D.normalize(x))
 
 
 def model_limits(cost: CostConfig, ratios: np.ndarray | None = None) -> dict[str, float]:
@@ -191,9 +198,16 @@ def inherited_accuracies(ctx: Context, net: Any, arch: np.ndarray, train: Device
       mixture or sampled paths; near chance for a mixture-trained supernet), kept for comparison.
     """
     prepare = lambda k, x: D.normalize(x)  # noqa: E731
+    task = TASKS[ctx.cfg.task.name](ctx.space)
+    n = ctx.cfg.single_shot.bn_recalibration
+    if not isinstance(task, Classification):  # dense tasks: the derived subnet's metrics (BN recalibrated)
+        sub = net.derive(arch)
+        if n:
+            recalibrate_bn(sub, train, prepare, batches=n, batch_size=ctx.cfg.single_shot.batch_size,
+                           seed=ctx.cfg.seed, mesh=ctx.mesh)
+        return {f"inherited_val_{k}": v for k, v in evaluate_task(sub, val, prepare, task, mesh=ctx.mesh).items()}
     onehot = ctx.space.one_hot(arch)
     out = {"supernet_val_accuracy": evaluate(net, val, prepare, arch_weights=onehot, mesh=ctx.mesh)}
-    n = ctx.cfg.single_shot.bn_recalibration
     if n:
         sub = net.derive(arch)
         recalibrate_bn(sub, train, prepare, batches=n, batch_size=ctx.cfg.single_shot.batch_size,
@@ -270,8 +284,7 @@ def stage_retrain(ctx: Context) -> dict[str, Any]:
     classify = isinstance(task, Classification)
     normalize = lambda k, x: D.normalize(x)  # noqa: E731
     # a dense task flips image and target together (Task.augment); CIFAR's crop + flip is images-only
-    trainer = Trainer(sub, tcfg, augment=D.augment if classify else normalize, mesh=ctx.mesh,
-                      eval_input=normalize, task=task)
+    trainer = Trainer(sub, tcfg, augment=image_augment(task), mesh=ctx.mesh, eval_input=normalize, task=task)
     ctx.wd.drop_metrics("retrain")  # retraining restarts from scratch: a killed run's epochs go
     t0 = time.perf_counter()
     hist = trainer.fit(train, test, callback=lambda r: ctx.wd.log({"stage": "retrain", **r}))

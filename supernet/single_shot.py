@@ -62,8 +62,9 @@ from supernet.blocks import single_path
 from supernet.model import ArchLogits, Supernet
 from supernet.objectives import CostConfig, CostFn, combine
 from supernet.space import SearchSpace, SpaceMask
-from supernet.training import (AugmentFn, DeviceData, OptimConfig, accuracy, check_batch, cross_entropy,
-                               gather_batch, identity_input, make_mesh, weight_tx)
+from supernet.tasks import Classification, Task
+from supernet.training import (AugmentFn, DeviceData, OptimConfig, check_batch, gather_batch, identity_input,
+                               make_mesh, weight_tx)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +195,7 @@ class SingleShot:
                  mask: SpaceMask | None = None, cost_fn: CostFn | None = None,
                  augment: AugmentFn = identity_input, mesh: jax.sharding.Mesh | None = None,
                  weight_optimizer: optax.GradientTransformation | None = None, total_steps: int | None = None,
-                 limits: dict[str, float] | None = None):
+                 limits: dict[str, float] | None = None, task: Task | None = None):
         if cfg.cost.uses_cost and cost_fn is None:
             raise ValueError(f"the hardware cost (latency form {cfg.cost.form!r}, memory budgets "
                              f"{cfg.cost.budgets}) needs a cost_fn (supernet.objectives.make_cost_fn)")
@@ -202,6 +203,9 @@ class SingleShot:
         self.mask = space.check_mask(mask)
         self.allowed = jnp.asarray(self.mask.allowed)
         self.cost_fn, self.augment = cost_fn, augment
+        # the loss and batch metric of what the network predicts (`supernet.tasks`); `augment` is
+        # the image part of its augmentation
+        self.task = task or Classification()
         # hard limits on what is returned (cost key -> largest value by the cost model): the derived
         # architecture is the most probable one meeting them (`supernet.derive`)
         self.limits = dict(limits or {})
@@ -257,7 +261,7 @@ class SingleShot:
     def _make_step(self, arch_on: bool, steps: int, val_steps: int):
         graphdef, _ = nnx.split(self._modules())
         cfg, mesh, allowed = self.cfg, self.mesh, self.allowed
-        bs, aug, cost_fn = cfg.batch_size, self.augment, self.cost_fn
+        bs, aug, cost_fn, task = cfg.batch_size, self.augment, self.cost_fn, self.task
         total = cfg.epochs * steps
         n_choices = allowed.shape[-1]
 
@@ -292,11 +296,11 @@ class SingleShot:
             metrics = {}
             if arch_on:  # 1. architecture step on the held-out split
                 xv, yv = gather_batch(val, perm_v, i % val_steps, bs, mesh)
-                xv = aug(k_av, xv)
+                xv, yv = task.augment(k_av, xv, yv, aug)
                 if cfg.estimator == "reinforce":
                     a, _ = sample_one_hot(model.arch_logits.get_value(), k_rv)
                     logits = jax.lax.stop_gradient(forward(model, xv, a, True))
-                    ce_v, acc_v = cross_entropy(logits, yv), accuracy(logits, yv)
+                    ce_v, acc_v = task.loss(logits, yv), task.train_metric(logits, yv)
                     cost = cost_fn(a) if cost_fn is not None and cfg.cost.in_loss else {}
                     # TuNAS's reward: quality (batch accuracy) minus the cost terms of the loss form
                     reward = -combine(1.0 - acc_v, cost, cfg.cost)
@@ -314,11 +318,11 @@ class SingleShot:
                         lg = m.arch_logits.get_value()
                         w, p = weights_of(lg, k_rv, gstep)
                         logits = forward(m, xv, w, cfg.hard)
-                        ce = cross_entropy(logits, yv)
+                        ce = task.loss(logits, yv)
                         # one-hot forward: the cost of the sampled architecture (straight-through)
                         cost = cost_fn(w if cfg.hard else p) if cost_fn is not None and cfg.cost.in_loss else {}
                         loss = combine(ce, cost, cfg.cost)
-                        return loss + regularisers(lg, gstep), (ce, accuracy(logits, yv), cost)
+                        return loss + regularisers(lg, gstep), (ce, task.train_metric(logits, yv), cost)
 
                     grads, (ce_v, acc_v, cost) = nnx.grad(arch_loss, argnums=nnx.DiffState(0, ArchLogits),
                                                           has_aux=True)(model)
@@ -326,7 +330,7 @@ class SingleShot:
                 metrics.update(val_ce=ce_v, val_acc=acc_v, **jax.lax.stop_gradient(cost))
             # 2. weight step on the training split
             xt, yt = gather_batch(train, perm_t, i, bs, mesh)
-            xt = aug(k_at, xt)
+            xt, yt = task.augment(k_at, xt, yt, aug)
             uniform_path = cfg.path_sampling or (cfg.one_hot_forward and not arch_on)
             if uniform_path:  # SPOS: one uniformly sampled allowed path (also one-hot warm-ups)
                 pick = jax.random.categorical(k_rt, jnp.where(allowed, 0.0, -jnp.inf), axis=-1)
@@ -341,7 +345,7 @@ class SingleShot:
 
             def weight_loss(m):
                 logits = forward(m, xt, w, one_hot)
-                return cross_entropy(logits, yt), accuracy(logits, yt)
+                return task.loss(logits, yt), task.train_metric(logits, yt)
 
             (ce_t, acc_t), grads = nnx.value_and_grad(weight_loss, argnums=nnx.DiffState(0, nnx.Param),
                                                       has_aux=True)(model)

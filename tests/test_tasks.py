@@ -94,3 +94,24 @@ def test_a_task_without_its_head_or_data_stops(tmp_path, capsys):
             main(["--config", "experiments/configs/segmentation/person.py:baseline,smoke", "--workdir",
                   str(tmp_path / str(i)), over])
         assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_single_shot_searches_a_segmenter_and_reports_its_inherited_miou(tmp_path, data_dir):
+    from experiments.run import main
+
+    res = main(["--config", "experiments/configs/segmentation/person.py:baseline,smoke", "--workdir",
+                str(tmp_path / "ss"), "--config.stages=('single_shot',)"])
+    ss = res["stages"]["single_shot"]
+    assert 0 <= ss["inherited_val_miou_pct"] <= 100 and "inherited_val_iou_1" in ss
+
+
+def test_zero_shot_scores_declare_their_tasks(tmp_path, capsys):
+    from experiments.run import main
+    from zero_shot.registry import supported_tasks
+
+    assert supported_tasks("snip") == ("classification",) and "detection" in supported_tasks("synflow")
+    with pytest.raises(SystemExit):
+        main(["--config", "experiments/configs/segmentation/person.py:baseline,smoke", "--workdir",
+              str(tmp_path / "z"), "--config.stages=('zero_shot', 'retrain')", "--config.zero_shot.proxies=('grasp',)"])
+    err = capsys.readouterr().err
+    assert "zero-shot score 'grasp' supports classification only" in err and len(err.strip().splitlines()) == 1

@@ -307,18 +307,22 @@ def split_train(data: Cifar10 | Split, val_fraction: float = 0.5, val_size: int 
     (within one image), which a plain prefix split of our class-grouped arrays would not.
 
     Args:
-        data: a `Cifar10` (its train split is split) or a `Split`.
+        data: a `Cifar10` or another set with `x_train` / `y_train` (its train split is split; dense
+            targets such as masks are split at random) or a `Split`.
         val_fraction: fraction for validation, used when `val_size` is None.
         val_size: exact number of validation images.
         seed: numpy seed; same seed, same split.
     """
-    x, y = data.train if isinstance(data, Cifar10) else data
+    x, y = (data.x_train, data.y_train) if hasattr(data, "x_train") else data
     n = len(y)
     k = round(n * val_fraction) if val_size is None else val_size
     if not 0 < k < n:
         raise ValueError(f"validation size must be in (0, {n}), got {k} "
                          f"(val_fraction={val_fraction}, val_size={val_size})")
     order = np.random.default_rng(seed).permutation(n)
+    if np.ndim(y) != 1:  # dense targets (masks, boxes): no class to stratify by, a random split
+        val, train = order[:k], order[k:]
+        return Split(x[train], y[train]), Split(x[val], y[val])
     # Rank of each image within its class (in random order), as a fraction of the class size;
     # taking the k smallest fractions takes ~k/n of every class.
     y_perm = y[order]
