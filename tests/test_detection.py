@@ -56,7 +56,7 @@ def test_true_maps_decode_to_the_true_boxes():
 
 
 def test_flip_keeps_boxes_on_the_image_and_twice_is_identity():
-    task = Detection(2, stride=4, input_size=32)
+    task = Detection(2, stride=4, input_size=32, max_zoom=1.0)
     x, y = jnp.zeros((2, 32, 32, 3), jnp.uint8), _truth()
     for k in range(4):
         _, y1 = task.augment(jax.random.key(k), x, y, lambda key, v: v)
@@ -94,3 +94,19 @@ def test_person_detection_runs_through_the_launcher(tmp_path, data_dir):
     r = res["stages"]["retrain"]
     assert res["accuracy_pct"] == r["test_map_pct"] and "mAP" in res["accuracy_source"]
     assert {"test_ap50_pct", "train_map_pct", "test_ar100"} <= set(r)
+
+
+def test_zoom_moves_boxes_with_the_image():
+    """A white box drawn in the image ends where the augmented box says (within a pixel), or the box
+    is dropped when the crop cuts most of it away."""
+    task = Detection(1, stride=4, input_size=32)
+    img = np.zeros((1, 32, 32, 3), np.uint8)
+    img[0, 8:20, 4:12] = 255
+    y = jnp.asarray([[[4, 8, 12, 20, 0]]], jnp.float32)
+    for k in range(8):
+        xa, ya = task.augment(jax.random.key(k), jnp.asarray(img), y, lambda key, v: v)
+        m = np.asarray(xa[0, ..., 0]) > 127
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        if float(ya[0, 0, 4]) >= 0:
+            np.testing.assert_allclose(np.asarray(ya[0, 0, :4]), [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1],
+                                       atol=1.0)

@@ -34,10 +34,24 @@ def test_joint_flip_keeps_image_and_mask_aligned():
     y = (x[..., 0] % 7).astype(jnp.int32)  # a mask that is a function of the pixel
     flips = 0
     for k in range(8):
-        xa, ya = Segmentation(2).augment(jax.random.key(k), x, y, lambda key, v: v)
+        xa, ya = Segmentation(2, max_zoom=1.0).augment(jax.random.key(k), x, y, lambda key, v: v)
         np.testing.assert_array_equal((xa[..., 0] % 7).astype(jnp.int32), ya)
         flips += int(not np.array_equal(xa, x))
     assert 0 < flips < 8
+
+
+def test_zoom_keeps_image_and_mask_aligned():
+    """Blocks of 0 / 255 in the image and their mask: after the joint scale-and-crop, wherever the
+    image is still exactly 0 or 255 (away from blended edges) the mask says the same."""
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 2, (2, 4, 4)).repeat(8, 1).repeat(8, 2)
+    x = jnp.asarray(np.repeat((mask * 255)[..., None], 3, -1).astype(np.uint8))
+    for k in range(4):
+        xa, ya = Segmentation(2).augment(jax.random.key(k), x, jnp.asarray(mask, jnp.int32), lambda key, v: v)
+        img = np.asarray(xa[..., 0])
+        sure = (img < 0.5) | (img > 254.5)
+        np.testing.assert_array_equal((img[sure] > 127).astype(int), np.asarray(ya)[sure])
+        assert sure.mean() > 0.5
 
 
 def test_classification_task_is_the_old_loss():

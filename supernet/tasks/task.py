@@ -47,6 +47,33 @@ ImageFn = Callable[[jax.Array, jax.Array], jax.Array]
 """`(key, uint8 images) -> float32 network input` (`supernet.training.AugmentFn`)."""
 
 
+def zoom_params(key: jax.Array, batch: int, size: int, max_zoom: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-image zoom `z ~ U[1, max_zoom]` and the top-left corner `(ox, oy)` of the `size / z`
+    window it keeps (uniform over the image): a random scale-and-crop back to `size`."""
+    kz, kx, ky = jax.random.split(key, 3)
+    z = jax.random.uniform(kz, (batch,), minval=1.0, maxval=max_zoom)
+    room = size - size / z
+    return z, jax.random.uniform(kx, (batch,)) * room, jax.random.uniform(ky, (batch,)) * room
+
+
+def zoom(x: Float[Array, "b s s ..."], z: Array, ox: Array, oy: Array, order: int) -> jax.Array:
+    """`x` resampled so that output pixel `(i, j)` shows input point `(oy + (i + .5) / z - .5,
+    ox + (j + .5) / z - .5)`: bilinear (`order=1`, images) or nearest (`order=0`, masks)."""
+    s = x.shape[1]
+    grid = (jnp.arange(s, dtype=jnp.float32) + 0.5)
+
+    def one(img, z, ox, oy):
+        rows = oy + grid / z - 0.5
+        cols = ox + grid / z - 0.5
+        rr, cc = jnp.meshgrid(rows, cols, indexing="ij")
+        warp = lambda ch: jax.scipy.ndimage.map_coordinates(ch, [rr, cc], order=order, mode="nearest")  # noqa: E731
+        if img.ndim == 2:
+            return warp(img)
+        return jnp.stack([warp(img[..., c]) for c in range(img.shape[-1])], -1)
+
+    return jax.vmap(one)(x.astype(jnp.float32), z, ox, oy)
+
+
 class Task(abc.ABC):
     """What the network predicts and how it is trained and scored (module docstring)."""
 
@@ -105,10 +132,10 @@ class Segmentation(Task):
 
     main_metric = "miou"
 
-    def __init__(self, num_classes: int, ignore: int = 255):
+    def __init__(self, num_classes: int, ignore: int = 255, max_zoom: float = 1.5):
         if num_classes < 2:
             raise ValueError(f"segmentation needs at least 2 classes (background included), got {num_classes}")
-        self.num_classes, self.ignore = int(num_classes), int(ignore)
+        self.num_classes, self.ignore, self.max_zoom = int(num_classes), int(ignore), float(max_zoom)
 
     def loss(self, out, y, label_smoothing=0.0):
         del label_smoothing  # not used for dense targets
@@ -121,11 +148,15 @@ class Segmentation(Task):
         return jnp.sum((jnp.argmax(out, -1) == y) & keep) / jnp.maximum(jnp.sum(keep), 1)
 
     def augment(self, key, x, y, images):
-        """Random horizontal flip of image and mask together, then `images` without its own
-        geometry (callers pass the normalisation only)."""
+        """Random horizontal flip and random scale-and-crop (`zoom`, up to `max_zoom`) of image and
+        mask together (bilinear / nearest), then `images` without its own geometry (callers pass
+        the normalisation only)."""
         flip = jax.random.bernoulli(jax.random.fold_in(key, 7), 0.5, (x.shape[0],))
         x = jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
         y = jnp.where(flip[:, None, None], y[:, :, ::-1], y)
+        if self.max_zoom > 1:
+            z, ox, oy = zoom_params(jax.random.fold_in(key, 8), x.shape[0], x.shape[1], self.max_zoom)
+            x, y = zoom(x, z, ox, oy, 1), zoom(y, z, ox, oy, 0).astype(y.dtype)
         return images(key, x), y
 
     def held_out_stats(self, out, y, valid):
@@ -149,12 +180,13 @@ class Detection(Task):
     main_metric = "map"
 
     def __init__(self, num_classes: int, stride: int, input_size: int, max_detections: int = 100,
-                 size_weight: float = 0.1, offset_weight: float = 1.0):
+                 size_weight: float = 0.1, offset_weight: float = 1.0, max_zoom: float = 1.5):
         if num_classes < 1 or stride < 1 or input_size < stride:
             raise ValueError(f"detection needs classes >= 1 and 1 <= stride <= input_size, got "
                              f"{num_classes}, {stride}, {input_size}")
         self.num_classes, self.stride, self.input_size = int(num_classes), int(stride), int(input_size)
         self.max_detections, self.size_weight, self.offset_weight = max_detections, size_weight, offset_weight
+        self.max_zoom = float(max_zoom)
 
     def targets(self, y: Float[Array, "b m 5"], h: int, w: int):
         """`(heatmap [B, h, w, K], centre cells [B, M, 2] (ints), size [B, M, 2], offset [B, M, 2],
@@ -201,12 +233,26 @@ class Detection(Task):
         return jnp.sum(hit & valid) / jnp.maximum(jnp.sum(valid), 1)
 
     def augment(self, key, x, y, images):
-        """Random horizontal flip of images and boxes together, then `images` (normalisation)."""
+        """Random horizontal flip and scale-and-crop (`zoom`) of images and boxes together (a box
+        keeps its clipped part; one that keeps under a quarter of its zoomed area, or under a
+        pixel, becomes padding), then `images` (normalisation)."""
         flip = jax.random.bernoulli(jax.random.fold_in(key, 7), 0.5, (x.shape[0],))
         x = jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
         w = float(x.shape[2])
+        real = y[..., 4] >= 0
         flipped = jnp.stack([w - y[..., 2], y[..., 1], w - y[..., 0], y[..., 3], y[..., 4]], -1)
-        y = jnp.where((flip[:, None] & (y[..., 4] >= 0))[..., None], flipped, y)
+        y = jnp.where((flip[:, None] & real)[..., None], flipped, y)
+        if self.max_zoom > 1:
+            z, ox, oy = zoom_params(jax.random.fold_in(key, 8), x.shape[0], x.shape[1], self.max_zoom)
+            x = zoom(x, z, ox, oy, 1)
+            zz = z[:, None]
+            b = jnp.stack([(y[..., 0] - ox[:, None]) * zz, (y[..., 1] - oy[:, None]) * zz,
+                           (y[..., 2] - ox[:, None]) * zz, (y[..., 3] - oy[:, None]) * zz], -1)
+            clipped = jnp.clip(b, 0, w)
+            area = lambda v: jnp.maximum(v[..., 2] - v[..., 0], 0) * jnp.maximum(v[..., 3] - v[..., 1], 0)  # noqa: E731
+            keep = real & (area(clipped) >= 0.25 * area(b)) & (clipped[..., 2] - clipped[..., 0] >= 1) \
+                & (clipped[..., 3] - clipped[..., 1] >= 1)
+            y = jnp.concatenate([clipped, jnp.where(keep, y[..., 4], -1.0)[..., None]], -1)
         return images(key, x), y
 
     def decode(self, out: Float[Array, "b h w c"]) -> tuple[Array, Array, Array]:
