@@ -161,3 +161,14 @@ def test_miou_by_hand_with_ignore():
     assert np.isnan(iou_per_class(confusion_matrix(np.zeros(3), np.zeros(3), 2))[1])
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         confusion_matrix(np.array([3]), np.array([0]), 3)
+
+
+def test_trivial_predictors_on_coco128_person(data_dir, capsys):
+    """The floors the dense pipelines must clear (docs/results/dense_tasks.md): all-background
+    mIoU = background IoU / 2, a centre box of the mean size finds almost nothing."""
+    from experiments import trivial
+
+    out = trivial.main(["--size", "64", "--data-dir", data_dir])
+    bg = out["all_background_test"]
+    assert bg["iou"][1] == 0.0 and bg["miou"] == pytest.approx(bg["iou"][0] / 2) and 0.40 < bg["miou"] < 0.47
+    assert out["centre_box_test"]["map"] < 0.01
