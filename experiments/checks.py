@@ -27,7 +27,8 @@ from supernet.spaces.mobile import MobileSpace
 from supernet.landscape import line_decisions
 from hwmodel.measure import make_backend
 from experiments.config import ConfigError
-from experiments.context import CHOOSERS, SEARCH_ORDER, STAGES, cost_config, data_path, data_source, search_config
+from experiments.context import (CHOOSERS, SEARCH_ORDER, STAGES, cost_config, data_path, data_source, search_config,
+                                 search_mask)
 
 
 def resolve_data_source(cfg: Any, quiet: bool = False) -> None:
@@ -118,6 +119,7 @@ def check_config(cfg: Any) -> None:
           f"unknown data.name {cfg.data.name!r}; valid: auto, {', '.join(sorted(D.DATASETS))}")
     _number(cfg, "data.num_train", 0, integer=True)
     _number(cfg, "data.num_test", 0, integer=True)
+    search_mask(cfg, space)  # space.free / space.remove name real decisions and choices
     task = cfg.get("task", {}).get("name", "classification")
     _need(task in TASKS, f"unknown task.name {task!r}; valid: {', '.join(sorted(TASKS))}")
     if "zero_shot" in cfg.stages or cfg.get("evolve", {}).get("guide", "") == "zero_shot":

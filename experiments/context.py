@@ -9,6 +9,7 @@ Dependencies point one way inside `experiments`: context <- train_stages <- sear
 from __future__ import annotations
 
 import dataclasses
+import re
 import os
 from typing import Any, Callable
 
@@ -135,6 +136,37 @@ def to_pure(state: dict[str, Any]) -> dict[str, Any]:
 def from_pure(template: dict[str, Any], pure: dict[str, Any]) -> dict[str, Any]:
     nnx.replace_by_pure_dict(template["nnx"], pure["nnx"])
     return {"nnx": template["nnx"], "epoch": int(pure["epoch"]), "seconds": float(pure["seconds"])}
+
+
+def search_mask(cfg: Any, space: SearchSpace) -> SpaceMask | None:
+    """The part of `space` a search may visit: `space.free` (regexes of the decisions that may
+    change; the others are held at the baseline architecture's choice) minus `space.remove`
+    (choices no search may take); None when both are empty.
+
+    Raises:
+      ConfigError: a regex that names no decision, a space without a baseline, an unknown choice.
+    """
+    free, remove = tuple(cfg.space.get("free", ()) or ()), dict(cfg.space.get("remove", {}) or {})
+    if not free and not remove:
+        return None
+    names = [d.name for d in space.decisions]
+    allowed = space.full_mask().allowed.copy()
+    if free:
+        if not isinstance(space, HasBaseline):
+            raise ConfigError(f"space.free holds the other decisions at the baseline; {space.name} has none")
+        base = space.baseline_arch()
+        for f in free:
+            if not any(re.fullmatch(f, n) for n in names):
+                raise ConfigError(f"space.free: {f!r} matches no decision of {space.name} "
+                                  f"(decisions: {', '.join(names[:4])}, ..., {names[-1]})")
+        for d, n in enumerate(names):
+            if not any(re.fullmatch(f, n) for f in free):
+                allowed[d] = False
+                allowed[d, base[d]] = True
+    try:
+        return space.mask(remove={k: tuple(v) for k, v in remove.items()}, allowed=allowed)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"space.remove: {e.args[0] if e.args else e}") from None
 
 
 def splits(ctx: Context) -> tuple[DeviceData, DeviceData]:

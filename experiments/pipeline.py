@@ -31,7 +31,7 @@ from supernet.training import make_mesh
 from experiments.checks import check_config, check_stages, resolve_data_source
 from experiments.config import ConfigError, to_dict
 from experiments.configs.common import CHANGED_DEFAULTS, RETIRED, base
-from experiments.context import STAGES, Context, data_path, fitted_surrogate, register_presets, target_of
+from experiments.context import STAGES, Context, data_path, fitted_surrogate, register_presets, search_mask, target_of
 from experiments.workdir import Workdir, recorded_config
 
 
@@ -118,7 +118,7 @@ def run_pipeline(cfg: Any, wd: Workdir) -> dict[str, Any]:
     """Runs `cfg.stages` in order (skipping finished ones) and writes `results.json`."""
     check_stages(list(cfg.stages))
     space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
-    ctx = Context(cfg=cfg, wd=wd, space=space, mesh=make_mesh(cfg.num_devices or None))
+    ctx = Context(cfg=cfg, wd=wd, space=space, mesh=make_mesh(cfg.num_devices or None), mask=search_mask(cfg, space))
     outputs: dict[str, Any] = {}
     for stage in cfg.stages:
         done = wd.stage_done(stage)

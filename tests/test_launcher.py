@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from experiments.config import ConfigError, flatten, load_config, to_dict
@@ -221,3 +222,33 @@ def test_zero_shot_stage_prunes_to_the_target_by_either_method(tmp_path, data_di
     with pytest.raises(SystemExit):
         main(args[:-1] + [str(tmp_path / "bad_init"), "--config.zero_shot.init=kaiming"])
     assert "unknown zero_shot.init 'kaiming'; valid: model, torch" in capsys.readouterr().err
+
+
+def test_space_free_holds_the_other_decisions_at_the_baseline(tmp_path):
+    """`space.free` (the article's V1 / V2 / V3: multiplier only, block types only, both) and
+    `space.remove`; a pattern that names no decision stops with one message."""
+    from experiments.config import ConfigError, load_config
+    from experiments.context import search_mask
+    from experiments.run import main
+    from supernet import make_space
+
+    cfg = load_config("experiments/configs/mobile/latency_cut.py:nas47,smoke")
+    space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
+    assert search_mask(cfg, space) is None
+    cfg.space.free = (r"b\d+_type",)
+    cfg.space.remove = {"b2_type": ("skip",)}
+    allowed = search_mask(cfg, space).allowed
+    base = space.baseline_arch()
+    for d, dec in enumerate(space.decisions):
+        free = dec.name.endswith("_type")
+        n = allowed[d, :dec.num_choices].sum()
+        assert n == (dec.num_choices - (dec.name == "b2_type") if free else 1), dec.name
+        assert free or allowed[d, base[d]]
+    res = main(["--config", "experiments/configs/mobile/latency_cut.py:nas47,smoke", "--workdir", str(tmp_path / "v2"),
+                r"--config.space.free=('b\\d+_type',)", "--config.target_frac=0.9"])
+    found = space.decode(res["architecture"])
+    keep = [d for d, dec in enumerate(space.decisions) if not dec.name.endswith("_type")]
+    np.testing.assert_array_equal(found[keep], base[keep])
+    cfg.space.free = ("mult",)
+    with pytest.raises(ConfigError, match="'mult' matches no decision"):
+        search_mask(cfg, space)

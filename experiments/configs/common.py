@@ -76,7 +76,11 @@ def base() -> ml_collections.ConfigDict:
     c.num_devices = 0  # 0: all local devices (data parallel)
     c.matmul_precision = "default"
     c.stages = ["single_shot"]
-    c.space = ml_collections.ConfigDict({"name": "nb201", "kwargs": {}})
+    # free: regular expressions of the decisions a search may change; the others stay at the space's
+    # baseline architecture (empty: every decision is free). E.g. ("width_multiplier",) searches
+    # only the depth multiplier, (r"b\d+_type",) only the block types (the article's V1 and V2).
+    # remove: choices no search may take, {decision: (choice, ...)}, e.g. {"b3_type": ("skip",)}
+    c.space = ml_collections.ConfigDict({"name": "nb201", "kwargs": {}, "free": (), "remove": {}})
     # input_size: the side images are letterboxed to (the dense-task sets; CIFAR-10 is 32 px as stored)
     c.data = ml_collections.ConfigDict({"name": "cifar10", "dir": "", "num_train": 0, "num_test": 0,
                                         "input_size": 32})
