@@ -93,6 +93,11 @@ class DenseHead(SlicedHead):
         if prior_bias is not None:  # (n, b): the first n outputs start at logit b (a rare-positive prior)
             n, b = prior_bias
             self.classifier.bias.set_value(self.classifier.bias.get_value().at[:n].set(b))
+            # and every output near its bias at the start, as RetinaNet / FCOS / CenterNet heads
+            # (Gaussian sigma 0.01): a He-initialised output conv puts logits of several units on
+            # hundreds of cells and the focal loss (normalised by the few boxes) starts in the 100s
+            w = self.classifier.kernel.get_value()
+            self.classifier.kernel.set_value(0.01 * jax.random.normal(rngs.params(), w.shape, w.dtype))
 
     def __call__(self, features: Sequence[Float[Array, "b h w c"]]) -> Float[Array, "b H W k"]:
         y = upsample(self.deep_conv(features[self.deep]), self.up) + self.lateral(features[self.shallow])
