@@ -27,8 +27,10 @@ _LETTERS = {"ibn": "I", "fused": "F", "skip": "-"}
 
 
 def is_capacity_search(run: dict[str, Any]) -> bool:
-    """An `evolve` run whose fitness is the `capacity` proxy (it has no accuracy to tabulate)."""
-    return run["config"].get("evolve.evaluator") == "capacity" and "evolve" in run["results"].get("stages", {})
+    """An `evolve` run whose fitness is the `capacity` proxy and that trained nothing after it (no
+    accuracy to tabulate; one with a `retrain` stage has one)."""
+    stages = run["results"].get("stages", {})
+    return run["config"].get("evolve.evaluator") == "capacity" and "evolve" in stages and "retrain" not in stages
 
 
 def capacity_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
