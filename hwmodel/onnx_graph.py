@@ -16,10 +16,12 @@ Node mapping (one row per node that does work; the rest alias their input):
 - Resize/Upsample by one integer factor: UPSAMPLE; Concat of two NCHW tensors along channels:
   CONCAT. Any other resize or concatenation (e.g. along the last axis of an NHWC tensor): a SHUFFLE
   row of its output size (pure data movement, costed as elements written on the vector unit).
-- Relu, Clip (ReLU6), activations, BatchNormalization (folded), Flatten, Reshape, Transpose,
+- Relu, Clip and Max / Min with a constant (ReLU6), activations, BatchNormalization (folded), Flatten, Reshape, Transpose,
   Squeeze, Unsqueeze, Identity, Dropout, Constant, Cast, Shape, Softmax: free (an alias of
   their first input; a following Relu/Clip marks the producing row `act=1`).
-Any other op stops with a message naming it and the node.
+A node whose inputs are all constants (a weight transposed, cast or scaled by BatchNorm's
+statistics in the exported graph) is folded into a constant. Any other op stops with a message
+naming it and the node.
 
 Tables built here are costed row by row (analytic, surrogate, ZigZag); they are not executable by
 `hwmodel.profile` (a SHUFFLE row standing for a concatenation does not obey its shape rules).
@@ -37,8 +39,9 @@ from hwmodel.layers import LayerTable, OpKind
 
 _FREE = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu", "Elu", "Selu",
          "Gelu", "Swish", "Mish", "BatchNormalization", "Flatten", "Reshape", "Transpose", "Squeeze",
-         "Unsqueeze", "Identity", "Dropout", "Cast", "Softmax", "LogSoftmax"}
-_ACTIVATIONS = {"Relu", "Clip"}
+         "Unsqueeze", "Identity", "Dropout", "Cast", "Softmax", "LogSoftmax", "Max", "Min"}
+#: (Max / Min with a constant: ReLU6 as jax2onnx writes `clip(x, 0, 6)`)
+_ACTIVATIONS = {"Relu", "Clip", "Max"}
 _ELEMENTWISE = {"Add", "Sum", "Mul", "Sub", "Div"}
 _CONSTANT_OPS = {"Constant", "Shape", "ConstantOfShape"}
 
@@ -91,10 +94,10 @@ def layer_table(model: onnx.ModelProto) -> LayerTable:
         acts = [i for i in node.input if i and i not in consts]
         if op in _CONSTANT_OPS:
             continue
+        if not acts:  # every input constant (weights being transposed, cast, BN-scaled): a constant
+            consts.update({o: shapes.get(o) or [] for o in node.output})
+            continue
         if op in _FREE or (op in _ELEMENTWISE and len(acts) < 2):
-            if not acts:
-                consts.update({o: [] for o in node.output})
-                continue
             src = where[acts[0]]
             if op in _ACTIVATIONS and src > 0:
                 rows[src]["act"] = 1

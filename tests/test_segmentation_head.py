@@ -87,3 +87,23 @@ def test_bad_head_settings():
         make_space("mobile-curated", **{**SEG, "decoder_stage": 2})
     with pytest.raises(ValueError, match="upsamples by integer factors"):
         make_space("mobile-curated", **{**SEG, "input_size": 36})
+
+
+@pytest.mark.parametrize("head", ["segmentation", "detection", "classification"])
+def test_the_onnx_export_costs_what_the_layer_table_costs(head):
+    """The derived network (head included) exported with jax2onnx and read back by
+    `hwmodel.onnx_graph` has the table's FLOPs and parameters and the same analytic NPU latency."""
+    from hwmodel import analytic
+    from hwmodel.accelerators import ACCELERATORS
+    from hwmodel.layers import total_flops
+    from hwmodel.onnx_graph import layer_table
+    from supernet.export import to_onnx
+
+    space = make_space("mobile-curated", **{**SEG, "head": head})
+    net = make_supernet(space, rngs=nnx.Rngs(0))
+    a = np.asarray(space.sample(jax.random.key(3)))
+    onnx_table, table = layer_table(to_onnx(net.derive(a), (1, 32, 32, 3))), space.layers(a)
+    assert float(total_flops(onnx_table)) == float(total_flops(table)) > 0
+    assert float(total_params(onnx_table)) == float(total_params(table))
+    spec = ACCELERATORS["npu"]
+    assert float(analytic.latency_ms(spec, onnx_table)) == pytest.approx(float(analytic.latency_ms(spec, table)), rel=1e-5)
