@@ -89,7 +89,8 @@ def test_bad_head_settings():
         make_space("mobile-curated", **{**SEG, "input_size": 36})
 
 
-@pytest.mark.parametrize("head", ["segmentation", "detection", "classification"])
+@pytest.mark.parametrize("head", ["segmentation", "detection",
+                                  pytest.param("classification", marks=pytest.mark.slow)])
 def test_the_onnx_export_costs_what_the_layer_table_costs(head):
     """The derived network (head included) exported with jax2onnx and read back by
     `hwmodel.onnx_graph` has the table's FLOPs and parameters and the same analytic NPU latency."""

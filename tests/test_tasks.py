@@ -92,7 +92,7 @@ def test_a_segmenter_learns_a_synthetic_task():
 def test_person_segmentation_runs_through_the_launcher(tmp_path, data_dir):
     from experiments.run import main
 
-    res = main(["--config", "experiments/configs/segmentation/person.py:baseline,smoke", "--workdir",
+    res = main(["--config", "experiments/configs/segmentation/person_fpn.py:baseline,smoke", "--workdir",
                 str(tmp_path / "seg")])
     r = res["stages"]["retrain"]
     assert res["accuracy_pct"] == r["test_miou_pct"] and "mIoU" in res["accuracy_source"]
@@ -105,15 +105,16 @@ def test_a_task_without_its_head_or_data_stops(tmp_path, capsys):
     for i, (over, match) in enumerate((("--config.space.kwargs.head=classification", "needs a space with that head"),
                                        ("--config.data.input_size=64", "letterboxed to the space's input_size"))):
         with pytest.raises(SystemExit) as e:
-            main(["--config", "experiments/configs/segmentation/person.py:baseline,smoke", "--workdir",
+            main(["--config", "experiments/configs/segmentation/person_fpn.py:baseline,smoke", "--workdir",
                   str(tmp_path / str(i)), over])
         assert e.value.code == 2 and match in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~1 min of compilation on 2 cores; the default suite must stay under 15 min
 def test_single_shot_searches_a_segmenter_and_reports_its_inherited_miou(tmp_path, data_dir):
     from experiments.run import main
 
-    res = main(["--config", "experiments/configs/segmentation/person.py:baseline,smoke", "--workdir",
+    res = main(["--config", "experiments/configs/segmentation/person_fpn.py:baseline,smoke", "--workdir",
                 str(tmp_path / "ss"), "--config.stages=('single_shot',)"])
     ss = res["stages"]["single_shot"]
     assert 0 <= ss["inherited_val_miou_pct"] <= 100 and "inherited_val_iou_1" in ss
@@ -125,7 +126,7 @@ def test_zero_shot_scores_declare_their_tasks(tmp_path, capsys):
 
     assert supported_tasks("snip") == ("classification",) and "detection" in supported_tasks("synflow")
     with pytest.raises(SystemExit):
-        main(["--config", "experiments/configs/segmentation/person.py:baseline,smoke", "--workdir",
+        main(["--config", "experiments/configs/segmentation/person_fpn.py:baseline,smoke", "--workdir",
               str(tmp_path / "z"), "--config.stages=('zero_shot', 'retrain')", "--config.zero_shot.proxies=('grasp',)"])
     err = capsys.readouterr().err
     assert "zero-shot score 'grasp' supports classification only" in err and len(err.strip().splitlines()) == 1

@@ -3,8 +3,8 @@ decoder, on the curated mobile space, trained and scored by COCO mAP (pycocotool
 the article's detection study (V1 multiplier search, V2 fused-IBN search, V3 both).
 
 Commands:
-    python -m experiments.run --config experiments/configs/detection/person.py:baseline --workdir workdirs/det/baseline
-    python -m experiments.run --config experiments/configs/detection/person.py:baseline,smoke --workdir /tmp/det
+    python -m experiments.run --config experiments/configs/detection/person_centernet.py:baseline --workdir workdirs/det/baseline
+    python -m experiments.run --config experiments/configs/detection/person_centernet.py:baseline,smoke --workdir /tmp/det
 Arguments: `baseline` (MobileNetV2 all IBN k3 e6 at the standard widths, the default), `smoke`
 (a tiny space, 2 steps).
 

@@ -3,8 +3,8 @@ curated mobile space, trained and scored by mIoU; the start of the article's seg
 (candidates A-E come from evolution over this space).
 
 Commands:
-    python -m experiments.run --config experiments/configs/segmentation/person.py:baseline --workdir workdirs/seg/baseline
-    python -m experiments.run --config experiments/configs/segmentation/person.py:baseline,smoke --workdir /tmp/seg
+    python -m experiments.run --config experiments/configs/segmentation/person_fpn.py:baseline --workdir workdirs/seg/baseline
+    python -m experiments.run --config experiments/configs/segmentation/person_fpn.py:baseline,smoke --workdir /tmp/seg
 Arguments: `baseline` (MobileNetV2 all IBN k3 e6 at the standard widths, the default), `smoke`
 (a tiny space, 2 steps).
 
