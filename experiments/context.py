@@ -9,8 +9,8 @@ Dependencies point one way inside `experiments`: context <- train_stages <- sear
 from __future__ import annotations
 
 import dataclasses
-import re
 import os
+import re
 from typing import Any, Callable
 
 import jax
@@ -25,6 +25,7 @@ from hwmodel.registry import Registry
 from supernet.objectives import CostConfig
 from supernet.single_shot import SearchConfig
 from supernet.space import HasBaseline, SearchSpace, SpaceMask
+from supernet.tasks import TASKS
 from supernet.training import DeviceData, OptimConfig
 from experiments import data as D
 from experiments.config import ConfigError, from_section
@@ -167,6 +168,17 @@ def search_mask(cfg: Any, space: SearchSpace) -> SpaceMask | None:
         return space.mask(remove={k: tuple(v) for k, v in remove.items()}, allowed=allowed)
     except (KeyError, ValueError) as e:
         raise ConfigError(f"space.remove: {e.args[0] if e.args else e}") from None
+
+
+def eval_input(key: Any, x: Any) -> Any:
+    """The held-out input pipeline of every stage (an `AugmentFn`): normalisation, no augmentation."""
+    del key
+    return D.normalize(x)
+
+
+def task_of(ctx: Context) -> Any:
+    """The config's task (`task.name`, `supernet.tasks.TASKS`) for the run's space."""
+    return TASKS[ctx.cfg.task.name](ctx.space)
 
 
 def splits(ctx: Context) -> tuple[DeviceData, DeviceData]:

@@ -29,7 +29,7 @@ from flax import nnx
 from hwmodel.registry import Registry
 from experiments import data as D
 from experiments.config import ConfigError
-from experiments.context import STAGES, Context, cost_config, data_path, fitted_surrogate, splits
+from experiments.context import STAGES, Context, cost_config, data_path, eval_input, fitted_surrogate, splits
 from experiments.train_stages import trained_supernet
 from experiments.workdir import write_json
 from supernet.model import make_supernet
@@ -191,7 +191,7 @@ def _supernet_accuracy(ctx: Context):
     if ec.supernet_bn not in BN_MODES:
         raise ConfigError(f"unknown evolve.supernet_bn {ec.supernet_bn!r}; valid: {', '.join(BN_MODES)}")
     return make_evaluator("supernet", ctx.space, net=trained_supernet(ctx), data=val,
-                          prepare=lambda k, x: D.normalize(x), mesh=ctx.mesh, bn=ec.supernet_bn, calib=train,
+                          prepare=eval_input, mesh=ctx.mesh, bn=ec.supernet_bn, calib=train,
                           calib_batches=cfg.single_shot.bn_recalibration or 10,
                           calib_batch_size=cfg.single_shot.batch_size)
 
@@ -204,7 +204,7 @@ def _train_accuracy(ctx: Context):
     return make_evaluator("train", ctx.space, train=train, val=val, steps=cfg.evolve.train_steps,
                           batch_size=cfg.single_shot.batch_size, seed=cfg.seed,
                           net_kwargs=dict(cfg.single_shot.supernet), augment=D.augment,
-                          prepare=lambda k, x: D.normalize(x), mesh=ctx.mesh)
+                          prepare=eval_input, mesh=ctx.mesh)
 
 
 @ACCURACY_EVALUATORS.register("zero_shot")

@@ -22,13 +22,13 @@ from supernet.objectives import MEMORY_BUDGETS, CostConfig, hardware_in_loss, ma
 from supernet.single_shot import SingleShot
 from supernet.space import HasBaseline, SearchSpace
 from supernet.spaces import make_space
-from supernet.tasks import TASKS, Classification
+from supernet.tasks import Classification
 from supernet.training import (DeviceData, OptimConfig, TrainConfig, Trainer, evaluate, evaluate_task,
                                recalibrate_bn)
 from experiments import data as D
 from experiments.config import ConfigError, from_section, to_dict
-from experiments.context import (STAGES, Context, checkpointer, fitted_surrogate, from_pure, last_metric, restore_latest,
-                                 search_config, splits, surrogate_ratios, to_pure)
+from experiments.context import (STAGES, Context, checkpointer, eval_input, fitted_surrogate, from_pure, last_metric,
+                                 restore_latest, search_config, splits, surrogate_ratios, task_of, to_pure)
 
 
 @STAGES.register("baseline")
@@ -49,7 +49,7 @@ def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]
     if "latency_ms" in limits:  # the loss aims at the limit the returned architecture is held to
         search_cfg = dataclasses.replace(search_cfg, cost=dataclasses.replace(cost, target_ms=limits["latency_ms"]))
     net = make_supernet(ctx.space, rngs=nnx.Rngs(cfg.seed), **dict(sc.supernet))
-    task = TASKS[cfg.task.name](ctx.space)
+    task = task_of(ctx)
     search = SingleShot(ctx.space, net, search_cfg, mask=ctx.mask,
                         cost_fn=make_cost_fn(ctx.space, search_cfg.cost, surrogate) if cost.uses_cost else None,
                         augment=image_augment(task), mesh=ctx.mesh, limits=limits, task=task)
@@ -71,7 +71,7 @@ def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]
 def image_augment(task: Any):
     """The image part of a task's training augmentation: CIFAR's crop + flip for classification,
     normalisation only for dense tasks (their `Task.augment` flips image and target together)."""
-    return D.augment if isinstance(task, Classification) else (lambda k, x: D.normalize(x))
+    return D.augment if isinstance(task, Classification) else eval_input
 
 
 def model_limits(cost: CostConfig, ratios: np.ndarray | None = None) -> dict[str, float]:
@@ -197,8 +197,8 @@ def inherited_accuracies(ctx: Context, net: Any, arch: np.ndarray, train: Device
     - `supernet_val_accuracy`: the supernet's own running statistics (accumulated under the search's
       mixture or sampled paths; near chance for a mixture-trained supernet), kept for comparison.
     """
-    prepare = lambda k, x: D.normalize(x)  # noqa: E731
-    task = TASKS[ctx.cfg.task.name](ctx.space)
+    prepare = eval_input
+    task = task_of(ctx)
     n = ctx.cfg.single_shot.bn_recalibration
     if not isinstance(task, Classification):  # dense tasks: the derived subnet's metrics (BN recalibrated)
         sub = net.derive(arch)
@@ -280,11 +280,10 @@ def stage_retrain(ctx: Context) -> dict[str, Any]:
     test = DeviceData.put(d.x_test, d.y_test, ctx.mesh)
     tcfg = from_section(TrainConfig, rc, optim=OptimConfig(**dict(rc.optim)), seed=cfg.seed,
                         steps_per_epoch=rc.steps_per_epoch or None)
-    task = TASKS[cfg.task.name](ctx.space)
+    task = task_of(ctx)
     classify = isinstance(task, Classification)
-    normalize = lambda k, x: D.normalize(x)  # noqa: E731
     # a dense task flips image and target together (Task.augment); CIFAR's crop + flip is images-only
-    trainer = Trainer(sub, tcfg, augment=image_augment(task), mesh=ctx.mesh, eval_input=normalize, task=task)
+    trainer = Trainer(sub, tcfg, augment=image_augment(task), mesh=ctx.mesh, eval_input=eval_input, task=task)
     ctx.wd.drop_metrics("retrain")  # retraining restarts from scratch: a killed run's epochs go
     t0 = time.perf_counter()
     hist = trainer.fit(train, test, callback=lambda r: ctx.wd.log({"stage": "retrain", **r}))
@@ -292,7 +291,7 @@ def stage_retrain(ctx: Context) -> dict[str, Any]:
     scores = ({"test_accuracy": hist[-1]["test_acc"]} if classify
               else {k: v for k, v in hist[-1].items() if k.startswith("test_")})
     if not classify:  # the training split too: a dense pipeline that learns nears its ceiling there
-        scores.update({f"train_{k}": v for k, v in evaluate_task(trainer.model, train, normalize, task,
+        scores.update({f"train_{k}": v for k, v in evaluate_task(trainer.model, train, eval_input, task,
                                                                   mesh=ctx.mesh).items()})
     out = {"arch": ctx.space.encode(ctx.arch), **scores,
            "retrain_seconds": time.perf_counter() - t0, "weights": MODEL_DIR}

@@ -69,12 +69,9 @@ def weight_tx(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformatio
 
 def cross_entropy(logits: Float[Array, "b k"], labels: Int[Array, "b"]) -> jax.Array:
     """Mean softmax cross-entropy over integer labels, in float32 (PyTorch's `F.cross_entropy`):
-    the loss of search, training and the gradient-based zero-shot scores alike."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
-
-
-def accuracy(logits: Float[Array, "b k"], labels: Int[Array, "b"]) -> jax.Array:
-    return jnp.mean(jnp.argmax(logits, -1) == labels)
+    the loss of search, training and the gradient-based zero-shot scores alike (the
+    `Classification` task's loss, its one definition)."""
+    return Classification().loss(logits, labels)
 
 
 # ------------------------------------------------------------------ devices and data

@@ -201,3 +201,32 @@ def mobile_retrain(c: ml_collections.ConfigDict, smoke_space: bool = False) -> m
         c.retrain.space_kwargs = {"parallelism": 8, "base_widths": (8, 16), "stem_width": 8, "head_width": 32}
         c.retrain.epochs, c.retrain.batch_size, c.retrain.steps_per_epoch = 1, 32, 2
     return c
+
+
+def coco128_person(task: str, data: str, num_classes: int, batch_size: int, smoke_run: bool) -> ml_collections.ConfigDict:
+    """The dense-task CPU protocol on COCO128 person (`detection/person_centernet.py`,
+    `segmentation/person_fpn.py`): MobileNetV2 on `mobile-curated` (P = 16) at 160 px with ImageNet
+    strides and the FPN-style decoder on stage 2 (64 channels), trained 60 epochs (SGD 0.05) by
+    `retrain`; `smoke_run`: a tiny 32 px space and two steps on the same data."""
+    c = base()
+    c.task.name = task
+    c.space.name = "mobile-curated"
+    c.space.kwargs = {"parallelism": 16, "input_size": 160, "stem_stride": 2,
+                      "stage_strides": (1, 2, 2, 2, 1, 2, 1), "num_classes": num_classes, "head": task,
+                      "head_channels": 64, "decoder_stage": 2}
+    c.cost.accelerator = "npu"
+    c.cost.form = "none"
+    c.report.accelerators = ("npu", "npu-p32", "edgetpu", "mobile-cpu")
+    c.data.input_size = 160
+    c.stages = ["baseline", "retrain"]
+    c.retrain.epochs = 60
+    c.retrain.optim.lr = 0.05
+    if smoke_run:
+        smoke(c)
+        c.space.kwargs = {"parallelism": 4, "input_size": 32, "stem_stride": 2, "blocks_per_stage": (1, 2, 2),
+                          "base_widths": (8, 16, 24), "stage_strides": (1, 2, 2), "stem_width": 8,
+                          "num_classes": num_classes, "head": task, "head_channels": 16, "decoder_stage": 1}
+        c.data.input_size = 32
+    c.data.name = data
+    c.retrain.batch_size = batch_size
+    return c

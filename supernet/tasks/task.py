@@ -74,6 +74,12 @@ def zoom(x: Float[Array, "b s s ..."], z: Array, ox: Array, oy: Array, order: in
     return jax.vmap(one)(x.astype(jnp.float32), z, ox, oy)
 
 
+def random_flip(key: jax.Array, x: Array) -> tuple[jax.Array, jax.Array]:
+    """`(flip [B] bool, x with the flipped images mirrored left-right)`; dense targets follow `flip`."""
+    flip = jax.random.bernoulli(jax.random.fold_in(key, 7), 0.5, (x.shape[0],))
+    return flip, jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
+
+
 class Task(abc.ABC):
     """What the network predicts and how it is trained and scored (module docstring)."""
 
@@ -151,8 +157,7 @@ class Segmentation(Task):
         """Random horizontal flip and random scale-and-crop (`zoom`, up to `max_zoom`) of image and
         mask together (bilinear / nearest), then `images` without its own geometry (callers pass
         the normalisation only)."""
-        flip = jax.random.bernoulli(jax.random.fold_in(key, 7), 0.5, (x.shape[0],))
-        x = jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
+        flip, x = random_flip(key, x)
         y = jnp.where(flip[:, None, None], y[:, :, ::-1], y)
         if self.max_zoom > 1:
             z, ox, oy = zoom_params(jax.random.fold_in(key, 8), x.shape[0], x.shape[1], self.max_zoom)
@@ -188,24 +193,31 @@ class Detection(Task):
         self.max_detections, self.size_weight, self.offset_weight = max_detections, size_weight, offset_weight
         self.max_zoom = float(max_zoom)
 
-    def targets(self, y: Float[Array, "b m 5"], h: int, w: int):
-        """`(heatmap [B, h, w, K], centre cells [B, M, 2] (ints), size [B, M, 2], offset [B, M, 2],
-        valid [B, M])` in cells of the output grid."""
-        s, k = float(self.stride), self.num_classes
-        valid = y[..., 4] >= 0
+    def centres(self, y: Float[Array, "b m 5"], h: int, w: int):
+        """`(centre cells [B, M, 2] (ints), size [B, M, 2], offset [B, M, 2], valid [B, M])` of the
+        boxes in cells of the `h x w` output grid."""
+        s = float(self.stride)
         x1, y1, x2, y2 = (y[..., i] / s for i in range(4))
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
         px = jnp.clip(jnp.floor(cx), 0, w - 1)
         py = jnp.clip(jnp.floor(cy), 0, h - 1)
-        bw, bh = jnp.maximum(x2 - x1, 1e-3), jnp.maximum(y2 - y1, 1e-3)
+        size = jnp.stack([jnp.maximum(x2 - x1, 1e-3), jnp.maximum(y2 - y1, 1e-3)], -1)
+        return (jnp.stack([py, px], -1).astype(jnp.int32), size, jnp.stack([cx - px, cy - py], -1),
+                y[..., 4] >= 0)
+
+    def targets(self, y: Float[Array, "b m 5"], h: int, w: int):
+        """`(heatmap [B, h, w, K],) + centres(y, h, w)` in cells of the output grid."""
+        k = self.num_classes
+        cells, size, offset, valid = self.centres(y, h, w)
+        py, px = (cells[..., i].astype(jnp.float32) for i in range(2))
+        bw, bh = size[..., 0], size[..., 1]
         sx, sy = jnp.maximum(0.54 * bw / 6, 0.3), jnp.maximum(0.54 * bh / 6, 0.3)  # TTFNet's alpha = 0.54
         gx, gy = jnp.arange(w, dtype=jnp.float32), jnp.arange(h, dtype=jnp.float32)
         g = jnp.exp(-((gx[None, None, None, :] - px[..., None, None]) ** 2 / (2 * sx[..., None, None] ** 2)
                       + (gy[None, None, :, None] - py[..., None, None]) ** 2 / (2 * sy[..., None, None] ** 2)))
         onehot = jax.nn.one_hot(jnp.where(valid, y[..., 4], -1).astype(jnp.int32), k)  # [B, M, K]
         heat = jnp.max(g[..., None] * onehot[:, :, None, None, :] * valid[..., None, None, None], axis=1)
-        cells = jnp.stack([py, px], -1).astype(jnp.int32)
-        return heat, cells, jnp.stack([bw, bh], -1), jnp.stack([cx - px, cy - py], -1), valid
+        return heat, cells, size, offset, valid
 
     def loss(self, out, y, label_smoothing=0.0):
         del label_smoothing
@@ -226,7 +238,7 @@ class Detection(Task):
     def train_metric(self, out, y):
         """Share of boxes whose centre cell scores above 0.5 for their class (a training signal)."""
         k = self.num_classes
-        _, cells, _, _, valid = self.targets(y, out.shape[1], out.shape[2])
+        cells, _, _, valid = self.centres(y, out.shape[1], out.shape[2])
         at = jax.vmap(lambda o, c: o[c[:, 0], c[:, 1]])(out[..., :k], cells)
         cls = jnp.clip(y[..., 4], 0, k - 1).astype(jnp.int32)
         hit = jnp.take_along_axis(at, cls[..., None], -1)[..., 0] > 0.0
@@ -236,8 +248,7 @@ class Detection(Task):
         """Random horizontal flip and scale-and-crop (`zoom`) of images and boxes together (a box
         keeps its clipped part; one that keeps under a quarter of its zoomed area, or under a
         pixel, becomes padding), then `images` (normalisation)."""
-        flip = jax.random.bernoulli(jax.random.fold_in(key, 7), 0.5, (x.shape[0],))
-        x = jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
+        flip, x = random_flip(key, x)
         w = float(x.shape[2])
         real = y[..., 4] >= 0
         flipped = jnp.stack([w - y[..., 2], y[..., 1], w - y[..., 0], y[..., 3], y[..., 4]], -1)

@@ -16,34 +16,9 @@ of batch 20 (SGD 0.05 cosine, weight decay 5e-4), random horizontal flips. Trivi
 (all background): see docs/results/segmentation.md.
 """
 
-from experiments.configs.common import base, config_args, smoke
-
-SIZE = 160
+from experiments.configs.common import coco128_person, config_args
 
 
 def get_config(arg: str | None = None):
     args = config_args(arg, ("baseline", "smoke"), default="baseline")
-    c = base()
-    c.task.name = "segmentation"
-    c.space.name = "mobile-curated"
-    c.space.kwargs = {"parallelism": 16, "input_size": SIZE, "stem_stride": 2,
-                      "stage_strides": (1, 2, 2, 2, 1, 2, 1), "num_classes": 2, "head": "segmentation",
-                      "head_channels": 64, "decoder_stage": 2}
-    c.cost.accelerator = "npu"
-    c.cost.form = "none"
-    c.report.accelerators = ("npu", "npu-p32", "edgetpu", "mobile-cpu")
-    c.data.name = "coco128-person-masks"
-    c.data.input_size = SIZE
-    c.stages = ["baseline", "retrain"]
-    c.retrain.epochs = 60
-    c.retrain.batch_size = 20
-    c.retrain.optim.lr = 0.05
-    if "smoke" in args:
-        smoke(c)
-        c.data.name = "coco128-person-masks"
-        c.space.kwargs = {"parallelism": 4, "input_size": 32, "stem_stride": 2, "blocks_per_stage": (1, 2, 2),
-                          "base_widths": (8, 16, 24), "stage_strides": (1, 2, 2), "stem_width": 8,
-                          "num_classes": 2, "head": "segmentation", "head_channels": 16, "decoder_stage": 1}
-        c.data.input_size = 32
-        c.retrain.batch_size = 20
-    return c
+    return coco128_person("segmentation", "coco128-person-masks", num_classes=2, batch_size=20, smoke_run="smoke" in args)
