@@ -38,7 +38,9 @@ AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """Weight optimizer: SGD + momentum with a cosine schedule (DARTS/NB201 search defaults)."""
+    """Weight optimizer: SGD + momentum with a cosine schedule (DARTS/NB201 search defaults), or
+    AdamW (`kind="adamw"`, Loshchilov & Hutter 2019; CenterNet trains with Adam) on the same schedule,
+    with `weight_decay` decoupled and `momentum` / `nesterov` unused."""
 
     lr: float = 0.025
     lr_min: float = 0.001
@@ -47,23 +49,30 @@ class OptimConfig:
     weight_decay: float = 5e-4
     grad_clip: float | None = 5.0
     warmup_steps: int = 0
+    kind: str = "sgd"
 
     def __post_init__(self):
+        if self.kind not in ("sgd", "adamw"):
+            raise ValueError(f"unknown optimizer kind {self.kind!r}: use 'sgd' or 'adamw'")
         if not self.lr > 0 or self.lr_min < 0 or self.weight_decay < 0:
             raise ValueError(f"invalid optimizer settings: lr={self.lr}, lr_min={self.lr_min}, "
                              f"weight_decay={self.weight_decay} (need lr > 0, lr_min >= 0, wd >= 0)")
 
 
 def weight_tx(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    """clip -> decoupled-as-L2 weight decay -> SGD(momentum, cosine schedule), as torch.optim.SGD."""
+    """clip -> decoupled-as-L2 weight decay -> SGD(momentum, cosine schedule), as torch.optim.SGD;
+    or clip -> AdamW(cosine schedule, decoupled weight decay), as torch.optim.AdamW."""
     total = max(total_steps, 1)
     if cfg.warmup_steps:
         sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, total, end_value=cfg.lr_min)
     else:
         sched = optax.cosine_decay_schedule(cfg.lr, total, alpha=cfg.lr_min / cfg.lr)
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
-    parts += [optax.add_decayed_weights(cfg.weight_decay),
-              optax.sgd(sched, momentum=cfg.momentum, nesterov=cfg.nesterov)]
+    if cfg.kind == "adamw":
+        parts += [optax.adamw(sched, weight_decay=cfg.weight_decay)]
+    else:
+        parts += [optax.add_decayed_weights(cfg.weight_decay),
+                  optax.sgd(sched, momentum=cfg.momentum, nesterov=cfg.nesterov)]
     return optax.chain(*parts)
 
 
@@ -76,11 +85,14 @@ def cross_entropy(logits: Float[Array, "b k"], labels: Int[Array, "b"]) -> jax.A
 
 # ------------------------------------------------------------------ devices and data
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
-    """A 1-D `data` mesh over the first `num_devices` local devices (all by default)."""
-    devs = jax.local_devices()
+    """A 1-D `data` mesh over the first `num_devices` devices (all by default): those of every
+    process of a `jax.distributed` run, which must then use them all."""
+    devs = jax.devices()
     n = len(devs) if num_devices is None else num_devices
     if not 1 <= n <= len(devs):
         raise ValueError(f"asked for {n} devices, {len(devs)} available")
+    if jax.process_count() > 1 and n != len(devs):
+        raise ValueError(f"a run over {jax.process_count()} processes uses all {len(devs)} devices, not {n}")
     return jax.sharding.Mesh(np.asarray(devs[:n]), ("data",))
 
 
