@@ -57,6 +57,8 @@ class Context:
     #: of `search_stages.zero_shot_scorer` (shared, not scored twice).
     zero_shot_scores: Any = None
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Where costly evaluations run (`experiments.executors`; None: in this process, one by one).
+    executor: Any = None
     _data: Any = None
     _surrogate: Any = None
     _surrogate_train: Any = None  # (archs, latency_ms) the surrogate was fitted on, when fitted in the run

@@ -114,11 +114,13 @@ def in_percent(stage: str, out: dict[str, Any], cfg: Any) -> dict[str, Any]:
     return res
 
 
-def run_pipeline(cfg: Any, wd: Workdir) -> dict[str, Any]:
-    """Runs `cfg.stages` in order (skipping finished ones) and writes `results.json`."""
+def run_pipeline(cfg: Any, wd: Workdir, executor: Any = None) -> dict[str, Any]:
+    """Runs `cfg.stages` in order (skipping finished ones) and writes `results.json`; `executor`
+    (`experiments.executors`) runs the costly evaluations of `evolve` (default: this process)."""
     check_stages(list(cfg.stages))
     space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
-    ctx = Context(cfg=cfg, wd=wd, space=space, mesh=make_mesh(cfg.num_devices or None), mask=search_mask(cfg, space))
+    ctx = Context(cfg=cfg, wd=wd, space=space, mesh=make_mesh(cfg.num_devices or None), mask=search_mask(cfg, space),
+                  executor=executor)
     outputs: dict[str, Any] = {}
     for stage in cfg.stages:
         done = wd.stage_done(stage)
@@ -161,15 +163,16 @@ def prepare(cfg: Any, quiet: bool = False) -> None:
     check_config(cfg)
 
 
-def launch(cfg: Any, workdir: str, overwrite: bool = False) -> dict[str, Any]:
+def launch(cfg: Any, workdir: str, overwrite: bool = False, executor: Any = None) -> dict[str, Any]:
     """Runs a `prepare`d config into `workdir` (created, resumed, or refused when it holds another
     config; `overwrite` moves that aside) and returns `results.json`. Keys added to `base()` since a
-    run started resume at their defaults."""
+    run started resume at their defaults. `executor` is how, not what: results do not depend on it,
+    so it is not part of the config."""
     if not overwrite:
         adopt_recorded_defaults(cfg, recorded_config(workdir))
     jax.config.update("jax_default_matmul_precision", cfg.get("matmul_precision", "default"))
     wd = Workdir.open(workdir, to_dict(cfg), overwrite=overwrite, defaults=to_dict(base()), retired=RETIRED)
-    return run_pipeline(cfg, wd)
+    return run_pipeline(cfg, wd, executor)
 
 
 def adopt_recorded_defaults(cfg: Any, recorded: dict[str, Any] | None) -> None:

@@ -13,11 +13,14 @@
   warm-started from the ranking an earlier stage handed on; `evolve.guide = "zero_shot"` lets the
   configured zero-shot scores pick the mutations (guided mutation, `supernet.multishot`). Every
   evaluation is logged to `metrics.jsonl`; the search state is saved to `stages/evolve.state.json` so a killed run resumes
-  where it stopped and ends where an uninterrupted one ends.
+  where it stopped and ends where an uninterrupted one ends. On a parallel executor (`experiments.run
+  --executor ray`) the `train` and `supernet` evaluators split each generation over a pool of
+  workers that each built the same evaluator (`worker_evaluator`): the history is the serial one.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any, Callable
@@ -29,10 +32,13 @@ from flax import nnx
 from hwmodel.registry import Registry
 from experiments import data as D
 from experiments.config import ConfigError
-from experiments.context import STAGES, Context, cost_config, data_path, eval_input, fitted_surrogate, splits
+from experiments.context import (STAGES, Context, cost_config, data_path, eval_input, fitted_surrogate, search_mask,
+                                 splits)
 from experiments.train_stages import trained_supernet
-from experiments.workdir import write_json
+from experiments.workdir import Workdir, write_json
 from supernet.model import make_supernet
+from supernet.spaces import make_space
+from supernet.training import make_mesh
 
 
 def latency_target(ctx: Context) -> tuple[dict[str, Any], str] | None:
@@ -219,11 +225,44 @@ def _capacity(ctx: Context):
     return CapacityEvaluator(ctx.space, name="accuracy")
 
 
+#: Evaluators whose candidates cost real work (training, a supernet pass each): on a parallel
+#: executor (`--executor ray`) a generation's candidates are split over a pool of workers.
+POOLED = ("train", "supernet")
+
+
 def _accuracy_evaluator(ctx: Context):
     name = ctx.cfg.evolve.evaluator
     if name not in ACCURACY_EVALUATORS:
         raise ConfigError(f"unknown evolve.evaluator {name!r}; valid: {', '.join(sorted(ACCURACY_EVALUATORS))}")
+    if ctx.executor is not None and ctx.executor.parallel and name in POOLED:
+        return _pooled(ctx)
     return ACCURACY_EVALUATORS[name](ctx)
+
+
+def worker_evaluator(cfg: Any, workdir: str):
+    """What each worker of a parallel `evolve` holds: the run's accuracy evaluator, built from the
+    config and the workdir as the run itself builds it (same data split, seed and supernet
+    checkpoint), so each candidate's value equals the serial run's."""
+    space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
+    ctx = Context(cfg=cfg, wd=Workdir(workdir), space=space, mesh=make_mesh(cfg.num_devices or None),
+                  mask=search_mask(cfg, space))
+    return ACCURACY_EVALUATORS[cfg.evolve.evaluator](ctx)
+
+
+def _evaluate(evaluator, archs: np.ndarray) -> dict[str, np.ndarray]:
+    return evaluator(archs)
+
+
+def _names(evaluator, _) -> tuple[str, ...]:
+    return evaluator.names
+
+
+def _pooled(ctx: Context):
+    from supernet.evaluators import PooledEvaluator
+    pool = ctx.executor.pool(functools.partial(worker_evaluator, ctx.cfg, ctx.wd.path))
+    names = pool.map(_names, [None])[0]
+    print(f"evolve: candidates evaluated by {pool.workers} {ctx.executor.spec.name} workers")
+    return PooledEvaluator(ctx.space, names, lambda chunks: pool.map(_evaluate, chunks), pool.workers)
 
 
 @STAGES.register("evolve")
@@ -258,7 +297,8 @@ def stage_evolve(ctx: Context) -> dict[str, Any]:
                                population=ec.population or defaults.population,
                                sample_size=ec.sample_size or defaults.sample_size,
                                max_evals=ec.budget_evals or None, max_seconds=ec.budget_seconds or None,
-                               seed=cfg.seed, guide="max:guide" if guide else None, guide_prob=ec.guide_prob)
+                               seed=cfg.seed, guide="max:guide" if guide else None, guide_prob=ec.guide_prob,
+                               batch=ec.batch)
     except ValueError as e:
         raise ConfigError(f"evolve: {e}") from None
     if ecfg.max_evals is None and ecfg.max_seconds is None:

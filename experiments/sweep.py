@@ -9,8 +9,13 @@ A config file that defines `get_sweep(arg) -> list[dict]` lists runs as override
 Each run goes to `ROOT/<name>` (the name is made from the overrides, e.g.
 `stages=single_shot+evolve,seed=3`, or an explicit `"name"` item). Every run's overrides are checked
 before the first run starts (unknown keys and stages fail at once with the valid names); runs are
-executed one after another in this process, and a rerun of the same command skips finished runs and
-resumes an interrupted one (the workdir contract of `experiments.run`). `--only REGEX` selects
+executed one after another in this process (`--executor local`, the default) or as Ray tasks
+(`--executor ray [--address ADDR] [--resources-per-run cpu=1,gpu=0]`: a local Ray instance started
+for the sweep, or an existing cluster; `experiments.executors`). Each run's output is also written to
+`ROOT/<name>/sweep.log`; a run that fails is reported with its error and that log while the others
+go on (the sweep then exits 1). A rerun of the same command skips finished runs and resumes
+interrupted ones (the workdir contract of `experiments.run`), on either executor: a sweep stopped
+with Ctrl-C or killed leaves every workdir resumable. `--only REGEX` selects
 runs, `--list` prints the plan. Aggregate with `python -m experiments.report ROOT`.
 
 Example (seconds on a CPU):
@@ -27,11 +32,13 @@ import os
 import re
 import sys
 import time
+import traceback
 from typing import Any, Sequence
 
 import ml_collections
 
 from experiments.config import ConfigError, apply_overrides, cli_errors, load_config
+from experiments.executors import Failure, add_flags, make_executor, spec_of, tee_output
 
 
 def _format(value: Any) -> str:
@@ -96,6 +103,30 @@ def load_sweep(spec: str, overrides: Sequence[str] = ()) -> list[tuple[str, ml_c
     return runs
 
 
+def run_member(member: tuple[str, Any, str, bool, bool]) -> dict[str, Any]:
+    """One sweep member, wherever it runs (this process or a Ray worker): `launch` into its workdir
+    with its output copied into `<workdir>/sweep.log`; returns the summary the sweep prints."""
+    from experiments.pipeline import launch
+    name, cfg, wd_path, overwrite, echo = member
+    t0 = time.perf_counter()
+    with tee_output(log_path(wd_path), echo=echo) as log:
+        try:
+            res = launch(cfg, wd_path, overwrite=overwrite)
+        except Exception:
+            log.write(traceback.format_exc())  # the log has the traceback, the sweep's report one line
+            raise
+    return {"seconds": time.perf_counter() - t0, **{k: res.get(k) for k in SUMMARY_KEYS}}
+
+
+#: What the sweep prints of each member's `results.json`.
+SUMMARY_KEYS = ("architecture", "accuracy_pct", "table_accuracy_pct")
+
+
+def log_path(wd_path: str) -> str:
+    """Where a member's output goes (appended by every attempt)."""
+    return os.path.join(wd_path, "sweep.log")
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="experiments/configs/<study>/<name>.py[:arg] with get_sweep")
@@ -103,12 +134,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--only", default="", help="run only the runs whose name matches this regular expression")
     p.add_argument("--list", action="store_true", help="print the runs and exit")
     p.add_argument("--overwrite", action="store_true", help="move existing different runs aside")
+    add_flags(p)
     args, overrides = p.parse_known_args(argv)
     try:
         only = re.compile(args.only)
     except re.error as e:
         p.exit(2, f"error: --only {args.only!r} is not a regular expression ({e})\n")
     with cli_errors(p):
+        spec = spec_of(args)
         every = load_sweep(args.config, overrides)
     runs = [(n, c) for n, c in every if only.search(n)]
     if not runs:
@@ -118,16 +151,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for n, _ in runs:
             print(os.path.join(args.workdir, n))
         return {}
-    from experiments.pipeline import launch
+    root = os.path.abspath(args.workdir)
+    members = [(name, cfg, os.path.join(root, name), args.overwrite, spec.name == "local") for name, cfg in runs]
     summary: dict[str, Any] = {}
-    for i, (name, cfg) in enumerate(runs):
-        wd_path = os.path.join(args.workdir, name)
-        print(f"[{i + 1}/{len(runs)}] {wd_path}", flush=True)
-        t0 = time.perf_counter()
-        with cli_errors(p, resume="each run's last checkpoint", where=f" in run {name!r}"):
-            res = launch(cfg, wd_path, overwrite=args.overwrite)
-        summary[name] = {k: res.get(k) for k in ("architecture", "accuracy_pct", "table_accuracy_pct")}
-        print(f"  done in {time.perf_counter() - t0:.1f} s: {json.dumps(summary[name])}", flush=True)
+    failed: dict[str, Failure] = {}
+    with cli_errors(p, resume="each run's last checkpoint"), make_executor(spec) as ex:
+        print(f"{len(runs)} runs on the {spec.name} executor" + (f" ({spec.address})" if spec.address else ""),
+              flush=True)
+        done = 0
+        for i, out in ex.run_all(run_member, members):
+            done += 1
+            name, wd_path = members[i][0], members[i][2]
+            if isinstance(out, Failure):
+                failed[name] = out
+                print(f"[{done}/{len(runs)}] FAILED {wd_path}: {out} (log: {log_path(wd_path)})", flush=True)
+                continue
+            summary[name] = {k: out[k] for k in SUMMARY_KEYS}
+            print(f"[{done}/{len(runs)}] {wd_path} done in {out['seconds']:.1f} s: {json.dumps(summary[name])}",
+                  flush=True)
+    if failed:
+        p.exit(1, f"error: {len(failed)} of {len(runs)} runs failed (the others finished): "
+                  + "; ".join(f"{n}: {f} (log: {log_path(os.path.join(root, n))})" for n, f in failed.items())
+                  + "\nfix them and rerun the same command: finished runs are skipped\n")
     return summary
 
 

@@ -22,6 +22,8 @@ work). They are registered by name in `EVALUATORS` and built with `make_evaluato
   on named accelerators (`latency_ms:<accelerator>`), surrogate latency (`latency_ms:surrogate`),
   `params_bytes` and `peak_activation_bytes`, and measured columns of a CSV (through `table`).
 - `composite`: several evaluators whose objectives are merged (names must not clash).
+- `PooledEvaluator` (not registered: built from a pool of workers): a batch split over workers that
+  each hold an equal evaluator, for parallel multishot generations.
 
 Example:
     >>> from supernet.spaces import make_space
@@ -367,6 +369,40 @@ class TrainEvaluator(Evaluator):
             acc.append(int(c) / len(self.val_data))
             loss.append(float(l))
         return {self.names[0]: np.asarray(acc), "train_loss": np.asarray(loss)}
+
+
+# ------------------------------------------------------------------ parallel evaluation
+class PooledEvaluator(Evaluator):
+    """A batch of candidates split over workers that each hold an equal evaluator (e.g. a `train`
+    evaluator built from the same config and seed in each Ray actor of `experiments.executors`).
+
+    `map_chunks(chunks)` evaluates a list of `[n_i, D]` batches, one per worker, and returns their
+    objectives in the same order; the batch is cut into `workers` contiguous chunks and the results
+    joined in order. Every evaluator in this module gives a candidate a value that depends on the
+    candidate alone (same initial weights, batches and BN calibration for all), so the values, and a
+    seeded search's history, equal the serial evaluator's.
+
+    Example:
+        >>> from supernet.spaces import make_space
+        >>> space = make_space("nb201")
+        >>> cap = make_evaluator("capacity", space)
+        >>> pooled = PooledEvaluator(space, cap.names, lambda chunks: [cap(c) for c in chunks], workers=3)
+        >>> a = space.sample(jax.random.key(0), 7)
+        >>> bool(np.array_equal(pooled(a)["capacity"], cap(a)["capacity"]))
+        True
+    """
+
+    def __init__(self, space: SearchSpace, names: Sequence[str],
+                 map_chunks: Callable[[list[np.ndarray]], list[Mapping[str, Any]]], workers: int):
+        super().__init__(space)
+        if workers < 1:
+            raise ValueError(f"PooledEvaluator needs workers >= 1, got {workers}")
+        self.names, self.map_chunks, self.workers = tuple(names), map_chunks, workers
+
+    def evaluate(self, archs: np.ndarray) -> Objectives:
+        chunks = np.array_split(archs, min(self.workers, len(archs)))
+        outs = self.map_chunks(chunks)
+        return {k: np.concatenate([np.asarray(o[k], np.float64) for o in outs]) for k in self.names}
 
 
 # ------------------------------------------------------------------ hardware costs

@@ -109,6 +109,11 @@ class EvolutionConfig:
       seed: the run's PRNG seed.
       guide: `"max:<name>"` / `"min:<name>"` of the guide evaluator (module docstring); None: no guide.
       guide_prob: probability that a guided mutation takes the guide's best neighbour.
+      batch: children per step of `rea` and samples per step of `random`, proposed together and
+        evaluated together (in parallel on a pool of workers, `evaluators.PooledEvaluator`). REA's
+        children of one step come from the same population, which ages by the whole batch after it
+        (batched, synchronous REA); 1 is Real et al.'s sequential REA. NSGA-II's batch is its
+        generation (P offspring). The history depends on `batch`, never on where it ran.
     """
 
     algorithm: str = "rea"
@@ -124,10 +129,13 @@ class EvolutionConfig:
     seed: int = 0
     guide: str | None = None
     guide_prob: float = 0.75
+    batch: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "objectives", tuple(self.objectives))
         object.__setattr__(self, "constraints", tuple(self.constraints))
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1 (children per step), got {self.batch}")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown search algorithm {self.algorithm!r}; valid: {', '.join(ALGORITHMS)}")
         if self.revisit not in REVISIT:
@@ -499,11 +507,11 @@ class Evolution:
         if left <= 0 or (cfg.max_seconds is not None and self.seconds >= cfg.max_seconds):
             return 0
         if cfg.algorithm == "random":
-            n = 1
+            n = cfg.batch - i % cfg.batch
         elif i < cfg.population:
             n = cfg.population - i
-        elif cfg.algorithm == "rea":
-            n = 1
+        elif cfg.algorithm == "rea":  # the rest of the batch (a resumed search may stop inside one)
+            n = cfg.batch - (i - cfg.population) % cfg.batch
         else:
             n = self.generation_start + cfg.population - i
         return int(min(n, left))
@@ -519,8 +527,9 @@ class Evolution:
             self.population.append(i)
             if i == cfg.population - 1 and cfg.algorithm == "nsga2":
                 self.generation_start = cfg.population
-        elif cfg.algorithm == "rea":  # aging: the child joins, the oldest member leaves
-            self.population = self.population[1:] + [i]
+        elif cfg.algorithm == "rea":  # aging: after each batch its children join, as many of the oldest leave
+            if (i - cfg.population + 1) % cfg.batch == 0:
+                self.population = self.population[cfg.batch:] + list(range(i + 1 - cfg.batch, i + 1))
         elif i == self.generation_start + cfg.population - 1:  # NSGA-II environmental selection
             pool = self.population + list(range(self.generation_start, i + 1))
             rank, crowd = self._fronts(pool)

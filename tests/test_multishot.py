@@ -20,7 +20,8 @@ from hwmodel import analytic, memory
 from hwmodel.accelerators import ACCELERATORS
 from hwmodel.surrogate import fit, network_features, predict
 from supernet import make_supernet, pareto
-from supernet.evaluators import EVALUATORS, CompositeEvaluator, Evaluator, ZeroShotEvaluator, make_evaluator
+from supernet.evaluators import (EVALUATORS, CompositeEvaluator, Evaluator, PooledEvaluator, ZeroShotEvaluator,
+                                 make_evaluator)
 from supernet.multishot import Evolution, EvolutionConfig, InfeasibleError, evolve
 from supernet.spaces import make_space
 from supernet.training import DeviceData, evaluate, make_mesh
@@ -211,6 +212,51 @@ def test_killed_and_resumed_equals_uninterrupted(algorithm, revisit, kill_at):
     assert _strip(resumed.history) == _strip(full.history)
     assert resumed.state["population"] == full.state["population"]
     assert resumed.best == {**full.best, "seconds": resumed.best["seconds"]}
+
+
+@pytest.mark.parametrize("algorithm,kill_at", [("rea", 8), ("rea", 13), ("random", 6)])
+def test_batched_search_killed_inside_a_batch_resumes_to_the_uninterrupted_run(algorithm, kill_at):
+    cfg = EvolutionConfig(algorithm=algorithm, objectives=("max:score",), population=6, sample_size=3,
+                          max_evals=40, seed=7, batch=4)
+    toy = Toy()
+    full = evolve(SPACE, toy, cfg)
+    assert toy.calls == sum(not r["cached"] for r in full.history)
+    if algorithm == "rea":  # the children of one step share their parents' population, which then ages by 4
+        for r in full.history[6:]:
+            step_start = 6 + (r["index"] - 6) // 4 * 4
+            assert step_start - 6 <= r["parents"][0] < step_start
+        # 8 full steps (children 6..37) aged the population; the last, partial step (38, 39) has not
+        assert full.state["population"] == list(range(32, 38))
+        assert _strip(full.history) != _strip(evolve(SPACE, Toy(), EvolutionConfig(
+            **{**cfg.to_dict(), "batch": 1})).history)  # batched REA is another algorithm
+    else:  # random samples do not depend on the grouping
+        assert _strip(full.history) == _strip(evolve(SPACE, Toy(), EvolutionConfig(
+            **{**cfg.to_dict(), "batch": 1})).history)
+
+    def log(rec):
+        if rec["index"] == kill_at:
+            raise Killed
+
+    search = Evolution(SPACE, Toy(), cfg, log=log)
+    with pytest.raises(Killed):
+        search.run()
+    resumed = evolve(SPACE, Toy(), cfg, state=json.loads(json.dumps(search.state())))
+    assert _strip(resumed.history) == _strip(full.history)
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        EvolutionConfig(batch=0)
+
+
+def test_pooled_evaluation_gives_the_serial_history():
+    """A generation split over 3 workers (each holding its own evaluator) gives the serial search."""
+    for cfg in (EvolutionConfig(algorithm="nsga2", objectives=("max:score", "min:cost"), population=8,
+                                max_evals=40, seed=3),
+                EvolutionConfig(objectives=("max:score",), population=8, max_evals=40, seed=3, batch=5)):
+        workers, serial = [Toy() for _ in range(3)], Toy()
+        pooled = PooledEvaluator(SPACE, Toy.names, lambda chunks: [w(c) for w, c in zip(workers, chunks)], 3)
+        assert _strip(evolve(SPACE, pooled, cfg).history) == _strip(evolve(SPACE, serial, cfg).history)
+        assert min(w.calls for w in workers) > 0 and sum(w.calls for w in workers) == serial.calls
+    with pytest.raises(ValueError, match="workers >= 1"):
+        PooledEvaluator(SPACE, Toy.names, lambda chunks: [], workers=0)
 
 
 def test_resume_can_extend_the_budget_but_not_change_the_search():

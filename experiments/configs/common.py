@@ -131,6 +131,9 @@ def base() -> ml_collections.ConfigDict:
     e.sample_size = 0  # 0: the algorithm's default
     e.warm_start = True  # seed the population with the zero-shot ranking / single-shot top-k / expert network if present
     e.train_steps = 100  # evaluator "train": steps of training per candidate
+    # children per step of rea / samples per step of random, evaluated together: on `--executor ray`
+    # a step's candidates train in parallel (1: Real et al.'s sequential REA; nsga2: its generation)
+    e.batch = 1
     # New keys must default to the old behaviour: workdirs made before a key existed then still
     # resume (`Workdir.open(defaults=...)`).
     # evaluator "supernet": BN statistics "recalibrate"d per candidate on single_shot.bn_recalibration
