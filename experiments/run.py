@@ -4,6 +4,10 @@ Runs the pipeline of stages named in the config (`experiments.pipeline`) into th
 (`experiments.workdir`). Rerunning the same command resumes; a different config in an existing
 workdir is refused unless `--overwrite` (which moves the old run aside). Config errors (unknown keys,
 stages or names) stop before any work with one message. Prints `results.json` at the end.
+`--executor ray [--workers N]` evaluates the candidates of a multishot generation (`evolve` with the
+`train` or `supernet` evaluator) on N Ray workers, with the serial run's results. `--distributed`
+runs one pipeline over several processes (`experiments.distributed`: `jax.distributed`, a mesh over
+every process's devices, process 0 writes the workdir).
 
 Example (seconds on a CPU):
     python -m experiments.run --config experiments/configs/nb201/single_shot.py:smoke --workdir /tmp/nb201
@@ -16,7 +20,10 @@ import json
 import sys
 from typing import Sequence
 
+from experiments import distributed
 from experiments.config import cli_errors, load_config
+from experiments.executors import add_flags, make_executor, spec_of
+from experiments.workdir import is_writer
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -24,14 +31,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--config", required=True, help="experiments/configs/<study>/<name>.py[:arg]")
     p.add_argument("--workdir", required=True, help="folder for config.json, metrics, checkpoints, results")
     p.add_argument("--overwrite", action="store_true", help="move an existing different run aside")
+    add_flags(p)
+    distributed.add_flags(p)
     args, overrides = p.parse_known_args(argv)
     with cli_errors(p, resume=f"the last checkpoint in {args.workdir}"):
+        spec = spec_of(args)
+        distributed.initialize(args)  # before anything touches a device
         cfg = load_config(args.config, overrides)
         from experiments.pipeline import launch, prepare  # heavy imports
         prepare(cfg)  # the whole config, before the workdir is touched
-        results = launch(cfg, args.workdir, overwrite=args.overwrite)
-    print(json.dumps(results, indent=1, sort_keys=True))
-    print(summary(results, args.workdir))
+        with make_executor(spec) as executor:
+            results = launch(cfg, args.workdir, overwrite=args.overwrite, executor=executor)
+    if is_writer():  # process 0 speaks for a distributed run
+        print(json.dumps(results, indent=1, sort_keys=True))
+        print(summary(results, args.workdir))
     return results
 
 

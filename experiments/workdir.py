@@ -64,8 +64,16 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def is_writer() -> bool:
+    """Whether this process writes the workdir: process 0 of a distributed run
+    (`experiments.distributed`), or the only process; the others read it (and resume from it)."""
+    return jax.process_index() == 0
+
+
 def write_json(path: str, obj: Any) -> None:
-    """Atomic JSON write (temp file + rename): a kill never leaves half a file."""
+    """Atomic JSON write (temp file + rename): a kill never leaves half a file. Process 0 only."""
+    if not is_writer():
+        return
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(_jsonable(obj), f, indent=1, sort_keys=True)
@@ -153,6 +161,8 @@ class Workdir:
         """
         if os.path.exists(path) and not os.path.isdir(path):
             raise WorkdirError(f"workdir {path!r} is a file, not a folder; choose another --workdir")
+        if not is_writer():  # another process of a distributed run: process 0 opens (and checks) it
+            return cls(path)
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as e:
@@ -184,6 +194,8 @@ class Workdir:
         return os.path.join(self.path, *parts)
 
     def log(self, record: dict[str, Any]) -> None:
+        if not is_writer():
+            return
         with open(self.file("metrics.jsonl"), "a") as f:
             f.write(json.dumps(_jsonable(record), sort_keys=True) + "\n")
 
@@ -192,6 +204,8 @@ class Workdir:
 
         A resumed stage calls this first: the epochs after its last complete checkpoint run again
         and are logged again, so their records from the killed run must go (never a step twice)."""
+        if not is_writer():
+            return 0
         old = self.metrics()
         keep = [m for m in old if not (m.get("stage") == stage and m.get("epoch", -1) >= from_epoch)]
         if len(keep) != len(old):
@@ -235,6 +249,8 @@ class Workdir:
 
     def write_stage(self, stage: str, data: dict[str, Any]) -> None:
         """Marks a pipeline stage done with its outputs (`stages/<stage>.json`)."""
+        if not is_writer():
+            return
         os.makedirs(self.file("stages"), exist_ok=True)
         write_json(self.file("stages", f"{stage}.json"), data)
 
