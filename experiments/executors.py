@@ -253,7 +253,10 @@ class RayExecutor(Executor):
             raise ExecutorError("--executor ray needs Ray: pip install -e '.[ray]'") from None
         _check_reachable(spec.address)
         self.spec, self.ray = spec, ray
-        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # JAX / XLA settings of this process (e.g. JAX_COMPILATION_CACHE_DIR) hold in every worker
+        env = {k: v for k, v in os.environ.items() if k.startswith(("JAX_", "XLA_", "HWNAS_"))}
+        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                                      runtime_env={"env_vars": env} if env else None)
         if spec.address:
             kwargs["address"] = spec.address
         else:

@@ -49,7 +49,7 @@ def find_runs(dirs: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
         if not os.path.isdir(top):
             raise FileNotFoundError(f"{top!r} is not a directory")
         for root, subdirs, files in sorted(os.walk(top)):
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith(("old-", "checkpoints")))
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith(("old-", "checkpoints", ".")))
             if "results.json" not in files:
                 if "config.json" in files:  # a run that started and has not finished (or died)
                     unfinished.append(root)

@@ -13,7 +13,8 @@ executed one after another in this process (`--executor local`, the default) or 
 (`--executor ray [--address ADDR] [--resources-per-run cpu=1,gpu=0]`: a local Ray instance started
 for the sweep, or an existing cluster; `experiments.executors`). Each run's output is also written to
 `ROOT/<name>/sweep.log`; a run that fails is reported with its error and that log while the others
-go on (the sweep then exits 1). A rerun of the same command skips finished runs and resumes
+go on (the sweep then exits 1). Compiled functions are kept in `ROOT/.jax_cache` (JAX's persistent
+compilation cache; `JAX_COMPILATION_CACHE_DIR` chooses another folder), which every member reads. A rerun of the same command skips finished runs and resumes
 interrupted ones (the workdir contract of `experiments.run`), on either executor: a sweep stopped
 with Ctrl-C or killed leaves every workdir resumable. `--only REGEX` selects
 runs, `--list` prints the plan. Aggregate with `python -m experiments.report ROOT`.
@@ -103,12 +104,19 @@ def load_sweep(spec: str, overrides: Sequence[str] = ()) -> list[tuple[str, ml_c
     return runs
 
 
-def run_member(member: tuple[str, Any, str, bool, bool]) -> dict[str, Any]:
+def run_member(member: tuple[str, Any, str, bool, bool, str]) -> dict[str, Any]:
     """One sweep member, wherever it runs (this process or a Ray worker): `launch` into its workdir
-    with its output copied into `<workdir>/sweep.log`; returns the summary the sweep prints."""
-    from experiments.pipeline import launch
-    name, cfg, wd_path, overwrite, echo = member
+    with its output copied into `<workdir>/sweep.log`; returns the summary the sweep prints.
+
+    Compiled functions go to the sweep's persistent JAX cache (`cache`): a member in a fresh process
+    (a Ray worker) loads what another member compiled instead of compiling it again; the cached
+    executables are the ones a compile would produce, so results do not change."""
     t0 = time.perf_counter()
+    name, cfg, wd_path, overwrite, echo, cache = member
+    import jax
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", cache)
+    from experiments.pipeline import launch
     with tee_output(log_path(wd_path), echo=echo) as log:
         try:
             res = launch(cfg, wd_path, overwrite=overwrite)
@@ -152,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             print(os.path.join(args.workdir, n))
         return {}
     root = os.path.abspath(args.workdir)
-    members = [(name, cfg, os.path.join(root, name), args.overwrite, spec.name == "local") for name, cfg in runs]
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(root, ".jax_cache")
+    members = [(name, cfg, os.path.join(root, name), args.overwrite, spec.name == "local", cache)
+               for name, cfg in runs]
     summary: dict[str, Any] = {}
     failed: dict[str, Failure] = {}
     with cli_errors(p, resume="each run's last checkpoint"), make_executor(spec) as ex:

@@ -291,8 +291,8 @@ class TrainEvaluator(Evaluator):
 
     The network is the space's supernet with the candidate's one-hot architecture fixed: operations
     with weight 0 get zero gradients, so this trains exactly the candidate's subnetwork (their
-    BatchNorm statistics are never read), and one compiled function (`traces` counts them) trains
-    and evaluates every candidate. Every candidate starts from the same weights and sees the same
+    BatchNorm statistics are never read; `blocks.single_path` skips computing them: the same
+    function, up to float32 rounding of a differently fused graph), and one compiled function (`traces` counts them) trains and evaluates every candidate. Every candidate starts from the same weights and sees the same
     batches in the same order (common random numbers): differences come from the architecture
     alone, and a candidate's accuracy is deterministic. Objectives: `name` (validation accuracy)
     and `train_loss` (mean loss over the last 10% of steps).
@@ -354,10 +354,11 @@ class TrainEvaluator(Evaluator):
                 opt.update(model, grads)
                 return nnx.state((model, opt)), loss_sum + jnp.where(i >= steps - tail, loss, 0.0)
 
-            state, loss_sum = jax.lax.fori_loop(0, steps, step, (state, jnp.float32(0.0)))
-            model, _ = nnx.merge(graphdef, state)
-            model.eval()
-            correct = held_out_correct(model, val, w, prepare, ebs, mesh)
+            with single_path():  # one-hot weights: only the candidate's operations run (the same function)
+                state, loss_sum = jax.lax.fori_loop(0, steps, step, (state, jnp.float32(0.0)))
+                model, _ = nnx.merge(graphdef, state)
+                model.eval()
+                correct = held_out_correct(model, val, w, prepare, ebs, mesh)
             return correct, loss_sum / tail
 
         self._run = jax.jit(run)
