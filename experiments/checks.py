@@ -26,7 +26,7 @@ from supernet import expert
 from supernet.spaces.mobile import MobileSpace
 from supernet.landscape import line_decisions
 from hwmodel.measure import make_backend
-from experiments.config import ConfigError
+from experiments.config import ConfigError, user_message
 from experiments.context import (CHOOSERS, SEARCH_ORDER, STAGES, cost_config, data_path, data_source, search_config,
                                  search_mask)
 
@@ -223,6 +223,12 @@ def check_config(cfg: Any) -> None:
         _need(e.budget_evals > 0 or e.budget_seconds > 0,
               "evolve needs a budget: evolve.budget_evals > 0 or evolve.budget_seconds > 0")
         _number(cfg, "evolve.guide_prob", 0, 1)
+        _number(cfg, "evolve.batch", 1, integer=True)
+        if e.measure:
+            try:  # an unknown backend or ZigZag description lists the valid ones, before any work
+                make_backend(e.measure).close()
+            except KeyError as err:
+                raise ConfigError(f"evolve.measure: {user_message(err)}") from None
     if "landscape" in stages:
         lc = cfg.landscape
         _need(lc.cost in LANDSCAPE_COSTS or lc.cost in ACCELERATORS,

@@ -303,7 +303,12 @@ class RayExecutor(Executor):
             raise
 
     def pool(self, setup, workers=0):
-        pool = _RayPool(self.ray, setup, workers or self.spec.workers or self.capacity, self.options)
+        n = workers or self.spec.workers or self.capacity
+        busy = sum(p.workers for p in self._pools)
+        if busy + n > self.capacity:  # Ray would queue the new actors until the others die: never
+            raise ExecutorError(f"a pool of {n} workers does not fit beside the {busy} already held: the cluster "
+                                f"runs {self.capacity} at {self.spec.per_run}; lower --workers")
+        pool = _RayPool(self.ray, setup, n, self.options)
         self._pools.append(pool)
         return pool
 

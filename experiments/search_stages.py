@@ -229,24 +229,49 @@ def _capacity(ctx: Context):
 #: executor (`--executor ray`) a generation's candidates are split over a pool of workers.
 POOLED = ("train", "supernet")
 
+#: `(build the evaluator, whether the workers of a parallel executor may hold it)`.
+Setup = tuple[Callable[[], Any], bool]
 
-def _accuracy_evaluator(ctx: Context):
+
+def _accuracy_setup(ctx: Context) -> Setup:
     name = ctx.cfg.evolve.evaluator
     if name not in ACCURACY_EVALUATORS:
         raise ConfigError(f"unknown evolve.evaluator {name!r}; valid: {', '.join(sorted(ACCURACY_EVALUATORS))}")
-    if ctx.executor is not None and ctx.executor.parallel and name in POOLED:
-        return _pooled(ctx)
-    return ACCURACY_EVALUATORS[name](ctx)
+    if name in POOLED:
+        return functools.partial(worker_evaluator, ctx.cfg, ctx.wd.path), True
+    return functools.partial(ACCURACY_EVALUATORS[name], ctx), False
 
 
 def worker_evaluator(cfg: Any, workdir: str):
-    """What each worker of a parallel `evolve` holds: the run's accuracy evaluator, built from the
-    config and the workdir as the run itself builds it (same data split, seed and supernet
-    checkpoint), so each candidate's value equals the serial run's."""
+    """The run's accuracy evaluator built from the config and the workdir as the run itself builds
+    it (same data split, seed and supernet checkpoint), so each candidate's value equals the serial
+    run's: what each worker of a parallel `evolve` holds."""
     space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
     ctx = Context(cfg=cfg, wd=Workdir(workdir), space=space, mesh=make_mesh(cfg.num_devices or None),
                   mask=search_mask(cfg, space))
     return ACCURACY_EVALUATORS[cfg.evolve.evaluator](ctx)
+
+
+def measured_evaluator(space_name: str, space_kwargs: dict[str, Any], backend: str):
+    """`evolve.measure`'s evaluator: every candidate's latency on a measurement backend."""
+    from supernet.evaluators import MeasuredEvaluator
+    return MeasuredEvaluator(make_space(space_name, **space_kwargs), backend)
+
+
+def _measure_setup(ctx: Context) -> Setup:
+    """A simulated backend's candidates may be split over workers; a timed backend measures in this
+    process (parallel timings on shared cores are not latencies)."""
+    from hwmodel.measure import BACKENDS, TimedBackend
+    name = ctx.cfg.evolve.measure
+    timed = issubclass(BACKENDS[name.partition(":")[0]], TimedBackend)
+    return functools.partial(measured_evaluator, ctx.cfg.space.name, dict(ctx.cfg.space.kwargs), name), not timed
+
+
+def worker_parts(space_name: str, space_kwargs: dict[str, Any], setups: list[Callable[[], Any]]):
+    """The evaluators of `setups` as one (what each worker of the pool holds)."""
+    from supernet.evaluators import CompositeEvaluator
+    parts = [setup() for setup in setups]
+    return parts[0] if len(parts) == 1 else CompositeEvaluator(make_space(space_name, **space_kwargs), parts)
 
 
 def _evaluate(evaluator, archs: np.ndarray) -> dict[str, np.ndarray]:
@@ -257,12 +282,21 @@ def _names(evaluator, _) -> tuple[str, ...]:
     return evaluator.names
 
 
-def _pooled(ctx: Context):
+def _evaluators(ctx: Context, setups: list[Setup]) -> list[Any]:
+    """The evaluators of `setups`: built here, except, on a parallel executor, those its workers may
+    hold, which become one `PooledEvaluator` over one pool (one actor per worker holds them all:
+    two pools would compete for the same CPUs)."""
     from supernet.evaluators import PooledEvaluator
-    pool = ctx.executor.pool(functools.partial(worker_evaluator, ctx.cfg, ctx.wd.path))
-    names = pool.map(_names, [None])[0]
-    print(f"evolve: candidates evaluated by {pool.workers} {ctx.executor.spec.name} workers")
-    return PooledEvaluator(ctx.space, names, lambda chunks: pool.map(_evaluate, chunks), pool.workers)
+    parallel = ctx.executor is not None and ctx.executor.parallel
+    remote = [setup for setup, poolable in setups if parallel and poolable]
+    local = [setup() for setup, poolable in setups if not (parallel and poolable)]
+    if remote:
+        pool = ctx.executor.pool(functools.partial(worker_parts, ctx.cfg.space.name, dict(ctx.cfg.space.kwargs),
+                                                   remote))
+        names = pool.map(_names, [None])[0]
+        print(f"evolve: {', '.join(names)} evaluated by {pool.workers} {ctx.executor.spec.name} workers")
+        local.insert(0, PooledEvaluator(ctx.space, names, lambda chunks: pool.map(_evaluate, chunks), pool.workers))
+    return local
 
 
 @STAGES.register("evolve")
@@ -270,7 +304,8 @@ def stage_evolve(ctx: Context) -> dict[str, Any]:
     from supernet import evaluators as E
     from supernet.multishot import EvolutionConfig, Evolution, InfeasibleError
     cfg, ec, space = ctx.cfg, ctx.cfg.evolve, ctx.space
-    parts = [_accuracy_evaluator(ctx)]
+    setups = [_accuracy_setup(ctx)] + ([_measure_setup(ctx)] if ec.measure else [])
+    parts = _evaluators(ctx, setups)  # hardware in the loop with evolve.measure: every candidate measured
     objectives, constraints = ["max:accuracy"], []
     cost = cost_config(cfg, space)
     target = latency_target(ctx)

@@ -21,6 +21,7 @@ work). They are registered by name in `EVALUATORS` and built with `make_evaluato
 - `hwcost`: hardware costs from `hwmodel`, jitted and vmapped over the batch: exact analytic latency
   on named accelerators (`latency_ms:<accelerator>`), surrogate latency (`latency_ms:surrogate`),
   `params_bytes` and `peak_activation_bytes`, and measured columns of a CSV (through `table`).
+- `measured`: latency from a `hwmodel.measure` backend (ONNX Runtime, JAX, the ZigZag simulator).
 - `composite`: several evaluators whose objectives are merged (names must not clash).
 - `PooledEvaluator` (not registered: built from a pool of workers): a batch split over workers that
   each hold an equal evaluator, for parallel multishot generations.
@@ -472,6 +473,46 @@ class HwCostEvaluator(Evaluator):
         if self.table is not None:
             res.update(self.table(archs))
         return res
+
+
+# ------------------------------------------------------------------ measured (hardware in the loop)
+@EVALUATORS.register("measured")
+class MeasuredEvaluator(Evaluator):
+    """Each candidate's latency from a measurement backend (`hwmodel.measure`: `jax`, `onnxruntime`,
+    `zigzag:<description>`), the whole network as the backend runs or simulates it: objective
+    `latency_ms:<backend>`. Batched backends (ZigZag) cost the unseen layers of the whole batch at
+    once (`Backend.prefetch`).
+
+    `timed` says whether the backend times execution on this host: such candidates must be measured
+    one at a time on a quiet machine, so a parallel search keeps them in one process; a simulated
+    backend is deterministic and its candidates can be split over workers (`PooledEvaluator`).
+
+    Example:
+        >>> from supernet.spaces import make_space
+        >>> space = make_space("nb201", channels=4, cells_per_stage=1, input_size=8)
+        >>> ev = MeasuredEvaluator(space, "jax", warmup=1, repeats=3)
+        >>> ev.names, ev.timed, bool(ev(space.sample(jax.random.key(0), 2))["latency_ms:jax"].min() > 0)
+        (('latency_ms:jax',), True, True)
+    """
+
+    def __init__(self, space: SearchSpace, backend: str, **backend_kwargs: Any):
+        super().__init__(space)
+        from hwmodel.measure import make_backend
+        self.backend = make_backend(backend, **backend_kwargs)
+        self.names = (f"latency_ms:{backend}",)
+
+    @property
+    def timed(self) -> bool:
+        from hwmodel.measure import TimedBackend
+        return isinstance(self.backend, TimedBackend)
+
+    def evaluate(self, archs: np.ndarray) -> Objectives:
+        tables = [self.space.layers(jnp.asarray(a)) for a in archs]
+        self.backend.prefetch(tables)
+        return {self.names[0]: np.asarray([self.backend.measure(t, layers=False).latency_ms for t in tables])}
+
+    def close(self) -> None:
+        self.backend.close()
 
 
 # ------------------------------------------------------------------ several at once

@@ -119,7 +119,12 @@ def test_resources_the_ray_instance_lacks_stop_in_seconds():
         make_executor(ExecutorSpec.parse("ray", resources="cpu=1,gpu=1", workers=1))
     with pytest.raises(ExecutorError, match=r"cpu=4 but the local Ray instance has 2 CPUs"):
         make_executor(ExecutorSpec.parse("ray", resources="cpu=4", workers=2))
-    assert time.perf_counter() - t0 < 60  # two local Ray starts, no hang
+    with make_executor(ExecutorSpec.parse("ray", workers=2)) as ex:  # 2 CPUs: 2 workers of 1 CPU
+        pool = ex.pool(lambda: 10, workers=2)
+        assert pool.map(lambda held, x: held + x, [1, 2, 3]) == [11, 12, 13]  # in order
+        with pytest.raises(ExecutorError, match="does not fit beside the 2 already held"):
+            ex.pool(lambda: 0, workers=1)  # would wait for a free CPU forever
+    assert time.perf_counter() - t0 < 90  # three local Ray starts, no hang
 
 
 @pytest.mark.slow
@@ -149,3 +154,50 @@ def test_ray_sweep_equals_serial_reports_failures_and_resumes_after_a_kill(tmp_p
     assert proc.returncode == 130 and "interrupted" in err, err
     run = subprocess.run(cmd + ["--workdir", killed], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 1 and _results(killed) == _results(serial)
+
+
+def _evolve_history(wd: str) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in open(os.path.join(wd, "metrics.jsonl")) if json.loads(line).get("stage") == "evolve"]
+
+
+def test_measured_latency_of_every_candidate_and_bad_backends(tmp_path, data_dir):
+    """`evolve.measure`: each candidate's ZigZag latency in the history, equal to the backend's own."""
+    from experiments.run import main as run
+    from hwmodel.measure import make_backend
+    from supernet.spaces import make_space
+    over = ["--config.stages=['evolve']", "--config.evolve.budget_evals=6", "--config.evolve.population=4",
+            "--config.evolve.measure=zigzag:edge_tpu_like"]
+    wd = str(tmp_path / "run")
+    run(["--config", "experiments/configs/nb201/ablation.py:smoke", "--workdir", wd, *over])
+    hist = _evolve_history(wd)
+    from experiments.config import load_config
+    cfg = load_config("experiments/configs/nb201/ablation.py:smoke")
+    space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
+    backend = make_backend("zigzag:edge_tpu_like")
+    r = hist[-1]
+    assert r["latency_ms:zigzag:edge_tpu_like"] == backend.measure(space.layers(space.decode(r["arch"])),
+                                                                    layers=False).latency_ms > 0
+    backend.close()
+    with pytest.raises(SystemExit) as e:
+        run(["--config", "experiments/configs/nb201/ablation.py:smoke", "--workdir", str(tmp_path / "bad"),
+             *over[:-1], "--config.evolve.measure=zigzag:nope"])
+    assert e.value.code == 2 and not os.path.exists(tmp_path / "bad")
+
+
+@pytest.mark.slow
+def test_ray_pool_evaluates_a_generation_as_the_serial_search(tmp_path, data_dir):
+    """`evolve` with the `supernet` evaluator and ZigZag-measured latency: the candidates of each step
+    split over 2 Ray actors give the serial history."""
+    pytest.importorskip("ray")
+    over = ["--config.stages=['single_shot','evolve']", "--config.evolve.evaluator=supernet",
+            "--config.evolve.budget_evals=8", "--config.evolve.population=4", "--config.evolve.batch=2",
+            "--config.evolve.measure=zigzag:edge_tpu_like"]
+    cmd = [sys.executable, "-m", "experiments.run", "--config", "experiments/configs/nb201/single_shot.py:smoke", *over]
+    for name, extra in (("serial", []), ("ray", ["--executor", "ray", "--workers", "2"])):
+        run = subprocess.run(cmd + ["--workdir", str(tmp_path / name), *extra], cwd=ROOT, capture_output=True,
+                             text=True, timeout=900)
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert "evaluated by 2 ray workers" in run.stdout
+    serial, ray = _evolve_history(str(tmp_path / "serial")), _evolve_history(str(tmp_path / "ray"))
+    assert len(serial) == 8 and serial == ray

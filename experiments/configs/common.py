@@ -134,6 +134,9 @@ def base() -> ml_collections.ConfigDict:
     # children per step of rea / samples per step of random, evaluated together: on `--executor ray`
     # a step's candidates train in parallel (1: Real et al.'s sequential REA; nsga2: its generation)
     e.batch = 1
+    # a measurement backend ("onnxruntime", "jax", "zigzag:<description>") that measures every
+    # candidate's latency beside the search's objectives (hardware in the loop); "": none
+    e.measure = ""
     # New keys must default to the old behaviour: workdirs made before a key existed then still
     # resume (`Workdir.open(defaults=...)`).
     # evaluator "supernet": BN statistics "recalibrate"d per candidate on single_shot.bn_recalibration
