@@ -190,6 +190,18 @@ class Killed(Exception):
     pass
 
 
+def _killed_at(cfg: EvolutionConfig, kill_at: int) -> dict:
+    """The saved state of a search killed right after its query `kill_at` (what a checkpoint holds)."""
+    def log(rec):
+        if rec["index"] == kill_at:
+            raise Killed
+
+    search = Evolution(SPACE, Toy(), cfg, log=log)
+    with pytest.raises(Killed):
+        search.run()
+    return json.loads(json.dumps(search.state()))
+
+
 @pytest.mark.parametrize("algorithm,revisit,kill_at", [("rea", "count", 3), ("rea", "count", 23),
                                                        ("rea", "resample", 17), ("nsga2", "count", 13),
                                                        ("nsga2", "resample", 26), ("random", "count", 9)])
@@ -198,15 +210,7 @@ def test_killed_and_resumed_equals_uninterrupted(algorithm, revisit, kill_at):
     cfg = EvolutionConfig(algorithm=algorithm, objectives=objectives, population=6, sample_size=3,
                           max_evals=40, revisit=revisit, seed=7)
     full = evolve(SPACE, Toy(), cfg)
-
-    def log(rec):
-        if rec["index"] == kill_at:
-            raise Killed
-
-    search = Evolution(SPACE, Toy(), cfg, log=log)
-    with pytest.raises(Killed):
-        search.run()
-    state = json.loads(json.dumps(search.state()))  # what a checkpoint file holds
+    state = _killed_at(cfg, kill_at)
     assert len(state["history"]) == kill_at + 1
     resumed = evolve(SPACE, Toy(), cfg, state=state)
     assert _strip(resumed.history) == _strip(full.history)
@@ -232,15 +236,7 @@ def test_batched_search_killed_inside_a_batch_resumes_to_the_uninterrupted_run(a
     else:  # random samples do not depend on the grouping
         assert _strip(full.history) == _strip(evolve(SPACE, Toy(), EvolutionConfig(
             **{**cfg.to_dict(), "batch": 1})).history)
-
-    def log(rec):
-        if rec["index"] == kill_at:
-            raise Killed
-
-    search = Evolution(SPACE, Toy(), cfg, log=log)
-    with pytest.raises(Killed):
-        search.run()
-    resumed = evolve(SPACE, Toy(), cfg, state=json.loads(json.dumps(search.state())))
+    resumed = evolve(SPACE, Toy(), cfg, state=_killed_at(cfg, kill_at))
     assert _strip(resumed.history) == _strip(full.history)
     with pytest.raises(ValueError, match="batch must be >= 1"):
         EvolutionConfig(batch=0)
