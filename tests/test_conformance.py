@@ -121,6 +121,8 @@ def _kwargs(name: str, tmp_path) -> dict:
         return {"train": _data(16, 1), "val": _data(8, 2), "steps": 2, "batch_size": 8, "eval_batch_size": 8}
     if name == "hwcost":
         return {"accelerators": ("npu", "edgetpu")}
+    if name == "measured":
+        return {"backend": "zigzag:edge_tpu_like"}  # simulated: deterministic, as this test needs
     if name == "composite":
         return {"parts": [{"name": "hwcost", "accelerators": ["npu"]},
                           make_evaluator("zero_shot", SPACE, score_fn=lambda a: np.asarray(a).sum(1) * 1.0)]}
