@@ -145,13 +145,14 @@ def test_ray_sweep_equals_serial_reports_failures_and_resumes_after_a_kill(tmp_p
     proc = subprocess.Popen(cmd + ["--workdir", killed], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not any(
-            os.path.isfile(os.path.join(killed, n, "metrics.jsonl")) for n in ("seed=0", "seed=1")):
-        time.sleep(0.5)
+    while time.time() < deadline and proc.poll() is None and not any(  # a member has opened its workdir
+            os.path.isfile(os.path.join(killed, n, "config.json")) for n in ("seed=0", "seed=1")):
+        time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[1]
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted" in err, err
+    assert len(_results(killed)) < 2  # stopped with a member unfinished: the rerun resumes it
     run = subprocess.run(cmd + ["--workdir", killed], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 1 and _results(killed) == _results(serial)
 
