@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import importlib.util
 import json
 import os
@@ -104,22 +105,40 @@ def load_sweep(spec: str, overrides: Sequence[str] = ()) -> list[tuple[str, ml_c
     return runs
 
 
-def run_member(member: tuple[str, Any, str, bool, bool, str]) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One run of a sweep, as an executor ships it (picklable).
+
+    Attributes:
+      name, cfg: the run's name and resolved config.
+      workdir: its folder, `ROOT/<name>`.
+      overwrite: move a different run found there aside.
+      echo: also print its output here (the local executor), not only into `<workdir>/sweep.log`.
+      cache: the sweep's persistent JAX compilation cache.
+    """
+
+    name: str
+    cfg: Any
+    workdir: str
+    overwrite: bool
+    echo: bool
+    cache: str
+
+
+def run_member(member: Member) -> dict[str, Any]:
     """One sweep member, wherever it runs (this process or a Ray worker): `launch` into its workdir
     with its output copied into `<workdir>/sweep.log`; returns the summary the sweep prints.
 
-    Compiled functions go to the sweep's persistent JAX cache (`cache`): a member in a fresh process
-    (a Ray worker) loads what another member compiled instead of compiling it again; the cached
-    executables are the ones a compile would produce, so results do not change."""
+    Compiled functions go to the sweep's persistent JAX cache: a member in a fresh process (a Ray
+    worker) loads what another member compiled instead of compiling it again; the cached executables
+    are the ones a compile would produce, so results do not change."""
     t0 = time.perf_counter()
-    name, cfg, wd_path, overwrite, echo, cache = member
     import jax
-    if cache:
-        jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_compilation_cache_dir", member.cache)
     from experiments.pipeline import launch
-    with tee_output(log_path(wd_path), echo=echo) as log:
+    with tee_output(log_path(member.workdir), echo=member.echo) as log:
         try:
-            res = launch(cfg, wd_path, overwrite=overwrite)
+            res = launch(member.cfg, member.workdir, overwrite=member.overwrite)
         except Exception:
             log.write(traceback.format_exc())  # the log has the traceback, the sweep's report one line
             raise
@@ -161,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return {}
     root = os.path.abspath(args.workdir)
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(root, ".jax_cache")
-    members = [(name, cfg, os.path.join(root, name), args.overwrite, spec.name == "local", cache)
+    members = [Member(name, cfg, os.path.join(root, name), args.overwrite, spec.name == "local", cache)
                for name, cfg in runs]
     summary: dict[str, Any] = {}
     failed: dict[str, Failure] = {}
@@ -171,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         done = 0
         for i, out in ex.run_all(run_member, members):
             done += 1
-            name, wd_path = members[i][0], members[i][2]
+            name, wd_path = members[i].name, members[i].workdir
             if isinstance(out, Failure):
                 failed[name] = out
                 print(f"[{done}/{len(runs)}] FAILED {wd_path}: {out} (log: {log_path(wd_path)})", flush=True)
