@@ -35,14 +35,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DONE = re.compile(r"^\[\d+/\d+\] (?P<path>\S+) done in (?P<s>[0-9.]+) s")
 
 
-def run_sweep(cmd: list[str]) -> tuple[float, dict[str, float], str]:
+def run_sweep(cmd: list[str]) -> tuple[float, dict[str, float]]:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"sweep failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     members = {m["path"]: float(m["s"]) for m in map(DONE.match, proc.stdout.splitlines()) if m}
-    return wall, members, proc.stdout
+    return wall, members
 
 
 def list_schedule(durations: list[float], workers: int) -> float:
@@ -91,8 +91,8 @@ def main() -> None:
         if os.path.exists(os.path.join(args.root, sub)):
             sys.exit(f"{os.path.join(args.root, sub)} exists: give an empty --root (results are never overwritten)")
     base = [sys.executable, "-m", "experiments.sweep", "--config", args.config, "--only", args.only]
-    serial_wall, serial, _ = run_sweep(base + ["--workdir", os.path.join(args.root, "serial")])
-    ray_wall, ray, _ = run_sweep(base + ["--workdir", os.path.join(args.root, "ray"), "--executor", "ray",
+    serial_wall, serial = run_sweep(base + ["--workdir", os.path.join(args.root, "serial")])
+    ray_wall, ray = run_sweep(base + ["--workdir", os.path.join(args.root, "ray"), "--executor", "ray",
                                          "--workers", str(args.workers)])
     n = len(serial)
     order = subprocess.run(base + ["--workdir", os.path.join(args.root, "ray"), "--list"], cwd=ROOT,

@@ -64,6 +64,16 @@ class Context:
     _surrogate_train: Any = None  # (archs, latency_ms) the surrogate was fitted on, when fitted in the run
     _surrogate_ratios: Any = None
 
+    @classmethod
+    def of(cls, cfg: Any, wd: Workdir, executor: Any = None) -> "Context":
+        """A run's context from its config: the space, the mesh and the configured search mask (what
+        the pipeline starts from, and what each worker of a parallel `evolve` rebuilds)."""
+        from supernet.spaces import make_space
+        from supernet.training import make_mesh
+        space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
+        return cls(cfg=cfg, wd=wd, space=space, mesh=make_mesh(cfg.num_devices or None),
+                   mask=search_mask(cfg, space), executor=executor)
+
     def data(self):
         """CIFAR-10 (or the synthetic stand-in) as host arrays, optionally subsampled."""
         if self._data is None:

@@ -167,10 +167,10 @@ class Executor(abc.ABC):
 
 class _LocalPool(Pool):
     def __init__(self, setup: Callable[[], Any]):
-        self.obj = setup()
+        self.holder = _Holder(setup)
 
     def map(self, fn, items):
-        return [fn(self.obj, item) for item in items]
+        return [self.holder.call(fn, item) for item in items]
 
 
 class LocalExecutor(Executor):
@@ -181,10 +181,7 @@ class LocalExecutor(Executor):
 
     def run_all(self, fn, items):
         for i, item in enumerate(items):
-            try:
-                yield i, fn(item)
-            except Exception as e:  # noqa: BLE001 - a member's failure is reported, the others go on
-                yield i, Failure.of(e)
+            yield i, _capture(fn, item)  # a member's failure is reported, the others go on
 
     def pool(self, setup, workers=0):
         return _LocalPool(setup)
@@ -206,11 +203,18 @@ def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
                             "`ray start --head --port PORT`, or leave out --address for a local Ray instance") from None
 
 
-def _check_resources(need: dict[str, float], have: dict[str, float], where: str) -> None:
+def _capacity(need: dict[str, float], have: dict[str, float], where: str) -> int:
+    """How many runs of `need` the cluster's resources `have` hold at once; none is an error (Ray
+    would queue them forever)."""
+    fits = []
     for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
-        if need[key] > have.get(ray_key, 0.0):
-            raise ExecutorError(f"each run asks for {key}={need[key]:g} but {where} has {have.get(ray_key, 0.0):g} "
-                                f"{ray_key}s in all, so it would wait forever; lower --resources-per-run")
+        if need[key] > 0:
+            fits.append(int(have.get(ray_key, 0.0) // need[key]))
+            if fits[-1] < 1:
+                raise ExecutorError(f"each run asks for {key}={need[key]:g} but {where} has "
+                                    f"{have.get(ray_key, 0.0):g} {ray_key}s in all, so it would wait forever; "
+                                    "lower --resources-per-run")
+    return min(fits)
 
 
 class _Holder:
@@ -270,14 +274,11 @@ class RayExecutor(Executor):
         self._owned, self._pools = True, []
         where = f"the Ray cluster at {spec.address}" if spec.address else "the local Ray instance"
         try:
-            _check_resources(spec.per_run, ray.cluster_resources(), where)
+            self.capacity = _capacity(spec.per_run, ray.cluster_resources(), where)
         except ExecutorError:
             self.close()
             raise
-        res = spec.per_run
-        self.options = {"num_cpus": res["cpu"], "num_gpus": res["gpu"]}
-        self.capacity = max(1, int(ray.cluster_resources().get("CPU", 1) // max(res["cpu"], 1e-9))) \
-            if res["cpu"] else max(1, int(ray.cluster_resources().get("GPU", 1) // res["gpu"]))
+        self.options = {"num_cpus": spec.per_run["cpu"], "num_gpus": spec.per_run["gpu"]}
 
     @property
     def parallel(self) -> bool:

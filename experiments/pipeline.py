@@ -26,12 +26,10 @@ from hwmodel.layers import total_flops
 from hwmodel.measure import make_backend
 from hwmodel.tables import numbers, read_csv, require_columns
 from supernet.space import SpaceMask
-from supernet.spaces import make_space
-from supernet.training import make_mesh
 from experiments.checks import check_config, check_stages, resolve_data_source
 from experiments.config import ConfigError, to_dict
 from experiments.configs.common import CHANGED_DEFAULTS, RETIRED, base
-from experiments.context import STAGES, Context, data_path, fitted_surrogate, register_presets, search_mask, target_of
+from experiments.context import STAGES, Context, data_path, fitted_surrogate, register_presets, target_of
 from experiments.workdir import Workdir, recorded_config
 
 
@@ -118,9 +116,8 @@ def run_pipeline(cfg: Any, wd: Workdir, executor: Any = None) -> dict[str, Any]:
     """Runs `cfg.stages` in order (skipping finished ones) and writes `results.json`; `executor`
     (`experiments.executors`) runs the costly evaluations of `evolve` (default: this process)."""
     check_stages(list(cfg.stages))
-    space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
-    ctx = Context(cfg=cfg, wd=wd, space=space, mesh=make_mesh(cfg.num_devices or None), mask=search_mask(cfg, space),
-                  executor=executor)
+    ctx = Context.of(cfg, wd, executor)
+    space = ctx.space
     outputs: dict[str, Any] = {}
     for stage in cfg.stages:
         done = wd.stage_done(stage)

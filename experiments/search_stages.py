@@ -32,13 +32,11 @@ from flax import nnx
 from hwmodel.registry import Registry
 from experiments import data as D
 from experiments.config import ConfigError
-from experiments.context import (STAGES, Context, cost_config, data_path, eval_input, fitted_surrogate, search_mask,
-                                 splits)
+from experiments.context import STAGES, Context, cost_config, data_path, eval_input, fitted_surrogate, splits
 from experiments.train_stages import trained_supernet
 from experiments.workdir import Workdir, write_json
 from supernet.model import make_supernet
 from supernet.spaces import make_space
-from supernet.training import make_mesh
 
 
 def latency_target(ctx: Context) -> tuple[dict[str, Any], str] | None:
@@ -246,10 +244,7 @@ def worker_evaluator(cfg: Any, workdir: str):
     """The run's accuracy evaluator built from the config and the workdir as the run itself builds
     it (same data split, seed and supernet checkpoint), so each candidate's value equals the serial
     run's: what each worker of a parallel `evolve` holds."""
-    space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
-    ctx = Context(cfg=cfg, wd=Workdir(workdir), space=space, mesh=make_mesh(cfg.num_devices or None),
-                  mask=search_mask(cfg, space))
-    return ACCURACY_EVALUATORS[cfg.evolve.evaluator](ctx)
+    return ACCURACY_EVALUATORS[cfg.evolve.evaluator](Context.of(cfg, Workdir(workdir)))
 
 
 def measured_evaluator(space_name: str, space_kwargs: dict[str, Any], backend: str):

@@ -511,9 +511,6 @@ class MeasuredEvaluator(Evaluator):
         self.backend.prefetch(tables)
         return {self.names[0]: np.asarray([self.backend.measure(t, layers=False).latency_ms for t in tables])}
 
-    def close(self) -> None:
-        self.backend.close()
-
 
 # ------------------------------------------------------------------ several at once
 @EVALUATORS.register("composite")
