@@ -18,7 +18,7 @@ from supernet.tasks import TASKS
 from zero_shot.registry import check_task
 from supernet.objectives import check_budgets
 from experiments import data as D
-from experiments.search_stages import ACCURACY_EVALUATORS  # (importing it registers every stage)
+from experiments.search_stages import ACCURACY_EVALUATORS, GOALS  # (importing it registers every stage)
 from experiments.landscape_stage import COSTS as LANDSCAPE_COSTS
 from experiments.expert_stage import mined_rules
 from experiments.train_stages import shared_supernet
@@ -224,6 +224,7 @@ def check_config(cfg: Any) -> None:
               "evolve needs a budget: evolve.budget_evals > 0 or evolve.budget_seconds > 0")
         _number(cfg, "evolve.guide_prob", 0, 1)
         _number(cfg, "evolve.batch", 1, integer=True)
+        _need(e.get("goal", "accuracy") in GOALS, f"unknown evolve.goal {e.get('goal')!r}; valid: {', '.join(GOALS)}")
         if e.measure:
             try:  # an unknown backend or ZigZag description lists the valid ones, before any work
                 make_backend(e.measure).close()

@@ -154,7 +154,8 @@ def from_pure(template: dict[str, Any], pure: dict[str, Any]) -> dict[str, Any]:
 def search_mask(cfg: Any, space: SearchSpace) -> SpaceMask | None:
     """The part of `space` a search may visit: `space.free` (regexes of the decisions that may
     change; the others are held at the baseline architecture's choice) minus `space.remove`
-    (choices no search may take); None when both are empty.
+    (`{decision regex: choices no search may take}`, each choice removed from every matching
+    decision that has it); None when both are empty.
 
     Raises:
       ConfigError: a regex that names no decision, a space without a baseline, an unknown choice.
@@ -176,8 +177,21 @@ def search_mask(cfg: Any, space: SearchSpace) -> SpaceMask | None:
             if not any(re.fullmatch(f, n) for f in free):
                 allowed[d] = False
                 allowed[d, base[d]] = True
+    exact = {}  # `space.remove` keys are regexes of decision names: each choice from every match holding it
+    for key, choices in remove.items():
+        matched = [d for d in space.decisions if re.fullmatch(key, d.name)]
+        if not matched:
+            raise ConfigError(f"space.remove: {key!r} matches no decision of {space.name} "
+                              f"(decisions: {', '.join(names[:4])}, ..., {names[-1]})")
+        for c in choices:
+            holders = [d.name for d in matched if str(c) in map(str, d.choices)]
+            if not holders:
+                raise ConfigError(f"space.remove: no decision matching {key!r} has the choice {c!r} "
+                                  f"(choices of {matched[0].name}: {[str(x) for x in matched[0].choices]})")
+            for n in holders:
+                exact.setdefault(n, []).append(c)
     try:
-        return space.mask(remove={k: tuple(v) for k, v in remove.items()}, allowed=allowed)
+        return space.mask(remove=exact, allowed=allowed)
     except (KeyError, ValueError) as e:
         raise ConfigError(f"space.remove: {e.args[0] if e.args else e}") from None
 

@@ -223,6 +223,11 @@ def _capacity(ctx: Context):
     return CapacityEvaluator(ctx.space, name="accuracy")
 
 
+#: What `evolve` optimises (`evolve.goal`): the most accurate network (under the latency target and
+#: budgets), or the fastest one no less accurate than the space's baseline architecture.
+GOALS = ("accuracy", "latency")
+
+
 #: Evaluators whose candidates cost real work (training, a supernet pass each): on a parallel
 #: executor (`--executor ray`) a generation's candidates are split over a pool of workers.
 POOLED = ("train", "supernet")
@@ -294,6 +299,22 @@ def _evaluators(ctx: Context, setups: list[Setup]) -> list[Any]:
     return local
 
 
+def _accuracy_floor(ctx: Context, evaluator, target, algorithm: str) -> tuple[float, list[str]]:
+    """`evolve.goal='latency'`: the baseline architecture's score under `evaluator` (the floor a
+    found network must reach) and the single objective, the latency model's."""
+    from supernet.space import HasBaseline
+    if target is None:
+        raise ConfigError("evolve.goal='latency' minimises the latency model: set cost.form (e.g. 'hinge') and a "
+                          "target (target_frac=1.0: no slower than the baseline)")
+    if algorithm == "nsga2":
+        raise ConfigError("evolve.goal='latency' has one objective: use evolve.algorithm='rea' or 'random' "
+                          "(nsga2's accuracy x latency front needs no goal)")
+    if not isinstance(ctx.space, HasBaseline):
+        raise ConfigError(f"evolve.goal='latency' compares with the baseline architecture; {ctx.space.name} has none")
+    base = np.asarray(ctx.space.baseline_arch())[None]
+    return float(_evaluate(evaluator, base)["accuracy"][0]), [f"min:{target[1]}"]
+
+
 @STAGES.register("evolve")
 def stage_evolve(ctx: Context) -> dict[str, Any]:
     from supernet import evaluators as E
@@ -316,6 +337,10 @@ def stage_evolve(ctx: Context) -> dict[str, Any]:
             objectives.append(f"min:{lat_name}")
         else:
             constraints.append(f"{lat_name} <= {cost.target_ms!r}")
+    floor = None
+    if ec.get("goal", "accuracy") == "latency":  # the fastest network at the baseline's accuracy
+        floor, objectives = _accuracy_floor(ctx, parts[0], target, ec.algorithm)
+        constraints.append(f"accuracy >= {floor!r}")
     constraints += [f"{key} <= {value!r}" for key, value in budgets.items()]
     evaluator = parts[0] if len(parts) == 1 else E.CompositeEvaluator(space, parts)
     if ec.guide not in ("", "zero_shot"):
@@ -355,6 +380,8 @@ def stage_evolve(ctx: Context) -> dict[str, Any]:
         init = ctx.ranking[: ecfg.population] if ec.warm_start and ecfg.algorithm != "random" else []
         if ec.warm_start and "expert" in cfg.stages and ctx.arch is not None:  # rules + NAS
             init = [space.encode(ctx.arch)] + init[: ecfg.population - 1]
+        if floor is not None and ecfg.algorithm != "random":  # the baseline meets the floor by definition
+            init = [space.encode(space.baseline_arch())] + init[: ecfg.population - 1]
         search = Evolution(space, evaluator, ecfg, mask=ctx.mask, init=init, log=log, guide=guide)
     try:
         res = search.run()
@@ -372,6 +399,8 @@ def stage_evolve(ctx: Context) -> dict[str, Any]:
            "front": [{"arch": r["arch"], **r["objectives"]} for r in res.front]}
     if target is not None:
         out["latency_objective"] = {lat_name: best[lat_name]}
+    if floor is not None:
+        out["accuracy_floor"] = floor  # the baseline's score under the evaluator (its `acc_key`)
     if budgets:
         out["memory"] = {k: best[k] for k in budgets}
     return out

@@ -252,3 +252,47 @@ def test_space_free_holds_the_other_decisions_at_the_baseline(tmp_path):
     cfg.space.free = ("mult",)
     with pytest.raises(ConfigError, match="'mult' matches no decision"):
         search_mask(cfg, space)
+    # a `space.remove` key is a regex too: `skip` leaves every block type that offers it
+    cfg.space.free = (r"b\d+_type",)
+    cfg.space.remove = {r"b\d+_type": ("skip",)}
+    allowed = search_mask(cfg, space).allowed
+    for d, dec in enumerate(space.decisions):
+        if dec.name.endswith("_type"):
+            assert allowed[d, :dec.num_choices].tolist() == [c != "skip" for c in dec.choices], dec.name
+    cfg.space.remove = {r"b\d+_type": ("dw",)}
+    with pytest.raises(ConfigError, match="has the choice 'dw'"):
+        search_mask(cfg, space)
+
+
+def test_evolve_goal_latency_finds_the_fastest_network_at_the_baselines_score(tmp_path, capsys):
+    """`evolve.goal='latency'` (the article's "X % lower latency at the baseline's accuracy"): the
+    found network scores no less than the baseline under the evaluator and is no slower; the goal
+    without a latency model, or with nsga2, stops with one message."""
+    from experiments.run import main
+    from hwmodel import analytic
+    from hwmodel.accelerators import ACCELERATORS
+    from supernet import make_space
+    from supernet.evaluators import CapacityEvaluator
+
+    cfg = "experiments/configs/mobile/latency_cut.py:nas47,smoke"
+    res = main(["--config", cfg, "--workdir", str(tmp_path / "v3"), "--config.evolve.goal=latency",
+                "--config.target_frac=1.0", "--config.evolve.budget_evals=120"])
+    from experiments.config import load_config
+    c = load_config(cfg)
+    space = make_space(c.space.name, **dict(c.space.kwargs))
+    cap = CapacityEvaluator(space, name="accuracy")
+    found, base = space.decode(res["architecture"]), space.baseline_arch()
+    floor = float(cap(np.asarray(base)[None])["accuracy"][0])
+    ev = json.load(open(tmp_path / "v3" / "stages" / "evolve.json"))
+    assert ev["accuracy_floor"] == pytest.approx(floor)
+    assert float(cap(np.asarray(found)[None])["accuracy"][0]) >= floor
+    npu = ACCELERATORS["npu"]
+    lat = lambda a: float(analytic.latency_ms(npu, space.layers(np.asarray(a))))
+    assert lat(found) < lat(base)  # fusion adds FLOPs and saves NPU time in the smoke space
+    assert ev["latency_objective"]["latency_ms:npu"] == pytest.approx(lat(found), rel=1e-5)
+    for i, (extra, msg) in enumerate(((["--config.cost.form=none", "--config.target_frac=0"], "minimises the latency model"),
+                                      (["--config.evolve.algorithm=nsga2"], "has one objective"),
+                                      (["--config.evolve.goal=speed"], "unknown evolve.goal 'speed'"))):
+        with pytest.raises(SystemExit):
+            main(["--config", cfg, "--workdir", str(tmp_path / f"bad{i}"), "--config.evolve.goal=latency", *extra])
+        assert msg in capsys.readouterr().err

@@ -146,6 +146,11 @@ def base() -> ml_collections.ConfigDict:
     # scores pick the best neighbour with probability guide_prob (0.75 in their code); "" = unguided
     e.guide = ""
     e.guide_prob = 0.75
+    # what the search optimises: "accuracy" (the most accurate network, under the latency target
+    # and budgets if any) or "latency" (the fastest network whose evaluator score is no lower than
+    # the space's baseline architecture's: the article's "X % lower latency at the baseline's
+    # accuracy", detection V1-V3; needs a latency model, e.g. cost.form='hinge' with target_frac=1)
+    e.goal = "accuracy"
 
     r = c.retrain = defaults_of(TrainConfig, skip=("seed", "steps_per_epoch"))
     r.epochs = 30  # the launcher's retraining schedule (TrainConfig's own default is a short 10)

@@ -1,23 +1,88 @@
 """Person detection on COCO128 (issue 26): MobileNetV2 with a CenterNet head on the FPN-style
-decoder, on the curated mobile space, trained and scored by COCO mAP (pycocotools); the base of
-the article's detection study (V1 multiplier search, V2 fused-IBN search, V3 both).
+decoder, on the curated mobile space, trained and scored by COCO mAP (pycocotools), and the
+article's detection study: V1 multiplier search, V2 fused-IBN search, V3 both, and the rules mined
+from the classification search applied without a search (expert transfer), each retrained with the
+baseline's schedule.
 
 Commands:
     python -m experiments.run --config experiments/configs/detection/person_centernet.py:baseline --workdir workdirs/det/baseline
     python -m experiments.run --config experiments/configs/detection/person_centernet.py:baseline,smoke --workdir /tmp/det
-Arguments: `baseline` (MobileNetV2 all IBN k3 e6 at the standard widths, the default), `smoke`
-(a tiny space, 2 steps).
+    python -m experiments.sweep --config experiments/configs/detection/person_centernet.py:study --workdir workdirs/det_study
+    python -m experiments.report workdirs/det_study --out docs/results/detection_study --group-by stages,space.free
+Arguments: `baseline` (MobileNetV2 all IBN k3 e6 at the standard widths, the default), `v1` / `v2` /
+`v3` (the searches), `transfer` (the mined rules, no search), `study` (the sweep of all five, 3
+seeds), `search` (an arm's search alone: no retraining), `smoke` (a tiny space, 2 steps).
 
 CPU protocol: 160 px letterboxed inputs, ImageNet-style strides (stem 2, stages (1, 2, 2, 2, 1, 2,
 1)); the decoder fuses the last stage (5 x 5) with stage 2 (20 x 20, stride 8) at 64 channels,
 where CenterNet predicts a person heatmap, box size and centre offset. 128 train images (61 with
 persons, 254 boxes; COCO128 train2017), 128 test (73 with persons, 350 boxes; val2017), 60
-epochs of batch 16 (SGD 0.05 cosine, weight decay 5e-4), random horizontal flips.
+epochs of batch 16 (SGD 0.05 cosine, weight decay 5e-4), random horizontal flips and zoom; about
+17 min per network on the 2-core CPU.
+
+The searches (the article's "X % lower latency at the baseline's mAP"): regularized evolution,
+1,000 candidates, for the lowest analytic NPU latency of the whole network (head included) among
+networks of no less capacity than MobileNetV2 (`evolve.goal='latency'`, `evolve.evaluator='capacity'`,
+log10 FLOPs standing in for mAP, which a candidate cannot be trained for on this CPU); `space.free`
+holds every other decision at MobileNetV2's: V1 the width multiplier (the space's global
+multiplier, 0.5 / 0.75 / 1.0; the article's "depth multiplier"), V2 each block's type (IBN or
+fused IBN; `skip` removed), V3 both. Whether the found network keeps the baseline's mAP is then
+measured by retraining it (3 seeds). The V1 search returns MobileNetV2 itself (a lower multiplier
+has fewer FLOPs), so the sweep does not retrain V1: its mAP is the baseline's.
+
+Expert transfer (`transfer`): the rules `supernet.expert.mine` reads off the classification search
+for the NPU (`mobile/latency_cut.py:nas47,retrain`, seed 0: CIFAR-10, 32 px, 0.47 x MobileNetV2's
+latency), written out below so that the arm needs no other run; they are what
+`--config.expert.mine_from=<that run's workdir> "--config.expert.rules=()"` applies.
 """
+
+import ml_collections
 
 from experiments.configs.common import coco128_person, config_args
 
+ARMS = ("baseline", "v1", "v2", "v3", "transfer")
+FREE = {"v1": ("width_multiplier",), "v2": (r"b\d+_type",), "v3": (r"b\d+_type", "width_multiplier")}
+#: `expert.describe(expert.mine(...))` of `latency_cut.py:nas47,retrain` seed 0's network
+#: (`mult=0.5|w=16-16-48-48-96-80-400|fused:k5:e1,fused:k5:e1,skip:k5:e1,fused:k5:e6,...`)
+MINED = ("fuse(stages=(0, 2, 3, 4, 6))", "stage_widths(factors=(1.0, 0.6667, 1.5, 0.75, 1.0, 0.5, 1.25))",
+         "multiplier(value=0.5)")
+OPTIONS = (*ARMS, "study", "search", "smoke")
+
 
 def get_config(arg: str | None = None):
-    args = config_args(arg, ("baseline", "smoke"), default="baseline")
-    return coco128_person("detection", "coco128-person-boxes", num_classes=1, batch_size=16, smoke_run="smoke" in args)
+    args = config_args(arg, OPTIONS, default="baseline")
+    arm = next((a for a in args if a in ARMS), "baseline")
+    c = coco128_person("detection", "coco128-person-boxes", num_classes=1, batch_size=16, smoke_run="smoke" in args)
+    c.space.free = ()
+    c.space.remove = {r"b\d+_type": ("skip",)}  # the study's space: IBN or fused IBN per block
+    c.expert = ml_collections.ConfigDict({"rules": (), "mine_from": ""})
+    c.evolve.evaluator = "capacity"
+    c.evolve.goal = "latency"
+    c.evolve.budget_evals = 60 if "smoke" in args else 1000
+    c.target_frac = 0.0
+    if arm in FREE:
+        c.stages = ["evolve", "retrain"]
+        c.cost.form = "hinge"  # the latency model; the target (no slower than MobileNetV2) never binds
+        c.target_frac = 1.0
+        c.space.free = FREE[arm]
+    elif arm == "transfer":
+        c.stages = ["expert", "retrain"]
+        c.expert.rules = MINED
+    if "search" in args:
+        c.stages = [s for s in c.stages if s != "retrain"]
+    return c
+
+
+def get_sweep(arg: str | None = None):
+    """The study: the five arms, seeds 0-2 (the seed seeds the search and the retraining); V1 is
+    not retrained (its search returns MobileNetV2: module docstring)."""
+    args = set(config_args(arg, OPTIONS, default="study")) - {"study"}
+    runs = []
+    for i, arm in enumerate(ARMS):
+        c = get_config(",".join([arm, *sorted(args)]))
+        stages = [s for s in c.stages if not (arm == "v1" and s == "retrain")]
+        for seed in range(3):
+            runs.append({"name": f"{i}_{arm}/seed={seed}", "stages": stages, "space.free": tuple(c.space.free),
+                         "cost.form": c.cost.form, "target_frac": c.target_frac, "expert.rules": tuple(c.expert.rules),
+                         "seed": seed})
+    return runs
