@@ -18,7 +18,9 @@ config has a lookup table, `PREFIX_search_length.png`: the table accuracy of the
 per run (`search_length` in the JSON printed with `--out`). Runs of the `landscape` stage add a table
 of its measures and `PREFIX_landscape.png` (`experiments.landscape_report`); `evolve` runs with the
 `capacity` evaluator the searched-for x run-on accelerator matrix, or the raw vs curated convergence
-table and `PREFIX_convergence.png` (`experiments.hardware_report`).
+table and `PREFIX_convergence.png` (`experiments.hardware_report`); retrained arms beside a retrained
+`baseline` arm the latency reduction per cost model, the metric's distance to the baseline in seed
+stds and the fused blocks (`experiments.study_report`).
 
 Example:
     python -m experiments.report workdirs/ablation --out docs/results/ablation --latency pixel3_latency_ms
@@ -39,6 +41,7 @@ from experiments.config import cli_errors, flatten
 from experiments.hardware_report import (blocks_markdown, convergence_markdown, is_capacity_search, matrix_markdown, arms_markdown,
                                          plot_convergence)
 from experiments.landscape_report import is_landscape, landscape_markdown, landscape_runs, plot_landscape
+from experiments.study_report import fusion_markdown, study_markdown
 
 
 def find_runs(dirs: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -290,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 and np.isfinite(r["values"]["accuracy"])]
     parts = [markdown([row for row in rows if any(r["label"] == row["group"] for r in searches)], unfinished)
              if searches else "", landscape_markdown(runs) if studies else "",
+             study_markdown(runs), fusion_markdown(runs),
              matrix_markdown(runs), arms_markdown(runs), blocks_markdown(runs), convergence_markdown(runs)]
     md = "\n".join(p for p in parts if p)
     print(md)

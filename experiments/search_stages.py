@@ -396,7 +396,9 @@ def stage_evolve(ctx: Context) -> dict[str, Any]:
     out = {"arch": space.encode(ctx.arch), "search_seconds": search.seconds, acc_key: best["accuracy"],
            "evaluations": len(res.history), "distinct": len({r["arch"] for r in res.history}),
            "warm_start": len(search.init), "guide_evals": search.guide_evals,
-           "front": [{"arch": r["arch"], **r["objectives"]} for r in res.front]}
+           # the front's fitness under the evaluator's own name (a capacity is not an accuracy in percent)
+           "front": [{"arch": r["arch"], **{(acc_key if k == "accuracy" else k): v for k, v in r["objectives"].items()}}
+                     for r in res.front]}
     if target is not None:
         out["latency_objective"] = {lat_name: best[lat_name]}
     if floor is not None:

@@ -125,3 +125,53 @@ def test_ablation_latency_arm_costs_the_returned_cell_and_tunas_restores_the_old
     assert (p3.single_shot.epochs, p3.single_shot.steps_per_epoch) == (5, 40)
     old = dict(sweep.load_sweep(f"{abl}:quick,tunas"))["zero+single/pixel3/seed=4"]
     assert (old.cost.form, old.cost.discrete, old.stages) == ("tunas", False, ["zero_shot", "single_shot"])
+
+
+def test_study_tables_give_latency_cuts_metric_distance_and_fused_blocks():
+    """`experiments.study_report` on a hand-made study: the cut per cost model is 1 - arm / baseline
+    mean, the metric's distance is in baseline seed stds, an unretrained arm with the baseline's
+    network says so, and the fusion table names exactly the blocks fused (their FLOPs rise)."""
+    from experiments.study_report import fusion_markdown, study_markdown
+    from supernet import make_space
+
+    kwargs = {"parallelism": 4, "input_size": 32, "stem_stride": 2, "blocks_per_stage": (1, 2, 2),
+              "base_widths": (8, 16, 24), "stage_strides": (1, 2, 2), "stem_width": 8, "num_classes": 1,
+              "head": "detection", "head_channels": 16, "decoder_stage": 1}
+    space = make_space("mobile-curated", **kwargs)
+    base = space.baseline_arch()
+    fused = base.copy()
+    fused[space.type_ids[1]] = list(space.decisions[space.type_ids[1]].choices).index("fused")
+    cfg = {"space.name": "mobile-curated", **{f"space.kwargs.{k}": v for k, v in kwargs.items()}}
+
+    def run(label, stages, arch, npu, acc, seed, free=()):
+        st = {s: {} for s in stages}
+        if "retrain" in stages:
+            st["retrain"] = {"test_ap50": acc / 50}
+        res = {"architecture": space.encode(arch), "latency_ms": {"analytic:npu": npu, "onnxruntime": 2 * npu},
+               "stages": st, "accuracy_source": "retrain: test COCO mAP"}
+        if "retrain" in stages:
+            res["accuracy_pct"] = acc
+        return {"dir": f"{label}/{seed}", "label": label, "results": res,
+                "config": {**cfg, "stages": list(stages), "seed": seed, "space.free": list(free)}}
+
+    runs = [run("base", ["baseline", "retrain"], base, 2.0, a, s) for s, a in enumerate((1.0, 2.0, 3.0))]
+    runs += [run("v2", ["evolve", "retrain"], fused, 1.5, a, s, [r"b\d+_type"]) for s, a in enumerate((1.0, 1.5))]
+    runs += [run("v1", ["evolve"], base, 2.0, 0.0, 0, ["width_multiplier"])]
+    md = study_markdown(runs)
+    rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    assert "| 25.0% ± 0.0% | 25.0% ± 0.0% | 1.25 ± 0.25 | 2.50 ± 0.50 |" in rows["v2"]  # both cost models; metric, AP50
+    assert "-0.9 |" in rows["v2"]  # (1.25 - 2.0) / std(1, 2, 3) = -0.92
+    assert "search: block types" in rows["v2"] and "AP50" in md
+    assert "not retrained: the baseline's network" in rows["v1"]
+    fz = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in fusion_markdown(runs).splitlines()
+          if line.startswith("| v")}
+    assert fz["v2"][2] == "b1 (1)" and fz["v1"][2] == "none"
+    before, after = map(float, fz["v2"][3].split(" -> "))
+    assert after > before  # fusion raises the block's FLOPs
+    assert study_markdown([r for r in runs if r["label"] != "base"]) == ""  # no baseline arm: no table
+    hw = [dict(r, results={k: v for k, v in r["results"].items() if k != "accuracy_pct"} | {"stages": {s: {} for s in r["config"]["stages"] if s != "retrain"}})
+          for r in runs]
+    for r in hw:
+        r["config"] = dict(r["config"], stages=[s for s in r["config"]["stages"] if s != "retrain"])
+    md = study_markdown(hw)  # the hardware side: the cuts alone
+    assert "nothing trained" in md and "| v2 | search: block types | 2 | 25.0% ± 0.0% | 25.0% ± 0.0% |" in md

@@ -11,7 +11,9 @@ Commands:
     python -m experiments.report workdirs/det_study --out docs/results/detection_study --group-by stages,space.free
 Arguments: `baseline` (MobileNetV2 all IBN k3 e6 at the standard widths, the default), `v1` / `v2` /
 `v3` (the searches), `transfer` (the mined rules, no search), `study` (the sweep of all five, 3
-seeds), `search` (an arm's search alone: no retraining), `smoke` (a tiny space, 2 steps).
+seeds), `search` (an arm's search alone, no retraining, its network costed on every model including
+ZigZag and ONNX Runtime on this CPU: `:study,search` is the hardware side of the study, minutes),
+`smoke` (a tiny space, 2 steps).
 
 CPU protocol: 160 px letterboxed inputs, ImageNet-style strides (stem 2, stages (1, 2, 2, 2, 1, 2,
 1)); the decoder fuses the last stage (5 x 5) with stage 2 (20 x 20, stride 8) at 64 channels,
@@ -68,8 +70,9 @@ def get_config(arg: str | None = None):
     elif arm == "transfer":
         c.stages = ["expert", "retrain"]
         c.expert.rules = MINED
-    if "search" in args:
-        c.stages = [s for s in c.stages if s != "retrain"]
+    if "search" in args:  # the hardware side: every cost model, the measured ones included
+        c.stages = [s for s in c.stages if s != "retrain"] or ["baseline"]
+        c.report.measured = () if "smoke" in args else ("zigzag:ascend_like", "onnxruntime")
     return c
 
 
