@@ -52,9 +52,9 @@ def check_stages(stages: list[str]) -> None:
         if s == "retrain" and not CHOOSERS & set(stages[:i]):
             raise ConfigError(f"'retrain' needs an earlier stage that chooses an architecture "
                               f"({', '.join(sorted(CHOOSERS))}); got {stages}")
-        if s in ("baseline", "expert") and CHOOSERS & set(stages[:i]):
+        if s in ("baseline", "given", "expert") and CHOOSERS & set(stages[:i]):
             raise ConfigError(f"{s!r} would replace the architecture chosen before it in {stages}")
-        if s == "baseline" and set(SEARCH_ORDER) & set(stages):
+        if s in ("baseline", "given") and set(SEARCH_ORDER) & set(stages):
             raise ConfigError(f"{s!r} is an arm of its own; do not combine it with search stages: {stages}")
         # rules + NAS: the rules' network seeds evolution's population (`evolve.warm_start`)
         if s == "expert" and {"zero_shot", "single_shot"} & set(stages):
@@ -131,9 +131,9 @@ def check_config(cfg: Any) -> None:
         _need(getattr(space, "head", "classification") == task,
               f"task.name={task!r} needs a space with that head (space.kwargs head={task!r}); "
               f"{cfg.space.name!r} has head {getattr(space, 'head', 'classification')!r}")
-        _need(set(cfg.stages) <= {"baseline", "expert", "single_shot", "evolve", "retrain"} and
+        _need(set(cfg.stages) <= {"baseline", "given", "expert", "single_shot", "evolve", "retrain"} and
               (cfg.evolve.evaluator == "capacity" or "evolve" not in cfg.stages),
-              f"task.name={task!r} runs the stages baseline, expert, single_shot, evolve (capacity "
+              f"task.name={task!r} runs the stages baseline, given, expert, single_shot, evolve (capacity "
               f"evaluator) and retrain so far; got {list(cfg.stages)} (evolve.evaluator="
               f"{cfg.evolve.evaluator!r})")
         _need(cfg.data.name != "cifar10" and cfg.data.get("input_size", 32) == getattr(space, "input_size", 32),
@@ -208,6 +208,13 @@ def check_config(cfg: Any) -> None:
         _number(cfg, "zero_shot.batch_size", 1, integer=True)
         _need(cfg.zero_shot.method in ("marginal", "progressive"),
               f"unknown zero_shot.method {cfg.zero_shot.method!r}; valid: marginal, progressive")
+    if "given" in stages:
+        _need(bool(cfg.given.arch), "stage 'given' retrains the architecture in given.arch: set it (an "
+              "architecture string of the space, e.g. a candidate from `python -m experiments.candidates`)")
+        try:
+            space.decode(cfg.given.arch)
+        except ValueError as err:
+            raise ConfigError(f"given.arch: {user_message(err)}") from None
     if "evolve" in stages:
         e = cfg.evolve
         _need(e.algorithm in ALGORITHMS, f"unknown evolve.algorithm {e.algorithm!r}; valid: {', '.join(ALGORITHMS)}")

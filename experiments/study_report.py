@@ -37,7 +37,7 @@ def study_runs(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[d
     """`(baseline runs, other runs)` of a study: a `baseline` arm and at least one other arm that
     searched or applied rules, all retrained or none (the hardware side); `([], [])` otherwise."""
     base = [r for r in runs if _is_baseline(r)]
-    others = [r for r in runs if not _is_baseline(r) and {"evolve", "expert"} & set(r["results"].get("stages", {}))]
+    others = [r for r in runs if not _is_baseline(r) and {"evolve", "expert", "given"} & set(r["results"].get("stages", {}))]
     if not base or not others or len({_trained(r) for r in base}) > 1:
         return [], []
     return base, others
@@ -45,6 +45,9 @@ def study_runs(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[d
 
 def _searched(run: dict[str, Any]) -> str:
     c, stages = run["config"], run["results"].get("stages", {})
+    if "given" in stages:  # a candidate picked from the searches (`experiments.candidates`)
+        return (f"candidate {c.get('given.name') or ''}: {c.get('space.kwargs.input_size', '?')} px, decoder on stage "
+                f"{c.get('space.kwargs.decoder_stage', '?')}")
     if "expert" in stages:
         return "expert rules: " + "; ".join(stages["expert"].get("rules", [])) if "evolve" not in stages else "rules + search"
     free = c.get("space.free") or []

@@ -39,6 +39,14 @@ def stage_baseline(ctx: Context) -> dict[str, Any]:
     return {"arch": ctx.space.encode(ctx.arch)}
 
 
+@STAGES.register("given")
+def stage_given(ctx: Context) -> dict[str, Any]:
+    """The architecture of `given.arch` (checked by `experiments.checks`): retraining a network
+    picked by hand or from a search's front, e.g. the segmentation study's candidates A-E."""
+    ctx.arch = ctx.space.decode(ctx.cfg.given.arch)
+    return {"arch": ctx.space.encode(ctx.arch)}
+
+
 def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]:
     """The configured search, restored from its latest checkpoint when there is one."""
     cfg, sc = ctx.cfg, ctx.cfg.single_shot

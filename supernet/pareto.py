@@ -80,6 +80,28 @@ def non_dominated(points: Float[np.ndarray, "n m"], directions: Sequence[str] | 
     return keep
 
 
+def spread(values: Float[np.ndarray, "n"], k: int) -> Int[np.ndarray, "k"]:
+    """Indices of `min(k, n)` distinct points whose `values` lie nearest to `k` evenly spaced
+    levels from the smallest value to the largest, in increasing order of value: candidates picked
+    along a front by one objective (e.g. latency; the segmentation study's A-E).
+
+    Example:
+        >>> spread(np.array([5.0, 1.0, 2.0, 9.0, 3.0]), 3).tolist()  # levels 1, 5, 9
+        [1, 0, 3]
+    """
+    v = np.asarray(values, np.float64)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    order = list(np.argsort(v, kind="stable"))
+    if len(order) <= k:
+        return np.asarray(order, np.int64)
+    picked: list[int] = []
+    for level in np.linspace(v.min(), v.max(), k):
+        left = [i for i in order if i not in picked]
+        picked.append(min(left, key=lambda i: (abs(v[i] - level), v[i])))
+    return np.asarray(sorted(picked, key=lambda i: v[i]), np.int64)
+
+
 def nondominated_sort(points: Float[np.ndarray, "n m"], directions: Sequence[str] | None = None) -> Int[np.ndarray, "n"]:
     """Front index of every point (0 = non-dominated), Deb et al. 2002's fast non-dominated sort."""
     d = dominance_matrix(points, directions)

@@ -296,3 +296,24 @@ def test_evolve_goal_latency_finds_the_fastest_network_at_the_baselines_score(tm
         with pytest.raises(SystemExit):
             main(["--config", cfg, "--workdir", str(tmp_path / f"bad{i}"), "--config.evolve.goal=latency", *extra])
         assert msg in capsys.readouterr().err
+
+
+def test_given_stage_hands_on_the_configured_architecture(tmp_path, capsys):
+    """Stage `given` (retraining a picked candidate): the run's network is `given.arch`; an empty or
+    malformed string, or `given` after another chooser, stops with one message."""
+    from supernet import make_space
+    cfg = "experiments/configs/mobile/latency_cut.py:baseline,smoke"
+    c = load_config(cfg)
+    space = make_space(c.space.name, **dict(c.space.kwargs))
+    arch = space.baseline_arch()
+    arch[space.type_ids[1]] = 1  # fused
+    s = space.encode(arch)
+    res = main(["--config", cfg, "--workdir", str(tmp_path / "ok"), "--config.stages=['given']", f"--config.given.arch={s}"])
+    assert res["architecture"] == s != space.encode(space.baseline_arch())
+    for i, (extra, msg) in enumerate(((["--config.stages=['given']"], "set it"),
+                                      (["--config.stages=['given']", "--config.given.arch=mult=9|x"], "given.arch:"),
+                                      (["--config.stages=['baseline','given']", f"--config.given.arch={s}"],
+                                       "'given' would replace the architecture chosen before it"))):
+        with pytest.raises(SystemExit):
+            main(["--config", cfg, "--workdir", str(tmp_path / f"bad{i}"), *extra])
+        assert msg in capsys.readouterr().err

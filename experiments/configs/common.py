@@ -160,6 +160,8 @@ def base() -> ml_collections.ConfigDict:
     # (`train_stages.retrain_space`): a narrower proxy with the same decisions, e.g. mobile half width
     r.space_kwargs = {}
 
+    # stage `given`: the architecture string it hands on (a candidate picked from a search's front)
+    c.given = ml_collections.ConfigDict({"arch": ""})
     c.table = ml_collections.ConfigDict({"csv": "", "arch_column": "arch_str", "column": "",
                                          "latency_columns": ()})
     # the found network's latency on each analytic preset, and measured by each backend of

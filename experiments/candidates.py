@@ -1,0 +1,158 @@
+"""Candidates from a study's searches: `python -m experiments.candidates ROOT --config SPEC [--k 5] [--out PREFIX]`.
+
+The segmentation study's A-E (the reference article: candidates at 27-51 % lower latency than the
+baseline at its mIoU or better). Every finished `evolve` run under ROOT holds a front of
+(capacity, latency) at its own input size and decoder stage; this merges them, keeps the networks
+of no less capacity than the baseline (log10 FLOPs, the searches' stand-in for the metric) that
+are faster than it on the searches' accelerator, takes their non-dominated set and picks `k`
+spread over latency (`supernet.pareto.spread`; A the fastest). The baseline is the run under ROOT
+whose stages start with `baseline` (its config suffices: it may still be training), costed the
+same way. For each candidate it prints its resolution, capacity, latency and cut, and the command
+that retrains it with the baseline's schedule (stage `given`; `--seeds` of them).
+
+Writes `PREFIX.md` (the table and the commands) and `PREFIX.json` (the candidates) with `--out`.
+
+Example:
+    python -m experiments.candidates workdirs/seg_study --config experiments/configs/segmentation/person_fpn.py \\
+        --out docs/results/segmentation_candidates
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import string
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from experiments.config import cli_errors
+from experiments.report import find_runs
+
+#: Config keys that place a network at its resolution: they travel into each retraining command.
+RESOLUTION_KEYS = ("space.kwargs.input_size", "data.input_size", "space.kwargs.decoder_stage")
+
+
+def _space(cfg: dict[str, Any]):
+    from experiments.hardware_report import _space as space_of
+    return space_of({"config": cfg})
+
+
+def _costs(cfg: dict[str, Any], arch_string: str) -> tuple[float, float]:
+    """`(log10 FLOPs, analytic latency ms on cost.accelerator)` of an architecture in `cfg`'s space."""
+    from hwmodel import analytic
+    from hwmodel.accelerators import ACCELERATORS
+    from supernet.evaluators import CapacityEvaluator
+    space = _space(cfg)
+    arch = space.decode(arch_string)
+    cap = float(CapacityEvaluator(space)(np.asarray(arch)[None])["capacity"][0])
+    return cap, float(analytic.latency_ms(ACCELERATORS[cfg.get("cost.accelerator", "npu")], space.layers(arch)))
+
+
+def load(root: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`(baseline config, searches)` under `root`: the first run whose stages start with `baseline`
+    (finished or not) and every finished `evolve` run with a front.
+
+    Raises:
+      ValueError: no baseline run or no finished search under `root`.
+    """
+    runs, _ = find_runs([root])
+    base = None
+    for dirpath, _, files in sorted(os.walk(root)):
+        if "config.json" in files:
+            with open(os.path.join(dirpath, "config.json")) as f:
+                from experiments.config import flatten
+                cfg = flatten(json.load(f)["config"])
+            if (cfg.get("stages") or [None])[0] == "baseline":
+                base = cfg
+                break
+    searches = [r for r in runs if r["results"].get("stages", {}).get("evolve", {}).get("front")]
+    if base is None:
+        raise ValueError(f"no run under {root} starts with the 'baseline' stage; start the study's baseline "
+                         "first (its config is enough)")
+    if not searches:
+        raise ValueError(f"no finished evolve run with a front under {root}; run the study's searches first")
+    return base, searches
+
+
+def pick(base: dict[str, Any], searches: list[dict[str, Any]], k: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`(the baseline's costs, the k candidates)`: module docstring. Each candidate has `name`
+    (A, B, ...), `arch`, `capacity`, `latency_ms`, `cut`, `dir` (its search) and `overrides`."""
+    from supernet.pareto import non_dominated, spread
+    cap0, lat0 = _costs(base, _space(base).encode(_space(base).baseline_arch()))
+    pool = []
+    for r in searches:
+        c = r["config"]
+        lat_key = f"latency_ms:{c.get('cost.accelerator', 'npu')}"
+        for p in r["results"]["stages"]["evolve"]["front"]:
+            cap, lat = p.get("capacity_log10_flops"), p.get(lat_key)
+            if cap is None or lat is None:
+                raise ValueError(f"{r['dir']}: its front lacks capacity_log10_flops or {lat_key}; the candidates "
+                                 "come from capacity searches (evolve.evaluator='capacity') with a latency model")
+            if cap >= cap0 and lat < lat0:
+                pool.append({"arch": p["arch"], "capacity": float(cap), "latency_ms": float(lat), "dir": r["dir"],
+                             "overrides": {k_: c[k_] for k_ in RESOLUTION_KEYS if k_ in c}})
+    if not pool:
+        return {"capacity": cap0, "latency_ms": lat0}, []
+    pts = np.asarray([[p["capacity"], p["latency_ms"]] for p in pool])
+    front = [pool[i] for i in np.flatnonzero(non_dominated(pts, ("max", "min")))]
+    chosen = [front[i] for i in spread(np.asarray([p["latency_ms"] for p in front]), k)]
+    for letter, p in zip(string.ascii_uppercase, chosen):
+        p["name"], p["cut"] = letter, 1.0 - p["latency_ms"] / lat0
+    return {"capacity": cap0, "latency_ms": lat0}, chosen
+
+
+def commands(spec: str, root: str, cands: list[dict[str, Any]], seeds: int) -> list[str]:
+    """The retraining command of each candidate and seed (stage `given` then `retrain`)."""
+    out = []
+    for p in cands:
+        over = " ".join(f"--config.{k}={v}" for k, v in p["overrides"].items())
+        for s in range(seeds):
+            out.append(f"python -m experiments.run --config {spec}:given {over} --config.given.arch='{p['arch']}' "
+                       f"--config.given.name={p['name']} --config.seed={s} --workdir {root}/2_{p['name']}/seed={s}")
+    return out
+
+
+def markdown(base: dict[str, Any], cands: list[dict[str, Any]], cmds: list[str]) -> str:
+    lines = [f"Baseline: capacity (log10 FLOPs) {base['capacity']:.3f}, analytic latency {base['latency_ms']:.3f} ms. "
+             "Candidates: no less capacity, faster, non-dominated over every search, spread over latency.\n",
+             "| candidate | input px | decoder stage | log10 FLOPs | latency ms | latency cut | architecture | search |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in cands:
+        o = p["overrides"]
+        lines.append(f"| {p['name']} | {o.get('space.kwargs.input_size', '')} | {o.get('space.kwargs.decoder_stage', '')} | "
+                     f"{p['capacity']:.3f} | {p['latency_ms']:.3f} | {p['cut']:.1%} | `{p['arch']}` | {p['dir']} |")
+    if not cands:
+        lines.append("\nNo search found a network of the baseline's capacity that is faster.")
+    return "\n".join(lines) + "\n\nRetraining commands:\n\n```bash\n" + "\n".join(cmds) + "\n```\n"
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("root", help="the study's sweep folder (baseline and searches)")
+    p.add_argument("--config", required=True, help="the study's config file, for the retraining commands")
+    p.add_argument("--k", type=int, default=5, help="how many candidates (default 5: A-E)")
+    p.add_argument("--seeds", type=int, default=3, help="retraining seeds per candidate")
+    p.add_argument("--out", default="", help="write PREFIX.md and PREFIX.json")
+    args = p.parse_args(argv)
+    if args.k < 1 or args.seeds < 1:
+        p.exit(2, "error: --k and --seeds must be >= 1\n")
+    with cli_errors(p, also=(ValueError,)):
+        base_cfg, searches = load(args.root)
+        base, cands = pick(base_cfg, searches, args.k)
+    cmds = commands(args.config, args.root.rstrip("/"), cands, args.seeds)
+    md = markdown(base, cands, cmds)
+    print(md)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(f"{args.out}.md", "w") as f:
+            f.write(f"Command: `python -m experiments.candidates {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n{md}")
+        with open(f"{args.out}.json", "w") as f:
+            json.dump({"baseline": base, "candidates": cands}, f, indent=1)
+    return cands
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
