@@ -175,3 +175,33 @@ def test_study_tables_give_latency_cuts_metric_distance_and_fused_blocks():
         r["config"] = dict(r["config"], stages=[s for s in r["config"]["stages"] if s != "retrain"])
     md = study_markdown(hw)  # the hardware side: the cuts alone
     assert "nothing trained" in md and "| v2 | search: block types | 2 | 25.0% ± 0.0% | 25.0% ± 0.0% |" in md
+
+
+def test_candidates_merge_the_fronts_and_keep_the_baselines_capacity(tmp_path, capsys):
+    """`experiments.candidates` on the segmentation study's smoke sweep (its searches, the baseline's
+    config): every candidate has no less capacity than the baseline and is faster, none dominates
+    another, A is the fastest; each command retrains it through stage `given` at its resolution,
+    and that command runs."""
+    import shlex
+    from experiments import candidates
+    from experiments.run import main as run_main
+
+    spec = "experiments/configs/segmentation/person_fpn.py"
+    root = str(tmp_path / "seg")
+    assert "1_search/in32_dec1" in sweep.main(["--config", f"{spec}:study,smoke", "--workdir", root, "--only", "1_search"])
+    with pytest.raises(SystemExit):  # no baseline run yet
+        candidates.main([root, "--config", spec])
+    assert "no run under" in capsys.readouterr().err
+    sweep.main(["--config", f"{spec}:study,smoke", "--workdir", root, "--only", "0_baseline/seed=0"])
+    got = candidates.main([root, "--config", f"{spec}", "--k", "3", "--seeds", "1", "--out", str(tmp_path / "c")])
+    base = json.load(open(tmp_path / "c.json"))["baseline"]
+    assert 1 <= len(got) <= 3 and [c["name"] for c in got] == list("ABC"[:len(got)])
+    lat = [c["latency_ms"] for c in got]
+    assert lat == sorted(lat) and all(c["capacity"] >= base["capacity"] and c["latency_ms"] < base["latency_ms"] for c in got)
+    for a in got:
+        assert not any(b["capacity"] >= a["capacity"] and b["latency_ms"] < a["latency_ms"] for b in got)
+    cmd = next(line for line in open(tmp_path / "c.md") if line.startswith("python -m experiments.run"))
+    argv = shlex.split(cmd)[3:]
+    argv[argv.index("--config") + 1] += ",smoke"  # the smoke schedule on the smoke space
+    res = run_main(argv)
+    assert res["architecture"] == got[0]["arch"] and res["accuracy_pct"] is not None
