@@ -63,8 +63,8 @@ def _ms(x: list[float], fmt: str) -> str:
 
 def _metric(run: dict[str, Any]) -> tuple[float, float]:
     r = run["results"]
-    ap50 = r.get("stages", {}).get("retrain", {}).get("test_ap50")
-    return float(r.get("accuracy_pct", np.nan)), np.nan if ap50 is None else 100 * float(ap50)
+    ap50 = r.get("stages", {}).get("retrain", {}).get("test_ap50_pct")  # (results.json: percent)
+    return float(r.get("accuracy_pct", np.nan)), np.nan if ap50 is None else float(ap50)
 
 
 def _groups(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
