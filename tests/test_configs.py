@@ -43,7 +43,8 @@ SPLATTED = {"single_shot.optim": OptimConfig, "retrain.optim": OptimConfig}
 #: of `Cls` are read (the test checks that the source makes that call).
 FROM_SECTION = {"single_shot": SearchConfig, "cost": CostConfig, "retrain": TrainConfig}
 #: Free-form kwargs dicts (passed on whole to a space or supernet class).
-KWARGS = ("space.kwargs", "single_shot.supernet", "zero_shot.supernet", "hardware.presets", "retrain.space_kwargs")
+KWARGS = ("space.kwargs", "single_shot.supernet", "zero_shot.supernet", "hardware.presets", "retrain.space_kwargs",
+          "space.remove")  # dicts whose keys are data (constructor arguments, decision names)
 
 
 def _reads(path: pathlib.Path) -> set[str]:

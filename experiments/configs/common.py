@@ -161,7 +161,7 @@ def base() -> ml_collections.ConfigDict:
     r.space_kwargs = {}
 
     # stage `given`: the architecture string it hands on (a candidate picked from a search's front)
-    c.given = ml_collections.ConfigDict({"arch": ""})
+    c.given = ml_collections.ConfigDict({"arch": "", "name": ""})  # name: a label for reports (e.g. A-E)
     c.table = ml_collections.ConfigDict({"csv": "", "arch_column": "arch_str", "column": "",
                                          "latency_columns": ()})
     # the found network's latency on each analytic preset, and measured by each backend of
@@ -220,7 +220,8 @@ def coco128_person(task: str, data: str, num_classes: int, batch_size: int, smok
     """The dense-task CPU protocol on COCO128 person (`detection/person_centernet.py`,
     `segmentation/person_fpn.py`): MobileNetV2 on `mobile-curated` (P = 16) at 160 px with ImageNet
     strides and the FPN-style decoder on stage 2 (64 channels), trained 60 epochs (SGD 0.05) by
-    `retrain`; `smoke_run`: a tiny 32 px space and two steps on the same data."""
+    `retrain`, and the studies' search space (block types without `skip`) and capacity evaluator;
+    `smoke_run`: a tiny 32 px space and two steps on the same data."""
     c = base()
     c.task.name = task
     c.space.name = "mobile-curated"
@@ -234,6 +235,12 @@ def coco128_person(task: str, data: str, num_classes: int, batch_size: int, smok
     c.stages = ["baseline", "retrain"]
     c.retrain.epochs = 60
     c.retrain.optim.lr = 0.05
+    # the studies' searches (detection V1-V3, segmentation A-E): IBN or fused IBN per block, scored
+    # by the training-free capacity proxy; `space.free` picks each arm's decisions
+    c.space.free = ()
+    c.space.remove = {r"b\d+_type": ("skip",)}
+    c.evolve.evaluator = "capacity"
+    c.target_frac = 0.0
     if smoke_run:
         smoke(c)
         c.space.kwargs = {"parallelism": 4, "input_size": 32, "stem_stride": 2, "blocks_per_stage": (1, 2, 2),

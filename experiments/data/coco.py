@@ -63,17 +63,11 @@ class Letterbox:
     orig_size: Int[np.ndarray, "n 2"]  # (width, height) of the original image
 
 
-@dataclasses.dataclass(frozen=True)
-class DetectionSet:
-    """Letterboxed images with padded per-image boxes.
-
-    `boxes[i, j]` is `(x1, y1, x2, y2)` in input pixels for `j < num_boxes[i]`; `labels[i, j]` the
-    class index in `class_names` (-1 on padding rows).
-    """
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LetterboxedSet:
+    """What every dense-task set holds: letterboxed images (`images[i]` square, uint8), their ids,
+    the class names, how each image was letterboxed, and where it came from."""
     images: UInt8[np.ndarray, "n s s 3"]
-    boxes: Float[np.ndarray, "n m 4"]
-    labels: Int[np.ndarray, "n m"]
-    num_boxes: Int[np.ndarray, " n"]
     ids: tuple[str, ...]
     class_names: tuple[str, ...]
     letterbox: Letterbox
@@ -81,6 +75,18 @@ class DetectionSet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DetectionSet(LetterboxedSet):
+    """Letterboxed images with padded per-image boxes.
+
+    `boxes[i, j]` is `(x1, y1, x2, y2)` in input pixels for `j < num_boxes[i]`; `labels[i, j]` the
+    class index in `class_names` (-1 on padding rows).
+    """
+    boxes: Float[np.ndarray, "n m 4"]
+    labels: Int[np.ndarray, "n m"]
+    num_boxes: Int[np.ndarray, " n"]
 
     def to_original(self, i: int, boxes: Float[np.ndarray, "k 4"]) -> Float[np.ndarray, "k 4"]:
         """Boxes of image `i` from input pixels back to its original pixels (clipped to it)."""
@@ -90,19 +96,11 @@ class DetectionSet:
         return np.clip(b, 0, [w, h, w, h])
 
 
-@dataclasses.dataclass(frozen=True)
-class SegmentationSet:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SegmentationSet(LetterboxedSet):
     """Letterboxed images and masks: `masks[i]` holds 0..K (0 = background, k = `class_names[k-1]`)
     or `IGNORE`."""
-    images: UInt8[np.ndarray, "n s s 3"]
     masks: UInt8[np.ndarray, "n s s"]
-    ids: tuple[str, ...]
-    class_names: tuple[str, ...]
-    letterbox: Letterbox
-    source: str
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
     @property
     def num_classes(self) -> int:
@@ -313,10 +311,10 @@ def _pack(images, all_boxes, all_labels, ids, keep, names, scales, pads, sizes, 
         k = min(len(b), m)
         boxes[i, :k], labels[i, :k], counts[i] = b[:k], lab[:k], k
     inv = {v: k for k, v in keep.items()}
-    return DetectionSet(np.stack(images), boxes, labels, counts, tuple(ids),
-                        tuple(names[inv[i]] for i in range(len(keep))),
-                        Letterbox(np.asarray(scales, np.float64), np.asarray(pads, np.float64),
-                                  np.asarray(sizes, np.int64)), source)
+    return DetectionSet(images=np.stack(images), boxes=boxes, labels=labels, num_boxes=counts, ids=tuple(ids),
+                        class_names=tuple(names[inv[i]] for i in range(len(keep))),
+                        letterbox=Letterbox(np.asarray(scales, np.float64), np.asarray(pads, np.float64),
+                                            np.asarray(sizes, np.int64)), source=source)
 
 
 def load_coco_json(annotations: str | os.PathLike, image_dir: str | os.PathLike, size: int,
@@ -423,7 +421,7 @@ def load_masks(data_dir: str | os.PathLike | None, split: str, size: int,
     if not images:
         raise DataError(f"{mask_dir}: no image of {root / 'images' / split} has a mask")
     inv = {v: k for k, v in keep.items()}
-    return SegmentationSet(np.stack(images), np.stack(masks), tuple(ids),
-                           tuple(names[inv[i]] for i in range(len(keep))),
-                           Letterbox(np.asarray(scales, np.float64), np.asarray(pads, np.float64),
-                                     np.asarray(sizes, np.int64)), f"{root} ({split}, PNG masks)")
+    return SegmentationSet(images=np.stack(images), masks=np.stack(masks), ids=tuple(ids),
+                           class_names=tuple(names[inv[i]] for i in range(len(keep))),
+                           letterbox=Letterbox(np.asarray(scales, np.float64), np.asarray(pads, np.float64),
+                                               np.asarray(sizes, np.int64)), source=f"{root} ({split}, PNG masks)")

@@ -55,13 +55,9 @@ def get_config(arg: str | None = None):
     args = config_args(arg, OPTIONS, default="baseline")
     arm = next((a for a in args if a in ARMS), "baseline")
     c = coco128_person("detection", "coco128-person-boxes", num_classes=1, batch_size=16, smoke_run="smoke" in args)
-    c.space.free = ()
-    c.space.remove = {r"b\d+_type": ("skip",)}  # the study's space: IBN or fused IBN per block
     c.expert = ml_collections.ConfigDict({"rules": (), "mine_from": ""})
-    c.evolve.evaluator = "capacity"
     c.evolve.goal = "latency"
     c.evolve.budget_evals = 60 if "smoke" in args else 1000
-    c.target_frac = 0.0
     if arm in FREE:
         c.stages = ["evolve", "retrain"]
         c.cost.form = "hinge"  # the latency model; the target (no slower than MobileNetV2) never binds

@@ -45,14 +45,9 @@ def get_config(arg: str | None = None):
     args = config_args(arg, OPTIONS, default="baseline")
     arm = next((a for a in args if a in ARMS), "baseline")
     c = coco128_person("segmentation", "coco128-person-masks", num_classes=2, batch_size=20, smoke_run="smoke" in args)
-    c.space.free = ()
-    c.space.remove = {r"b\d+_type": ("skip",)}  # the study's space: IBN or fused IBN per block
     c.report.measured = () if "smoke" in args else ("zigzag:ascend_like", "onnxruntime")
-    c.given.name = ""  # the candidate's letter (a report label)
-    c.evolve.evaluator = "capacity"
     c.evolve.algorithm = "nsga2"
     c.evolve.budget_evals = 100 if "smoke" in args else 2000
-    c.target_frac = 0.0
     if arm == "search":
         c.stages = ["evolve"]
         c.cost.form = "hinge"  # NSGA-II's latency objective; no slower than the baseline
