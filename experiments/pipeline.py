@@ -79,13 +79,16 @@ def table_lookup(ctx: Context, arch: np.ndarray) -> dict[str, Any]:
     raise ConfigError(f"architecture {key} not in {path}")
 
 
-#: What `results.json`'s `accuracy_pct` is, by the stage and key it was taken from.
+#: What `results.json`'s `accuracy_pct` is, by the stage and key it was taken from, in order of
+#: preference (a retrained network's test metric before a search's own estimate).
 ACCURACY_SOURCES = {
     ("retrain", "test_accuracy"): "retrain: test accuracy (%) of the found network trained from scratch",
     ("retrain", "test_miou"): "retrain: test mIoU (%) of the found network trained from scratch (segmentation)",
     ("retrain", "test_map"): "retrain: test COCO mAP@[.5:.95] (%) of the found network trained from scratch "
                              "(detection)",
     ("evolve", "accuracy"): "evolve: the evaluator's accuracy (%) of the best candidate",
+    ("evolve", "miou"): "evolve: the train evaluator's validation mIoU (%) of the best candidate (segmentation)",
+    ("evolve", "map"): "evolve: the train evaluator's validation COCO mAP (%) of the best candidate (detection)",
     ("single_shot", "inherited_val_accuracy"): "single_shot: validation accuracy (%) of the derived subnet "
                                                "of the searched supernet, inherited weights, BN recalibrated",
     ("single_shot", "supernet_val_accuracy"): "single_shot: validation accuracy (%) of the supernet with the "
@@ -134,10 +137,8 @@ def run_pipeline(cfg: Any, wd: Workdir, executor: Any = None) -> dict[str, Any]:
         outputs[stage] = done
     res: dict[str, Any] = {"architecture": space.encode(ctx.arch), "space": space.name}
     res["search_seconds"] = sum(o.get("search_seconds", 0.0) for o in outputs.values())
-    src = next(((s, k) for s, k in (("retrain", "test_accuracy"), ("retrain", "test_miou"), ("retrain", "test_map"),
-                                    ("evolve", "accuracy"),
-                                    ("single_shot", "inherited_val_accuracy"), ("single_shot", "supernet_val_accuracy"))
-                if k in outputs.get(s, {})), None)  # a zero-shot-scored evolve has no accuracy
+    # the first source (in ACCURACY_SOURCES' order) the stages produced; a zero-shot-scored evolve has none
+    src = next(((s, k) for s, k in ACCURACY_SOURCES if k in outputs.get(s, {})), None)
     res["accuracy_pct"] = None if src is None else in_percent(src[0], {src[1]: outputs[src[0]][src[1]]}, cfg)[src[1] + "_pct"]
     res["accuracy_source"] = None if src is None else ACCURACY_SOURCES[src]
     target, source = target_of(cfg, space)

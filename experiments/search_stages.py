@@ -32,8 +32,9 @@ from flax import nnx
 from hwmodel.registry import Registry
 from experiments import data as D
 from experiments.config import ConfigError
-from experiments.context import STAGES, Context, cost_config, data_path, eval_input, fitted_surrogate, splits
-from experiments.train_stages import trained_supernet
+from experiments.context import STAGES, Context, cost_config, data_path, eval_input, fitted_surrogate, splits, task_of
+from experiments.train_stages import image_augment, trained_supernet
+from supernet.tasks import Classification
 from experiments.workdir import Workdir, write_json
 from supernet.model import make_supernet
 from supernet.spaces import make_space
@@ -205,10 +206,12 @@ def _train_accuracy(ctx: Context):
     from supernet.evaluators import make_evaluator
     cfg = ctx.cfg
     train, val = splits(ctx)
+    task = task_of(ctx)
+    dense = not isinstance(task, Classification)
     return make_evaluator("train", ctx.space, train=train, val=val, steps=cfg.evolve.train_steps,
                           batch_size=cfg.single_shot.batch_size, seed=cfg.seed,
-                          net_kwargs=dict(cfg.single_shot.supernet), augment=D.augment,
-                          prepare=eval_input, mesh=ctx.mesh)
+                          net_kwargs=dict(cfg.single_shot.supernet), augment=image_augment(task),
+                          prepare=eval_input, mesh=ctx.mesh, task=task if dense else None)
 
 
 @ACCURACY_EVALUATORS.register("zero_shot")
@@ -392,7 +395,8 @@ def stage_evolve(ctx: Context) -> dict[str, Any]:
     ctx.arch = res.best_arch
     best = res.best["objectives"]
     # the zero-shot evaluator's "accuracy" is a score, not an accuracy: report it under its own name
-    acc_key = {"zero_shot": "score", "capacity": "capacity_log10_flops"}.get(ec.evaluator, "accuracy")
+    acc_key = {"zero_shot": "score", "capacity": "capacity_log10_flops",
+               "train": task_of(ctx).main_metric}.get(ec.evaluator, "accuracy")  # train: accuracy, miou or map
     out = {"arch": space.encode(ctx.arch), "search_seconds": search.seconds, acc_key: best["accuracy"],
            "evaluations": len(res.history), "distinct": len({r["arch"] for r in res.history}),
            "warm_start": len(search.init), "guide_evals": search.guide_evals,

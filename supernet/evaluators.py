@@ -297,6 +297,11 @@ class TrainEvaluator(Evaluator):
     batches in the same order (common random numbers): differences come from the architecture
     alone, and a candidate's accuracy is deterministic. Objectives: `name` (validation accuracy)
     and `train_loss` (mean loss over the last 10% of steps).
+
+    `task` (a `supernet.tasks.Task`; default: classification by cross-entropy and held-out
+    accuracy): a dense task trains on its own loss with its joint image-and-target augmentation
+    (`Task.augment`, with `augment` as the image part) and `name` is its `main_metric` on the
+    validation data (mIoU, or COCO mAP through pycocotools on the host), a fraction.
     """
 
     def __init__(self, space: SearchSpace, train: DeviceData, val: DeviceData, steps: int = 100,
@@ -304,7 +309,7 @@ class TrainEvaluator(Evaluator):
                  seed: int = 0, make_net: Callable[[nnx.Rngs], nnx.Module] | None = None,
                  net_kwargs: Mapping[str, Any] | None = None, augment: AugmentFn = identity_input,
                  prepare: AugmentFn = identity_input, eval_batch_size: int = 500,
-                 mesh: jax.sharding.Mesh | None = None, name: str = "accuracy"):
+                 mesh: jax.sharding.Mesh | None = None, name: str = "accuracy", task: Any = None):
         """Builds the network, optimizer and the compiled train-and-evaluate function.
 
         Args:
@@ -350,25 +355,49 @@ class TrainEvaluator(Evaluator):
                 model, opt = nnx.merge(graphdef, state)
                 idx = order[i]
                 xb = jax.lax.with_sharding_constraint(train.x[idx], shard)
-                xb = augment(jax.random.fold_in(key, i), xb)
-                loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m(xb, w), train.y[idx]))(model)
+                if task is None:
+                    xb, yb, loss_of = augment(jax.random.fold_in(key, i), xb), train.y[idx], cross_entropy
+                else:  # image and target augmented together
+                    xb, yb = task.augment(jax.random.fold_in(key, i), xb, train.y[idx], augment)
+                    loss_of = task.loss
+                loss, grads = nnx.value_and_grad(lambda m: loss_of(m(xb, w), yb))(model)
                 opt.update(model, grads)
                 return nnx.state((model, opt)), loss_sum + jnp.where(i >= steps - tail, loss, 0.0)
 
             with single_path():  # one-hot weights: only the candidate's operations run (the same function)
                 state, loss_sum = jax.lax.fori_loop(0, steps, step, (state, jnp.float32(0.0)))
+                if task is not None:  # scored batch by batch by `_stats` (the task's statistics)
+                    return state, loss_sum / tail
                 model, _ = nnx.merge(graphdef, state)
                 model.eval()
                 correct = held_out_correct(model, val, w, prepare, ebs, mesh)
             return correct, loss_sum / tail
 
-        self._run = jax.jit(run)
+        def stats(state, val, arch, i):  # a dense task's held-out statistics of batch i
+            model, _ = nnx.merge(graphdef, state)
+            model.eval()
+            pos = i * ebs + jnp.arange(ebs)
+            idx = jnp.minimum(pos, len(val) - 1)
+            xb = jax.lax.with_sharding_constraint(val.x[idx], NamedSharding(mesh, P("data")))
+            with single_path():
+                out = model(prepare(None, xb), space.one_hot(arch))
+            return task.held_out_stats(out, val.y[idx], pos < len(val))
+
+        self.task, self._batches = task, -(-len(val) // ebs)
+        self._run, self._stats = jax.jit(run), jax.jit(stats)
 
     def evaluate(self, archs: np.ndarray) -> Objectives:
         acc, loss = [], []
         for a in archs:
             c, l = self._run(self._state0, self.train_data, self.val_data, jnp.asarray(a), self._key)
-            acc.append(int(c) / len(self.val_data))
+            if self.task is None:
+                acc.append(int(c) / len(self.val_data))
+            else:
+                st = None
+                for i in range(self._batches):
+                    b = jax.device_get(self._stats(c, self.val_data, jnp.asarray(a), jnp.int32(i)))
+                    st = b if st is None else self.task.combine(st, b)
+                acc.append(self.task.summary(st)[self.task.main_metric])
             loss.append(float(l))
         return {self.names[0]: np.asarray(acc), "train_loss": np.asarray(loss)}
 

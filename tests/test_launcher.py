@@ -317,3 +317,14 @@ def test_given_stage_hands_on_the_configured_architecture(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["--config", cfg, "--workdir", str(tmp_path / f"bad{i}"), *extra])
         assert msg in capsys.readouterr().err
+
+
+def test_dense_task_evolves_with_the_train_evaluator(tmp_path):
+    """`evolve.evaluator='train'` on a segmentation config: every candidate is trained on the task's
+    loss and scored by its mIoU, which results.json reports in percent under its own source."""
+    res = main(["--config", "experiments/configs/segmentation/person_fpn.py:search,smoke", "--workdir", str(tmp_path / "s"),
+                "--config.evolve.evaluator=train", "--config.evolve.train_steps=2", "--config.evolve.budget_evals=4",
+                "--config.evolve.population=4", "--config.single_shot.batch_size=4"])
+    ev = json.load(open(tmp_path / "s" / "stages" / "evolve.json"))
+    assert 0.0 <= ev["miou"] <= 1.0 and all("miou" in p for p in ev["front"])
+    assert res["accuracy_pct"] == pytest.approx(100 * ev["miou"]) and "mIoU" in res["accuracy_source"]

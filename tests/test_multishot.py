@@ -558,3 +558,37 @@ def test_train_evaluator_one_compile_deterministic_and_learns():
     # The all-`none` cell outputs zeros: its network is a constant classifier of the batch-free head.
     assert out["train_loss"][0] < out["train_loss"][1]
     assert 0.0 <= out["accuracy"].min() and out["accuracy"].max() <= 1.0
+
+
+def test_train_evaluator_with_a_task_classification_equals_the_default_and_segmentation_scores_miou():
+    """`task=`: the Classification task trains and scores exactly as the default (same loss, same
+    accuracy); a segmentation candidate is scored by the mIoU of its own held-out statistics (the
+    all-background predictor's mIoU bounds a constant network), deterministically."""
+    from supernet.tasks import Classification, Segmentation
+    mesh = make_mesh(1)
+    train, val = DeviceData.put(*_data(96, 0), mesh), DeviceData.put(*_data(48, 1), mesh)
+    conv = TINY.decode("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|")
+    kw = dict(train=train, val=val, steps=6, batch_size=32, mesh=mesh)
+    a = make_evaluator("train", TINY, **kw)(conv[None])
+    b = make_evaluator("train", TINY, task=Classification(), **kw)(conv[None])
+    np.testing.assert_allclose(b["accuracy"], a["accuracy"])
+    np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-6)
+
+    space = make_space("mobile-curated", parallelism=4, input_size=16, stem_stride=1, blocks_per_stage=(1, 2),
+                       base_widths=(8, 16), stage_strides=(1, 2), stem_width=8, num_classes=2,
+                       head="segmentation", head_channels=8, decoder_stage=0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (48, 16, 16, 3), dtype=np.uint8)
+    y = (x[..., 0] > 128).astype(np.int32)  # a learnable mask: the red channel's threshold
+    tr, va = DeviceData.put(x[:32], y[:32], mesh), DeviceData.put(x[32:], y[32:], mesh)
+    task = Segmentation(2, max_zoom=1.0)
+    ev = make_evaluator("train", space, train=tr, val=va, steps=30, batch_size=16, mesh=mesh, task=task,
+                        prepare=lambda k, v: v.astype(jnp.float32) / 255.0, augment=lambda k, v: v.astype(jnp.float32) / 255.0)
+    base = space.baseline_arch()
+    out = ev(np.stack([base, base]))
+    assert out["accuracy"][0] == out["accuracy"][1] and ev.traces == 1
+    cm = np.zeros((2, 2))
+    for c in (0, 1):  # a constant predictor of class c: mIoU = share of c / 2
+        cm[:] = 0
+        cm[:, c] = np.bincount(y[32:].reshape(-1), minlength=2)
+        assert out["accuracy"][0] > np.mean(np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm)))
