@@ -87,8 +87,8 @@ ACCURACY_SOURCES = {
     ("retrain", "test_map"): "retrain: test COCO mAP@[.5:.95] (%) of the found network trained from scratch "
                              "(detection)",
     ("evolve", "accuracy"): "evolve: the evaluator's accuracy (%) of the best candidate",
-    ("evolve", "miou"): "evolve: the train evaluator's validation mIoU (%) of the best candidate (segmentation)",
-    ("evolve", "map"): "evolve: the train evaluator's validation COCO mAP (%) of the best candidate (detection)",
+    ("evolve", "miou"): "evolve: the evaluator's validation mIoU (%) of the best candidate (segmentation)",
+    ("evolve", "map"): "evolve: the evaluator's validation COCO mAP (%) of the best candidate (detection)",
     ("single_shot", "inherited_val_accuracy"): "single_shot: validation accuracy (%) of the derived subnet "
                                                "of the searched supernet, inherited weights, BN recalibrated",
     ("single_shot", "supernet_val_accuracy"): "single_shot: validation accuracy (%) of the supernet with the "

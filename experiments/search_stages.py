@@ -195,10 +195,12 @@ def _supernet_accuracy(ctx: Context):
     train, val = splits(ctx)
     if ec.supernet_bn not in BN_MODES:
         raise ConfigError(f"unknown evolve.supernet_bn {ec.supernet_bn!r}; valid: {', '.join(BN_MODES)}")
+    task = task_of(ctx)
     return make_evaluator("supernet", ctx.space, net=trained_supernet(ctx), data=val,
                           prepare=eval_input, mesh=ctx.mesh, bn=ec.supernet_bn, calib=train,
                           calib_batches=cfg.single_shot.bn_recalibration or 10,
-                          calib_batch_size=cfg.single_shot.batch_size)
+                          calib_batch_size=cfg.single_shot.batch_size,
+                          task=None if isinstance(task, Classification) else task)
 
 
 @ACCURACY_EVALUATORS.register("train")
@@ -396,7 +398,8 @@ def stage_evolve(ctx: Context) -> dict[str, Any]:
     best = res.best["objectives"]
     # the zero-shot evaluator's "accuracy" is a score, not an accuracy: report it under its own name
     acc_key = {"zero_shot": "score", "capacity": "capacity_log10_flops",
-               "train": task_of(ctx).main_metric}.get(ec.evaluator, "accuracy")  # train: accuracy, miou or map
+               "train": task_of(ctx).main_metric, "supernet": task_of(ctx).main_metric,
+               }.get(ec.evaluator, "accuracy")  # train / supernet: accuracy, miou or map
     out = {"arch": space.encode(ctx.arch), "search_seconds": search.seconds, acc_key: best["accuracy"],
            "evaluations": len(res.history), "distinct": len({r["arch"] for r in res.history}),
            "warm_start": len(search.init), "guide_evals": search.guide_evals,

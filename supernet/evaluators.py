@@ -55,7 +55,8 @@ from hwmodel.tables import numbers, read_csv, require_columns
 from supernet.blocks import single_path
 from supernet.landscape import table_function
 from supernet.space import SearchSpace
-from supernet.training import (AugmentFn, BNRecalibrator, DeviceData, OptimConfig, cross_entropy, held_out_batch,
+from supernet.training import (AugmentFn, BNRecalibrator, DeviceData, OptimConfig, batch_stats, cross_entropy,
+                               held_out_batch, summarise_batches,
                                held_out_correct, identity_input, make_mesh, weight_tx)
 
 
@@ -228,7 +229,8 @@ class CapacityEvaluator(ZeroShotEvaluator):
 # ------------------------------------------------------------------ one-shot (inherited weights)
 @EVALUATORS.register("supernet")
 class SupernetEvaluator(Evaluator):
-    """Held-out accuracy of `net(x, space.one_hot(arch))` with the supernet's (inherited) weights.
+    """Held-out accuracy of `net(x, space.one_hot(arch))` with the supernet's (inherited) weights
+    (`task`, a dense `supernet.tasks.Task`: its `main_metric` instead, e.g. mIoU).
 
     The weights are a snapshot taken when the evaluator is made. `bn="running"`: BatchNorm uses its
     running statistics (eval mode), so the accuracy equals that of `net.derive(arch)` evaluated in
@@ -246,7 +248,8 @@ class SupernetEvaluator(Evaluator):
     def __init__(self, space: SearchSpace, net: nnx.Module, data: DeviceData,
                  prepare: AugmentFn = identity_input, batch_size: int = 500,
                  mesh: jax.sharding.Mesh | None = None, name: str = "accuracy", bn: str = "running",
-                 calib: DeviceData | None = None, calib_batches: int = 10, calib_batch_size: int = 128):
+                 calib: DeviceData | None = None, calib_batches: int = 10, calib_batch_size: int = 128,
+                 task: Any = None):
         super().__init__(space)
         if bn not in BN_MODES:
             raise ValueError(f"unknown bn {bn!r}; valid: running (eval-mode statistics), recalibrate "
@@ -270,14 +273,25 @@ class SupernetEvaluator(Evaluator):
                 return held_out_correct(model, data, space.one_hot(arch), prepare, bs, mesh,
                                          unroll=bn == "batch")
 
-        self._correct = jax.jit(correct)
+        def stats(state, data, arch, i):  # a dense task's statistics of held-out batch i
+            self.traces += 1
+            with single_path():
+                return batch_stats(nnx.merge(graphdef, state), data, space.one_hot(arch), prepare, bs, mesh, task, i)
+
+        self.task, self._bs = task, bs
+        self._correct, self._stats = jax.jit(correct), jax.jit(stats)
 
     def evaluate(self, archs: np.ndarray) -> Objectives:
         n = len(self.data)
         acc = []
         for a in archs:
             state = self._state if self._calib is None else self._calib(self._state, self.space.one_hot(a))
-            acc.append(int(self._correct(state, self.data, jnp.asarray(a))) / n)
+            if self.task is None:
+                acc.append(int(self._correct(state, self.data, jnp.asarray(a))) / n)
+            else:
+                summary = summarise_batches(self.task, lambda i: self._stats(state, self.data, jnp.asarray(a), i), n,
+                                            self._bs)
+                acc.append(summary[self.task.main_metric])
         return {self.names[0]: np.asarray(acc)}
 
 
@@ -376,14 +390,10 @@ class TrainEvaluator(Evaluator):
         def stats(state, val, arch, i):  # a dense task's held-out statistics of batch i
             model, _ = nnx.merge(graphdef, state)
             model.eval()
-            pos = i * ebs + jnp.arange(ebs)
-            idx = jnp.minimum(pos, len(val) - 1)
-            xb = jax.lax.with_sharding_constraint(val.x[idx], NamedSharding(mesh, P("data")))
             with single_path():
-                out = model(prepare(None, xb), space.one_hot(arch))
-            return task.held_out_stats(out, val.y[idx], pos < len(val))
+                return batch_stats(model, val, space.one_hot(arch), prepare, ebs, mesh, task, i)
 
-        self.task, self._batches = task, -(-len(val) // ebs)
+        self.task, self._ebs = task, ebs
         self._run, self._stats = jax.jit(run), jax.jit(stats)
 
     def evaluate(self, archs: np.ndarray) -> Objectives:
@@ -393,11 +403,9 @@ class TrainEvaluator(Evaluator):
             if self.task is None:
                 acc.append(int(c) / len(self.val_data))
             else:
-                st = None
-                for i in range(self._batches):
-                    b = jax.device_get(self._stats(c, self.val_data, jnp.asarray(a), jnp.int32(i)))
-                    st = b if st is None else self.task.combine(st, b)
-                acc.append(self.task.summary(st)[self.task.main_metric])
+                summary = summarise_batches(self.task, lambda i: self._stats(c, self.val_data, jnp.asarray(a), i),
+                                            len(self.val_data), self._ebs)
+                acc.append(summary[self.task.main_metric])
             loss.append(float(l))
         return {self.names[0]: np.asarray(acc), "train_loss": np.asarray(loss)}
 

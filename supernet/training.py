@@ -365,6 +365,27 @@ def evaluate(model: nnx.Module, data: DeviceData, prepare: AugmentFn, arch_weigh
 
 
 
+def batch_stats(model: Any, data: DeviceData, w: jax.Array | None, prepare: AugmentFn, bs: int,
+                mesh: jax.sharding.Mesh, task: Task, i: jax.Array) -> Any:
+    """`task.held_out_stats` of held-out batch `i` of `data` under `model(x)` (or `model(x, w)`;
+    inside jit; the last partial batch's indices are clamped and its repeats masked): the one
+    held-out step of `evaluate_task` and of the `supernet` and `train` evaluators on a task."""
+    n = len(data)
+    pos = i * bs + jnp.arange(bs)
+    idx = jnp.minimum(pos, n - 1)
+    xb = prepare(None, jax.lax.with_sharding_constraint(data.x[idx], NamedSharding(mesh, P("data"))))
+    return task.held_out_stats(model(xb) if w is None else model(xb, w), data.y[idx], pos < n)
+
+
+def summarise_batches(task: Task, stats_of: Callable[[jax.Array], Any], n: int, bs: int) -> dict[str, float]:
+    """`task.summary` of `stats_of(i)` (a compiled `batch_stats`) combined over the `ceil(n / bs)` batches."""
+    stats = None
+    for i in range(-(-n // bs)):
+        s = jax.device_get(stats_of(jnp.int32(i)))
+        stats = s if stats is None else task.combine(stats, s)
+    return task.summary(stats)
+
+
 def evaluate_task(model: nnx.Module, data: DeviceData, prepare: AugmentFn, task: Task, batch_size: int = 50,
                   mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
     """`task.summary` of a standalone network over all of `data` in eval mode (BatchNorm running
@@ -379,18 +400,7 @@ def evaluate_task(model: nnx.Module, data: DeviceData, prepare: AugmentFn, task:
     model.eval()
     graphdef, state = nnx.split(model)
 
-    @jax.jit
-    def batch(state, data, i):
-        m = nnx.merge(graphdef, state)
-        pos = i * bs + jnp.arange(bs)
-        idx = jnp.minimum(pos, n - 1)
-        xb = jax.lax.with_sharding_constraint(data.x[idx], NamedSharding(mesh, P("data")))
-        return task.held_out_stats(m(prepare(None, xb)), data.y[idx], pos < n)
-
-    stats = None
-    for i in range(-(-n // bs)):
-        s = jax.device_get(batch(state, data, jnp.int32(i)))
-        stats = s if stats is None else task.combine(stats, s)
-    out = task.summary(stats)
+    batch = jax.jit(lambda state, data, i: batch_stats(nnx.merge(graphdef, state), data, None, prepare, bs, mesh, task, i))
+    out = summarise_batches(task, lambda i: batch(state, data, i), n, bs)
     model.train()
     return out

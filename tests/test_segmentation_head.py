@@ -108,3 +108,25 @@ def test_the_onnx_export_costs_what_the_layer_table_costs(head):
     assert float(total_params(onnx_table)) == float(total_params(table))
     spec = ACCELERATORS["npu"]
     assert float(analytic.latency_ms(spec, onnx_table)) == pytest.approx(float(analytic.latency_ms(spec, table)), rel=1e-5)
+
+
+def test_supernet_evaluator_scores_a_candidate_by_the_derived_subnets_miou(seg):
+    """`SupernetEvaluator(task=Segmentation)` with running statistics: each candidate's value is the
+    mIoU `evaluate_task` gives its derived subnet (the one-hot supernet is that subnet), computed
+    with one compilation for every candidate."""
+    from supernet.evaluators import make_evaluator
+    from supernet.tasks import Segmentation
+    from supernet.training import DeviceData, evaluate_task, make_mesh
+    space, net, _, archs = seg
+    mesh = make_mesh(1)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(12, 32, 32, 3)).astype(np.float32)
+    y = (x[..., 0] > 0).astype(np.int32)
+    data = DeviceData.put(x, y, mesh)
+    task = Segmentation(2)
+    ev = make_evaluator("supernet", space, net=net, data=data, batch_size=5, mesh=mesh, task=task)
+    got = ev(np.stack(archs[:3]))["accuracy"]
+    for a, g in zip(archs[:3], got):
+        want = evaluate_task(net.derive(a), data, lambda k, v: v, task, batch_size=5, mesh=mesh)["miou"]
+        assert g == pytest.approx(want, abs=1e-6), space.encode(a)
+    assert ev.traces == 1 and len(set(np.round(got, 6))) > 1
