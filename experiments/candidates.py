@@ -10,7 +10,8 @@ whose stages start with `baseline` (its config suffices: it may still be trainin
 same way. For each candidate it prints its resolution, capacity, latency and cut, and the command
 that retrains it with the baseline's schedule (stage `given`; `--seeds` of them).
 
-Writes `PREFIX.md` (the table and the commands) and `PREFIX.json` (the candidates) with `--out`.
+Writes `PREFIX.md` (the table and the commands), `PREFIX.json` (the candidates) and
+`PREFIX_fronts.png` (the fronts, the baseline and the candidates) with `--out`.
 
 Example:
     python -m experiments.candidates workdirs/seg_study --config experiments/configs/segmentation/person_fpn.py \\
@@ -129,6 +130,34 @@ def markdown(base: dict[str, Any], cands: list[dict[str, Any]], cmds: list[str])
     return "\n".join(lines) + "\n\nRetraining commands:\n\n```bash\n" + "\n".join(cmds) + "\n```\n"
 
 
+def plot_fronts(base: dict[str, Any], searches: list[dict[str, Any]], cands: list[dict[str, Any]], path: str) -> str:
+    """`path`: every search's front (capacity vs latency, one colour per resolution), the baseline
+    and the lettered candidates."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for r in sorted(searches, key=lambda r: r["dir"]):
+        c = r["config"]
+        lat_key = f"latency_ms:{c.get('cost.accelerator', 'npu')}"
+        pts = sorted((p[lat_key], p["capacity_log10_flops"]) for p in r["results"]["stages"]["evolve"]["front"])
+        ax.plot(*zip(*pts), ".-", ms=3, lw=0.8, alpha=0.8,
+                label=f"{c.get('space.kwargs.input_size', '?')} px, decoder stage {c.get('space.kwargs.decoder_stage', '?')}")
+    ax.plot([base["latency_ms"]], [base["capacity"]], "k*", ms=14, label="baseline")
+    ax.axhline(base["capacity"], color="k", lw=0.6, ls=":")
+    for p in cands:
+        ax.annotate(p["name"], (p["latency_ms"], p["capacity"]), xytext=(4, -12), textcoords="offset points",
+                    fontsize=11, weight="bold")
+        ax.plot([p["latency_ms"]], [p["capacity"]], "ro", mfc="none", ms=9)
+    ax.set_xlabel("analytic latency (ms)")
+    ax.set_ylabel("capacity (log10 FLOPs)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("root", help="the study's sweep folder (baseline and searches)")
@@ -151,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             f.write(f"Command: `python -m experiments.candidates {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n{md}")
         with open(f"{args.out}.json", "w") as f:
             json.dump({"baseline": base, "candidates": cands}, f, indent=1)
+        print(f"wrote {plot_fronts(base, searches, cands, f'{args.out}_fronts.png')}")
     return cands
 
 
