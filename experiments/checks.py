@@ -202,6 +202,10 @@ def check_config(cfg: Any) -> None:
         _number(cfg, "retrain.batch_size", 1, integer=True)
         _number(cfg, "retrain.steps_per_epoch", 0, integer=True, note=" (0 = full epochs)")
         _number(cfg, "retrain.label_smoothing", 0, 1, high_open=True)
+        src = cfg.retrain.get("init_from", "")
+        _need(not src or os.path.isfile(os.path.join(src, "results.json")),
+              f"retrain.init_from={src!r} is not a finished run's workdir (no results.json there); point it at "
+              "a run whose retrain stage finished, e.g. a CIFAR-10 pretraining of the same widths")
     if "zero_shot" in stages:
         _number(cfg, "zero_shot.target_fraction", 0, 1, low_open=True)
         _number(cfg, "zero_shot.sample", 1, integer=True)

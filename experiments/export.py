@@ -24,33 +24,12 @@ import os
 import sys
 from typing import Sequence
 
-import ml_collections
-
 from experiments.config import ConfigError, cli_errors
 
 
 def _from_workdir(path: str):
-    from experiments import train_stages as P
-    from experiments.configs.common import base
-    from supernet.spaces import make_space
-
-    cfg_path, res_path = os.path.join(path, "config.json"), os.path.join(path, "results.json")
-    for f in (cfg_path, res_path):
-        if not os.path.isfile(f):
-            raise ConfigError(f"{f} not found: {path!r} is not a finished run's workdir "
-                              "(run experiments.run to the end first)")
-    with open(cfg_path) as f:
-        stored = json.load(f)["config"]
-    cfg = base()
-    cfg.update(ml_collections.ConfigDict(stored))  # keys added since the run keep their defaults
-    with open(res_path) as f:
-        res = json.load(f)
-    space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
-    arch = space.decode(res["architecture"])
-    weights = res.get("stages", {}).get("retrain", {}).get("weights")
-    if weights:
-        return P.load_subnet(cfg, space, arch, os.path.join(path, weights)), space, "trained (retrain)"
-    return P.build_subnet(cfg, space, arch), space, "initial (no retrain stage in this run)"
+    from experiments.train_stages import subnet_of_workdir
+    return subnet_of_workdir(path)
 
 
 def main(argv: Sequence[str] | None = None) -> str:

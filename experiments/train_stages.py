@@ -11,6 +11,7 @@ import os
 import time
 from typing import Any
 
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -279,10 +280,74 @@ def load_subnet(cfg: Any, space: SearchSpace, arch: np.ndarray, path: str) -> Su
     return sub
 
 
+def subnet_of_workdir(path: str) -> tuple[Subnet, SearchSpace, str]:
+    """`(network, space, which weights)` of a finished run's workdir: its `retrain`ed network when
+    it has one ("trained (retrain)"), else its found network with fresh weights.
+
+    Raises:
+      ConfigError: `path` is not a finished run's workdir.
+    """
+    from experiments.configs.common import base
+    cfg_path, res_path = os.path.join(path, "config.json"), os.path.join(path, "results.json")
+    for f in (cfg_path, res_path):
+        if not os.path.isfile(f):
+            raise ConfigError(f"{f} not found: {path!r} is not a finished run's workdir "
+                              "(run experiments.run to the end first)")
+    with open(cfg_path) as f:
+        stored = json.load(f)["config"]
+    cfg = base()
+    cfg.update(ml_collections.ConfigDict(stored))  # keys added since the run keep their defaults
+    with open(res_path) as f:
+        res = json.load(f)
+    space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
+    arch = space.decode(res["architecture"])
+    weights = res.get("stages", {}).get("retrain", {}).get("weights")
+    if weights:
+        return load_subnet(cfg, space, arch, os.path.join(path, weights)), space, "trained (retrain)"
+    return build_subnet(cfg, space, arch), space, "initial (no retrain stage in this run)"
+
+
+def warm_start(sub: Subnet, path: str) -> dict[str, Any]:
+    """Copies into `sub` every weight and BN statistic of the network `retrain` trained in workdir
+    `path` that sits at the same place with the same shape (`retrain.init_from`): a backbone
+    pretrained on another task (e.g. CIFAR-10 classification) under a new head; the rest keeps its
+    fresh initialisation. Returns how many arrays (and values) were copied.
+
+    Raises:
+      ConfigError: `path` has no retrained network, or shares no array with `sub`.
+    """
+    src, _, how = subnet_of_workdir(path)
+    if not how.startswith("trained"):
+        raise ConfigError(f"retrain.init_from={path!r}: that run has no retrain stage, so no trained weights")
+    have = nnx.to_pure_dict(nnx.state(src))
+    counts = {"arrays": 0, "values": 0, "of_arrays": 0}
+
+    def merge(dst: Any, got: Any) -> Any:
+        if isinstance(dst, dict):
+            return {k: merge(v, got.get(k) if isinstance(got, dict) else None) for k, v in dst.items()}
+        counts["of_arrays"] += 1
+        if got is not None and np.shape(got) == np.shape(dst):
+            counts["arrays"] += 1
+            counts["values"] += int(np.size(dst))
+            return got
+        return dst
+
+    state = nnx.state(sub)
+    pure = merge(nnx.to_pure_dict(state), have)
+    if counts["arrays"] == 0:
+        raise ConfigError(f"retrain.init_from={path!r}: its network shares no weight (same place and shape) "
+                          "with this one; pretrain a network of the same widths")
+    nnx.replace_by_pure_dict(state, pure)
+    nnx.update(sub, state)
+    return {"init_from": os.path.abspath(path), "init_arrays": counts["arrays"], "init_of_arrays": counts["of_arrays"],
+            "init_values": counts["values"]}
+
+
 @STAGES.register("retrain")
 def stage_retrain(ctx: Context) -> dict[str, Any]:
     cfg, rc = ctx.cfg, ctx.cfg.retrain
     sub = build_subnet(cfg, ctx.space, ctx.arch)  # fresh weights: retraining from scratch
+    init = warm_start(sub, rc.init_from) if rc.get("init_from", "") else {}  # or from a pretrained backbone
     d = ctx.data()
     train = DeviceData.put(d.x_train, d.y_train, ctx.mesh)
     test = DeviceData.put(d.x_test, d.y_test, ctx.mesh)
@@ -301,7 +366,7 @@ def stage_retrain(ctx: Context) -> dict[str, Any]:
     if not classify:  # the training split too: a dense pipeline that learns nears its ceiling there
         scores.update({f"train_{k}": v for k, v in evaluate_task(trainer.model, train, eval_input, task,
                                                                   mesh=ctx.mesh).items()})
-    out = {"arch": ctx.space.encode(ctx.arch), **scores,
+    out = {"arch": ctx.space.encode(ctx.arch), **scores, **init,
            "retrain_seconds": time.perf_counter() - t0, "weights": MODEL_DIR}
     if rc.get("space_kwargs", None):
         out["trained_arch"] = retrain_space(cfg, ctx.space).encode(ctx.arch)  # the proxy's widths

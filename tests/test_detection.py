@@ -110,3 +110,40 @@ def test_zoom_moves_boxes_with_the_image():
         if float(ya[0, 0, 4]) >= 0:
             np.testing.assert_allclose(np.asarray(ya[0, 0, :4]), [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1],
                                        atol=1.0)
+
+
+def test_retrain_init_from_copies_the_pretrained_backbone_and_keeps_the_new_head(tmp_path, capsys):
+    """`retrain.init_from` (`train_stages.warm_start`): every array of the CIFAR-10 pretraining
+    (`:pretrain`) that sits at the same place with the same shape in the detector is copied, the
+    detection head keeps its fresh weights; a workdir without a retrain stops with one message."""
+    from flax import nnx
+    from experiments.config import load_config
+    from experiments.run import main
+    from experiments.train_stages import build_subnet, subnet_of_workdir, warm_start
+    from supernet.spaces import make_space
+
+    spec = "experiments/configs/detection/person_centernet.py"
+    main(["--config", f"{spec}:pretrain,smoke", "--workdir", str(tmp_path / "pre")])
+    src, _, how = subnet_of_workdir(str(tmp_path / "pre"))
+    assert how.startswith("trained")
+    cfg = load_config(f"{spec}:baseline,smoke")
+    space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
+    sub = build_subnet(cfg, space, space.baseline_arch())
+    fresh = nnx.to_pure_dict(nnx.state(sub))
+    info = warm_start(sub, str(tmp_path / "pre"))
+    got, pre = nnx.to_pure_dict(nnx.state(sub)), nnx.to_pure_dict(nnx.state(src))
+    assert 0 < info["init_arrays"] < info["init_of_arrays"]
+    flat = lambda d: {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(d)[0]}
+    g, p, f = flat(got), flat(pre), flat(fresh)
+    copied = [k for k in g if k in p and np.shape(p[k]) == np.shape(g[k])]
+    assert len(copied) == info["init_arrays"] and any("stem" in k for k in copied)
+    for k in g:
+        np.testing.assert_array_equal(g[k], p[k] if k in copied else f[k], err_msg=k)
+    assert any("head" in k for k in g if k not in copied)  # the detection head stays fresh
+    with pytest.raises(SystemExit):
+        main(["--config", f"{spec}:baseline,smoke", "--workdir", str(tmp_path / "bad"),
+              f"--config.retrain.init_from={tmp_path / 'nowhere'}"])
+    assert "is not a finished run's workdir" in capsys.readouterr().err
+    res = main(["--config", f"{spec}:baseline,smoke", "--workdir", str(tmp_path / "det"),
+                f"--config.retrain.init_from={tmp_path / 'pre'}"])
+    assert res["stages"]["retrain"]["init_arrays"] == info["init_arrays"]

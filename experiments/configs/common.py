@@ -159,6 +159,9 @@ def base() -> ml_collections.ConfigDict:
     # constructor arguments of the space that override `space.kwargs` for the retrained network only
     # (`train_stages.retrain_space`): a narrower proxy with the same decisions, e.g. mobile half width
     r.space_kwargs = {}
+    # a finished run's workdir whose retrained weights initialise every array of the same place and
+    # shape (`train_stages.warm_start`: a CIFAR-10-pretrained backbone under a dense head); "": none
+    r.init_from = ""
 
     # stage `given`: the architecture string it hands on (a candidate picked from a search's front)
     c.given = ml_collections.ConfigDict({"arch": "", "name": ""})  # name: a label for reports (e.g. A-E)
@@ -249,4 +252,27 @@ def coco128_person(task: str, data: str, num_classes: int, batch_size: int, smok
         c.data.input_size = 32
     c.data.name = data
     c.retrain.batch_size = batch_size
+    return c
+
+
+def cifar_pretrain(c: ml_collections.ConfigDict, smoke_run: bool = False) -> ml_collections.ConfigDict:
+    """Turns a dense-task config into the pretraining of its backbone for `retrain.init_from`: the
+    same space (widths, parallelism, blocks) with the classification head on CIFAR-10 at 32 px
+    (stem stride 1, MobileNetV2's CIFAR strides), MobileNetV2 trained on 10,000 images for 5 epochs
+    (batch 128, cosine SGD 0.1, label smoothing 0.1). Every backbone weight then has the dense
+    network's place and shape (`train_stages.warm_start`); the head is trained from scratch."""
+    c.task.name = "classification"
+    kw = dict(c.space.kwargs)
+    kw.update(head="classification", num_classes=10, input_size=32)
+    if not smoke_run:
+        kw.update(stem_stride=1, stage_strides=(1, 1, 2, 2, 1, 2, 1))
+    c.space.kwargs = kw
+    c.stages = ["baseline", "retrain"]
+    c.data.name, c.data.input_size = "cifar10", 32
+    c.data.num_train, c.data.num_test = 10000, 2000
+    c.retrain.epochs, c.retrain.batch_size, c.retrain.label_smoothing = 5, 128, 0.1
+    c.retrain.optim.lr = 0.1
+    c.report.measured = ()
+    if smoke_run:
+        smoke(c)
     return c

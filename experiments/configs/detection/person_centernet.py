@@ -13,7 +13,8 @@ Arguments: `baseline` (MobileNetV2 all IBN k3 e6 at the standard widths, the def
 `v3` (the searches), `transfer` (the mined rules, no search), `study` (the sweep of all five, 3
 seeds), `search` (an arm's search alone, no retraining, its network costed on every model including
 ZigZag and ONNX Runtime on this CPU: `:study,search` is the hardware side of the study, minutes),
-`smoke` (a tiny space, 2 steps).
+`pretrain` (MobileNetV2's backbone trained on CIFAR-10 at 32 px, `common.cifar_pretrain`: its
+workdir is what `--config.retrain.init_from` takes), `smoke` (a tiny space, 2 steps).
 
 CPU protocol: 160 px letterboxed inputs, ImageNet-style strides (stem 2, stages (1, 2, 2, 2, 1, 2,
 1)); the decoder fuses the last stage (5 x 5) with stage 2 (20 x 20, stride 8) at 64 channels,
@@ -40,7 +41,7 @@ latency), written out below so that the arm needs no other run; they are what
 
 import ml_collections
 
-from experiments.configs.common import coco128_person, config_args
+from experiments.configs.common import cifar_pretrain, coco128_person, config_args
 
 ARMS = ("baseline", "v1", "v2", "v3", "transfer")
 FREE = {"v1": ("width_multiplier",), "v2": (r"b\d+_type",), "v3": (r"b\d+_type", "width_multiplier")}
@@ -48,7 +49,7 @@ FREE = {"v1": ("width_multiplier",), "v2": (r"b\d+_type",), "v3": (r"b\d+_type",
 #: (`mult=0.5|w=16-16-48-48-96-80-400|fused:k5:e1,fused:k5:e1,skip:k5:e1,fused:k5:e6,...`)
 MINED = ("fuse(stages=(0, 2, 3, 4, 6))", "stage_widths(factors=(1.0, 0.6667, 1.5, 0.75, 1.0, 0.5, 1.25))",
          "multiplier(value=0.5)")
-OPTIONS = (*ARMS, "study", "search", "smoke")
+OPTIONS = (*ARMS, "study", "search", "pretrain", "smoke")
 
 
 def get_config(arg: str | None = None):
@@ -66,6 +67,8 @@ def get_config(arg: str | None = None):
     elif arm == "transfer":
         c.stages = ["expert", "retrain"]
         c.expert.rules = MINED
+    if "pretrain" in args:  # the backbone on CIFAR-10, for --config.retrain.init_from
+        return cifar_pretrain(c, smoke_run="smoke" in args)
     if "search" in args:  # the hardware side: every cost model, the measured ones included
         c.stages = [s for s in c.stages if s != "retrain"] or ["baseline"]
         c.report.measured = () if "smoke" in args else ("zigzag:ascend_like", "onnxruntime")

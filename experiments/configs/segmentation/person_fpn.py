@@ -13,6 +13,7 @@ Commands:
 Arguments: `baseline` (MobileNetV2 all IBN k3 e6 at the standard widths, the default), `search` (one
 search, at the config's input size and decoder stage), `given` (retrain `given.arch`), `study` (the
 sweep: the baseline retrained, 3 seeds, and the searches at 3 input sizes x 3 output strides),
+`pretrain` (the backbone on CIFAR-10 for `--config.retrain.init_from`, `common.cifar_pretrain`),
 `smoke` (a tiny space, 2 steps).
 
 CPU protocol: 160 px letterboxed inputs (`data.input_size`), ImageNet-style strides (stem 2,
@@ -34,10 +35,10 @@ less capacity than the baseline and picks five spread over latency (A the fastes
 computed on each network's own letterboxed input size. Results: docs/results/segmentation_study.md.
 """
 
-from experiments.configs.common import coco128_person, config_args
+from experiments.configs.common import cifar_pretrain, coco128_person, config_args
 
 ARMS = ("baseline", "search", "given")
-OPTIONS = (*ARMS, "study", "smoke")
+OPTIONS = (*ARMS, "study", "pretrain", "smoke")
 INPUT_SIZES, DECODER_STAGES = (128, 160, 192), (1, 2, 3)
 
 
@@ -48,6 +49,8 @@ def get_config(arg: str | None = None):
     c.report.measured = () if "smoke" in args else ("zigzag:ascend_like", "onnxruntime")
     c.evolve.algorithm = "nsga2"
     c.evolve.budget_evals = 100 if "smoke" in args else 2000
+    if "pretrain" in args:  # the backbone on CIFAR-10, for --config.retrain.init_from
+        return cifar_pretrain(c, smoke_run="smoke" in args)
     if arm == "search":
         c.stages = ["evolve"]
         c.cost.form = "hinge"  # NSGA-II's latency objective; no slower than the baseline
