@@ -29,25 +29,22 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from experiments.config import cli_errors
+from experiments.config import cli_errors, flatten
+from experiments.hardware_report import space_of_run
 from experiments.report import find_runs
 
 #: Config keys that place a network at its resolution: they travel into each retraining command.
 RESOLUTION_KEYS = ("space.kwargs.input_size", "data.input_size", "space.kwargs.decoder_stage")
 
 
-def _space(cfg: dict[str, Any]):
-    from experiments.hardware_report import _space as space_of
-    return space_of({"config": cfg})
-
-
-def _costs(cfg: dict[str, Any], arch_string: str) -> tuple[float, float]:
-    """`(log10 FLOPs, analytic latency ms on cost.accelerator)` of an architecture in `cfg`'s space."""
+def _baseline_costs(cfg: dict[str, Any]) -> tuple[float, float]:
+    """`(log10 FLOPs, analytic latency ms on cost.accelerator)` of the baseline architecture of
+    `cfg`'s space (flattened config keys)."""
     from hwmodel import analytic
     from hwmodel.accelerators import ACCELERATORS
     from supernet.evaluators import CapacityEvaluator
-    space = _space(cfg)
-    arch = space.decode(arch_string)
+    space = space_of_run({"config": cfg})
+    arch = space.baseline_arch()
     cap = float(CapacityEvaluator(space)(np.asarray(arch)[None])["capacity"][0])
     return cap, float(analytic.latency_ms(ACCELERATORS[cfg.get("cost.accelerator", "npu")], space.layers(arch)))
 
@@ -64,7 +61,6 @@ def load(root: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     for dirpath, _, files in sorted(os.walk(root)):
         if "config.json" in files:
             with open(os.path.join(dirpath, "config.json")) as f:
-                from experiments.config import flatten
                 cfg = flatten(json.load(f)["config"])
             if (cfg.get("stages") or [None])[0] == "baseline":
                 base = cfg
@@ -82,7 +78,7 @@ def pick(base: dict[str, Any], searches: list[dict[str, Any]], k: int) -> tuple[
     """`(the baseline's costs, the k candidates)`: module docstring. Each candidate has `name`
     (A, B, ...), `arch`, `capacity`, `latency_ms`, `cut`, `dir` (its search) and `overrides`."""
     from supernet.pareto import non_dominated, spread
-    cap0, lat0 = _costs(base, _space(base).encode(_space(base).baseline_arch()))
+    cap0, lat0 = _baseline_costs(base)
     pool = []
     for r in searches:
         c = r["config"]

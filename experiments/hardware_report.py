@@ -37,7 +37,7 @@ def capacity_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in runs if is_capacity_search(r)]
 
 
-def _space(run: dict[str, Any]):
+def space_of_run(run: dict[str, Any]):
     """The search space the run recorded (its flattened `space.*` config keys)."""
     from supernet.spaces import make_space
     c = run["config"]
@@ -47,7 +47,7 @@ def _space(run: dict[str, Any]):
 
 def _design(run: dict[str, Any]) -> tuple[str, str, str]:
     """`(multiplier, actual stage widths, block types by stage)` of the run's architecture."""
-    space = _space(run)
+    space = space_of_run(run)
     arch = space.decode(run["results"]["architecture"])
     types = [space.decisions[d].choices[arch[d]] for d in space.type_ids]
     stages = np.cumsum(space.blocks_per_stage)[:-1]
@@ -161,7 +161,7 @@ def blocks_markdown(runs: list[dict[str, Any]]) -> str:
     if base is None or not found:
         return ""
     acc = found[0]["config"].get("cost.accelerator", "npu")
-    space = _space(found[0])
+    space = space_of_run(found[0])
     a = block_costs(space, space.decode(base["results"]["architecture"]), acc)
     b = block_costs(space, space.decode(found[0]["results"]["architecture"]), acc)
     out = [(f"Block by block (`supernet.expert.block_costs`, analytic `{acc}`): the baseline vs `{found[0]['dir']}` "

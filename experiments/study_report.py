@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.hardware_report import _space
+from experiments.hardware_report import space_of_run
 
 
 def _is_baseline(run: dict[str, Any]) -> bool:
@@ -123,7 +123,7 @@ def fusion_markdown(runs: list[dict[str, Any]]) -> str:
     if not base:
         return ""
     acc = base[0]["config"].get("cost.accelerator", "npu")
-    space = _space(base[0])
+    space = space_of_run(base[0])
     b_arch = space.decode(base[0]["results"]["architecture"])
     out = [f"Fused blocks per arm (lowest seed), their MFLOPs and analytic `{acc}` latency as IBN and as fused "
            "IBN at the arm's own widths and multiplier (`supernet.expert.block_costs`):\n",
