@@ -131,9 +131,9 @@ def check_config(cfg: Any) -> None:
         _need(getattr(space, "head", "classification") == task,
               f"task.name={task!r} needs a space with that head (space.kwargs head={task!r}); "
               f"{cfg.space.name!r} has head {getattr(space, 'head', 'classification')!r}")
-        _need(set(cfg.stages) <= {"baseline", "given", "expert", "single_shot", "evolve", "retrain"} and
+        _need(set(cfg.stages) <= {"baseline", "given", "expert", "zero_shot", "single_shot", "evolve", "retrain"} and
               (cfg.evolve.evaluator in ("capacity", "train", "supernet") or "evolve" not in cfg.stages),
-              f"task.name={task!r} runs the stages baseline, given, expert, single_shot, evolve (capacity, "
+              f"task.name={task!r} runs the stages baseline, given, expert, zero_shot, single_shot, evolve (capacity, "
               f"train or supernet evaluator) and retrain so far; got {list(cfg.stages)} (evolve.evaluator="
               f"{cfg.evolve.evaluator!r})")
         _need(cfg.data.name != "cifar10" and cfg.data.get("input_size", 32) == getattr(space, "input_size", 32),

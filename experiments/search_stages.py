@@ -144,7 +144,10 @@ def stage_zero_shot(ctx: Context) -> dict[str, Any]:
                                  mask=ctx.mask, log=lambda r: ctx.wd.log({"stage": "zero_shot", **r}))
     archs = _distinct(np.asarray(space.sample(_sample_key(ctx), z.sample,
                                               mask=mask if z.method == "progressive" else ctx.mask)))
-    raw = _raw_scorer(inputs)(archs)
+    try:
+        raw = _raw_scorer(inputs)(archs)
+    except ValueError as e:  # a score this network cannot give (e.g. naswot's activation taps: nb201 only)
+        raise ConfigError(f"zero_shot.proxies: {e.args[0] if e.args else e}") from None
     ctx.zero_shot_scores = (archs, raw)
     scores = _combine(raw, inputs[0])  # several scores: rank-averaged within the sample
     bad = np.isnan(scores) | np.isposinf(scores)  # -inf ranks last (a score's verdict on a dead cell)

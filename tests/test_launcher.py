@@ -328,3 +328,17 @@ def test_dense_task_evolves_with_the_train_evaluator(tmp_path):
     ev = json.load(open(tmp_path / "s" / "stages" / "evolve.json"))
     assert 0.0 <= ev["miou"] <= 1.0 and all("miou" in p for p in ev["front"])
     assert res["accuracy_pct"] == pytest.approx(100 * ev["miou"]) and "mIoU" in res["accuracy_source"]
+
+
+def test_dense_task_zero_shot_then_evolve(tmp_path, capsys):
+    """Zero-shot pruning runs on a segmentation network with scores that take any task's network
+    (synflow, jacob_cov); one that reads activation taps the mobile networks lack stops with one line."""
+    cfg = "experiments/configs/segmentation/person_fpn.py:search,smoke"
+    common = ["--config.stages=['zero_shot','evolve']", "--config.zero_shot.sample=8", "--config.zero_shot.batch_size=8"]
+    res = main(["--config", cfg, "--workdir", str(tmp_path / "z"), *common, "--config.zero_shot.proxies=('synflow','jacob_cov')"])
+    z = json.load(open(tmp_path / "z" / "stages" / "zero_shot.json"))
+    assert 0 < z["kept_fraction"] < 1 and res["architecture"]
+    with pytest.raises(SystemExit):
+        main(["--config", cfg, "--workdir", str(tmp_path / "bad"), *common, "--config.zero_shot.proxies=('naswot',)"])
+    err = capsys.readouterr().err
+    assert "zero_shot.proxies: score 'naswot' reads activations" in err and "Traceback" not in err
