@@ -37,7 +37,10 @@ def study_runs(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[d
     """`(baseline runs, other runs)` of a study: a `baseline` arm and at least one other arm that
     searched or applied rules, all retrained or none (the hardware side); `([], [])` otherwise."""
     base = [r for r in runs if _is_baseline(r)]
-    others = [r for r in runs if not _is_baseline(r) and {"evolve", "expert", "given"} & set(r["results"].get("stages", {}))]
+    # an untrained NSGA-II search answers with a front (`experiments.candidates` picks from it), not a network
+    front_only = lambda r: r["config"].get("evolve.algorithm") == "nsga2" and not _trained(r)
+    others = [r for r in runs if not _is_baseline(r) and not front_only(r)
+              and {"evolve", "expert", "given"} & set(r["results"].get("stages", {}))]
     if not base or not others or len({_trained(r) for r in base}) > 1:
         return [], []
     return base, others
@@ -58,7 +61,14 @@ def _searched(run: dict[str, Any]) -> str:
 
 def _ms(x: list[float], fmt: str) -> str:
     x = np.asarray(x, float)
+    x = x[np.isfinite(x)]  # runs that did not cost the network on this model (e.g. no measured backend)
+    if not len(x):
+        return "-"
     return f"{x.mean():{fmt}} ± {x.std():{fmt}}" if len(x) > 1 else f"{x[0]:{fmt}}"
+
+
+def _cut(run: dict[str, Any], model: str, ref: float) -> float:
+    return 1 - run["results"]["latency_ms"].get(model, np.nan) / ref
 
 
 def _metric(run: dict[str, Any]) -> tuple[float, float]:
@@ -87,7 +97,7 @@ def study_markdown(runs: list[dict[str, Any]]) -> str:
                "| arm | what it changes | runs | " + " | ".join(f"{m} cut" for m in models) + " |",
                "|---|---|---|" + "---|" * len(models)]
         for label, rs in _groups(others).items():
-            cuts = [_ms([1 - r["results"]["latency_ms"][m] / ref[m] for r in rs], ".1%") for m in models]
+            cuts = [_ms([_cut(r, m, ref[m]) for r in rs], ".1%") for m in models]
             out.append(f"| {label} | {_searched(rs[0])} | {len(rs)} | " + " | ".join(cuts) + " |")
         return "\n".join(out) + "\n"
     bm = np.asarray([_metric(b)[0] for b in base])
@@ -100,7 +110,7 @@ def study_markdown(runs: list[dict[str, Any]]) -> str:
            "|---|---|---|" + "---|" * len(models) + "---|" + ("---|" if det else "") + "---|"]
     base_arch = base[0]["results"]["architecture"]
     for label, rs in [("baseline", base)] + list(_groups(others).items()):
-        cuts = [_ms([1 - r["results"]["latency_ms"][m] / ref[m] for r in rs], ".1%") for m in models]
+        cuts = [_ms([_cut(r, m, ref[m]) for r in rs], ".1%") for m in models]
         trained = [r for r in rs if _trained(r)]
         what = "nothing (MobileNetV2)" if rs is base else _searched(rs[0])
         if trained:
@@ -123,15 +133,17 @@ def fusion_markdown(runs: list[dict[str, Any]]) -> str:
     if not base:
         return ""
     acc = base[0]["config"].get("cost.accelerator", "npu")
-    space = space_of_run(base[0])
-    b_arch = space.decode(base[0]["results"]["architecture"])
+    space0 = space_of_run(base[0])
+    blocks0 = sum(x["flops"] for x in block_costs(space0, space0.baseline_arch(), acc)) / 1e6
     out = [f"Fused blocks per arm (lowest seed), their MFLOPs and analytic `{acc}` latency as IBN and as fused "
-           "IBN at the arm's own widths and multiplier (`supernet.expert.block_costs`):\n",
+           "IBN at the arm's own widths, multiplier and input size (`supernet.expert.block_costs`):\n",
            "| arm | multiplier | fused blocks (stage) | MFLOPs as IBN -> fused | latency us as IBN -> fused | "
-           "network MFLOPs (baseline " + f"{sum(x['flops'] for x in block_costs(space, b_arch, acc)) / 1e6:.1f} in blocks) |",
+           f"MFLOPs in blocks (baseline {blocks0:.1f}) |",
            "|---|---|---|---|---|---|"]
     for label, rs in _groups(others).items():
         r = min(rs, key=lambda r: r["config"].get("seed", 0))
+        space = space_of_run(r)  # its own input size / decoder (the block decisions are the baseline's)
+        b_arch = space.baseline_arch()
         arch = space.decode(r["results"]["architecture"])
         as_ibn = arch.copy()
         for t in space.type_ids:
