@@ -38,7 +38,8 @@ def study_runs(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[d
     searched or applied rules, all retrained or none (the hardware side); `([], [])` otherwise."""
     base = [r for r in runs if _is_baseline(r)]
     # an untrained NSGA-II search answers with a front (`experiments.candidates` picks from it), not a network
-    front_only = lambda r: r["config"].get("evolve.algorithm") == "nsga2" and not _trained(r)
+    front_only = lambda r: ("evolve" in r["results"].get("stages", {}) and not _trained(r)
+                            and r["config"].get("evolve.algorithm") == "nsga2")
     others = [r for r in runs if not _is_baseline(r) and not front_only(r)
               and {"evolve", "expert", "given"} & set(r["results"].get("stages", {}))]
     if not base or not others or len({_trained(r) for r in base}) > 1:
