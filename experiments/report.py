@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 v = r["values"]
                 w.writerow([r["dir"], r["label"], r["config"].get("seed"), v["section"][0], r["results"].get("architecture"),
                             v["accuracy"], v["section"][1], v["latency_ms"], v["section"][2], v["search_seconds"]])
-        for path in (plot(runs, args.out) if searches else []) + plot_landscape(runs, args.out) + plot_convergence(runs, args.out):
+        for path in (plot(searches, args.out) if searches else []) + plot_landscape(runs, args.out) + plot_convergence(runs, args.out):
             print(f"wrote {path}")
     return rows
 
