@@ -56,15 +56,14 @@ def load(root: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     Raises:
       ValueError: no baseline run or no finished search under `root`.
     """
-    runs, _ = find_runs([root])
-    base = None
-    for dirpath, _, files in sorted(os.walk(root)):
-        if "config.json" in files:
-            with open(os.path.join(dirpath, "config.json")) as f:
-                cfg = flatten(json.load(f)["config"])
-            if (cfg.get("stages") or [None])[0] == "baseline":
-                base = cfg
-                break
+    runs, unfinished = find_runs([root])
+
+    def config(path: str) -> dict[str, Any]:
+        with open(os.path.join(path, "config.json")) as f:
+            return flatten(json.load(f)["config"])
+
+    configs = [r["config"] for r in runs] + [config(d) for d in unfinished]
+    base = next((c for c in configs if (c.get("stages") or [None])[0] == "baseline"), None)
     searches = [r for r in runs if r["results"].get("stages", {}).get("evolve", {}).get("front")]
     if base is None:
         raise ValueError(f"no run under {root} starts with the 'baseline' stage; start the study's baseline "

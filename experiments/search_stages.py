@@ -34,7 +34,6 @@ from experiments import data as D
 from experiments.config import ConfigError
 from experiments.context import STAGES, Context, cost_config, data_path, eval_input, fitted_surrogate, splits, task_of
 from experiments.train_stages import image_augment, trained_supernet
-from supernet.tasks import Classification
 from experiments.workdir import Workdir, write_json
 from supernet.model import make_supernet
 from supernet.spaces import make_space
@@ -198,12 +197,10 @@ def _supernet_accuracy(ctx: Context):
     train, val = splits(ctx)
     if ec.supernet_bn not in BN_MODES:
         raise ConfigError(f"unknown evolve.supernet_bn {ec.supernet_bn!r}; valid: {', '.join(BN_MODES)}")
-    task = task_of(ctx)
     return make_evaluator("supernet", ctx.space, net=trained_supernet(ctx), data=val,
                           prepare=eval_input, mesh=ctx.mesh, bn=ec.supernet_bn, calib=train,
                           calib_batches=cfg.single_shot.bn_recalibration or 10,
-                          calib_batch_size=cfg.single_shot.batch_size,
-                          task=None if isinstance(task, Classification) else task)
+                          calib_batch_size=cfg.single_shot.batch_size, task=task_of(ctx))
 
 
 @ACCURACY_EVALUATORS.register("train")
@@ -212,11 +209,10 @@ def _train_accuracy(ctx: Context):
     cfg = ctx.cfg
     train, val = splits(ctx)
     task = task_of(ctx)
-    dense = not isinstance(task, Classification)
     return make_evaluator("train", ctx.space, train=train, val=val, steps=cfg.evolve.train_steps,
                           batch_size=cfg.single_shot.batch_size, seed=cfg.seed,
                           net_kwargs=dict(cfg.single_shot.supernet), augment=image_augment(task),
-                          prepare=eval_input, mesh=ctx.mesh, task=task if dense else None)
+                          prepare=eval_input, mesh=ctx.mesh, task=task)
 
 
 @ACCURACY_EVALUATORS.register("zero_shot")
@@ -400,9 +396,9 @@ def stage_evolve(ctx: Context) -> dict[str, Any]:
     ctx.arch = res.best_arch
     best = res.best["objectives"]
     # the zero-shot evaluator's "accuracy" is a score, not an accuracy: report it under its own name
-    acc_key = {"zero_shot": "score", "capacity": "capacity_log10_flops",
-               "train": task_of(ctx).main_metric, "supernet": task_of(ctx).main_metric,
-               }.get(ec.evaluator, "accuracy")  # train / supernet: accuracy, miou or map
+    # train / supernet score by the task's own metric: accuracy, miou or map
+    acc_key = {"zero_shot": "score", "capacity": "capacity_log10_flops"}.get(ec.evaluator) or (
+        task_of(ctx).main_metric if ec.evaluator in POOLED else "accuracy")
     out = {"arch": space.encode(ctx.arch), "search_seconds": search.seconds, acc_key: best["accuracy"],
            "evaluations": len(res.history), "distinct": len({r["arch"] for r in res.history}),
            "warm_start": len(search.init), "guide_evals": search.guide_evals,

@@ -280,9 +280,13 @@ def load_subnet(cfg: Any, space: SearchSpace, arch: np.ndarray, path: str) -> Su
     return sub
 
 
+#: `subnet_of_workdir`'s word for weights that `retrain` trained.
+TRAINED = "trained (retrain)"
+
+
 def subnet_of_workdir(path: str) -> tuple[Subnet, SearchSpace, str]:
     """`(network, space, which weights)` of a finished run's workdir: its `retrain`ed network when
-    it has one ("trained (retrain)"), else its found network with fresh weights.
+    it has one (`TRAINED`), else its found network with fresh weights.
 
     Raises:
       ConfigError: `path` is not a finished run's workdir.
@@ -303,7 +307,7 @@ def subnet_of_workdir(path: str) -> tuple[Subnet, SearchSpace, str]:
     arch = space.decode(res["architecture"])
     weights = res.get("stages", {}).get("retrain", {}).get("weights")
     if weights:
-        return load_subnet(cfg, space, arch, os.path.join(path, weights)), space, "trained (retrain)"
+        return load_subnet(cfg, space, arch, os.path.join(path, weights)), space, TRAINED
     return build_subnet(cfg, space, arch), space, "initial (no retrain stage in this run)"
 
 
@@ -317,7 +321,7 @@ def warm_start(sub: Subnet, path: str) -> dict[str, Any]:
       ConfigError: `path` has no retrained network, or shares no array with `sub`.
     """
     src, _, how = subnet_of_workdir(path)
-    if not how.startswith("trained"):
+    if how != TRAINED:
         raise ConfigError(f"retrain.init_from={path!r}: that run has no retrain stage, so no trained weights")
     have = nnx.to_pure_dict(nnx.state(src))
     counts = {"arrays": 0, "values": 0, "of_arrays": 0}

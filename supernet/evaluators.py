@@ -226,11 +226,18 @@ class CapacityEvaluator(ZeroShotEvaluator):
         super().__init__(space, table_function(space, lambda t: jnp.log10(jnp.maximum(total_flops(t), 1.0))), name)
 
 
+def dense_task(task: Any) -> Any:
+    """`task` when it needs its own loss and held-out statistics; None for classification (or no
+    task), which the evaluators score by their fused in-jit count of correct predictions."""
+    from supernet.tasks import Classification
+    return None if task is None or isinstance(task, Classification) else task
+
+
 # ------------------------------------------------------------------ one-shot (inherited weights)
 @EVALUATORS.register("supernet")
 class SupernetEvaluator(Evaluator):
     """Held-out accuracy of `net(x, space.one_hot(arch))` with the supernet's (inherited) weights
-    (`task`, a dense `supernet.tasks.Task`: its `main_metric` instead, e.g. mIoU).
+    (`task`, a `supernet.tasks.Task`: a dense task's `main_metric` instead, e.g. mIoU).
 
     The weights are a snapshot taken when the evaluator is made. `bn="running"`: BatchNorm uses its
     running statistics (eval mode), so the accuracy equals that of `net.derive(arch)` evaluated in
@@ -257,6 +264,7 @@ class SupernetEvaluator(Evaluator):
         if bn == "recalibrate" and calib is None:
             raise ValueError("bn='recalibrate' needs calib, the training images to recompute the statistics on")
         self.names, self.data, self.traces = (name,), data, 0
+        task = dense_task(task)
         mesh = mesh or make_mesh()
         bs = held_out_batch(batch_size, len(data), mesh)
         self._calib = (BNRecalibrator(net, calib, prepare, batches=calib_batches, batch_size=calib_batch_size,
@@ -340,6 +348,7 @@ class TrainEvaluator(Evaluator):
 
         if steps < 1:
             raise ValueError(f"TrainEvaluator needs steps >= 1, got {steps}")
+        task = dense_task(task)
         mesh = mesh or make_mesh()
         if batch_size % mesh.devices.size or batch_size > len(train):
             raise ValueError(f"batch_size {batch_size} must be a multiple of the {mesh.devices.size} "
