@@ -57,7 +57,8 @@ def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]
     limits = model_limits(cost, surrogate_ratios(ctx) if surrogate is not None and cost.confidence else None)
     if "latency_ms" in limits:  # the loss aims at the limit the returned architecture is held to
         search_cfg = dataclasses.replace(search_cfg, cost=dataclasses.replace(cost, target_ms=limits["latency_ms"]))
-    net = make_supernet(ctx.space, rngs=nnx.Rngs(cfg.seed), **dict(sc.supernet))
+    # the supernet of `single_shot.space_kwargs`'s proxy (same decisions), costs of the searched space
+    net = make_supernet(proxy_space(cfg, ctx.space, "single_shot"), rngs=nnx.Rngs(cfg.seed), **dict(sc.supernet))
     task = task_of(ctx)
     search = SingleShot(ctx.space, net, search_cfg, mask=ctx.mask,
                         cost_fn=make_cost_fn(ctx.space, search_cfg.cost, surrogate) if cost.uses_cost else None,
@@ -229,25 +230,27 @@ def inherited_accuracies(ctx: Context, net: Any, arch: np.ndarray, train: Device
 MODEL_DIR = "model"
 
 
-def retrain_space(cfg: Any, space: SearchSpace) -> SearchSpace:
-    """The space whose network `retrain` trains: `space`, or the space rebuilt with
-    `retrain.space_kwargs` overriding its constructor arguments. The override makes a training proxy
-    of the searched architecture (the same decision vector, e.g. every width halved on half the
-    parallelism factor: `mobile-curated` with `parallelism=8` and halved `base_widths`, `stem_width`,
-    `head_width` gives each layer exactly half the channels), as ProxylessNAS and MnasNet train
-    reduced proxies when full networks are too dear; costs stay those of the searched network.
+def proxy_space(cfg: Any, space: SearchSpace, section: str = "retrain") -> SearchSpace:
+    """The space whose network a training stage trains: `space`, or the space rebuilt with
+    `<section>.space_kwargs` overriding its constructor arguments (`retrain`: the retrained network;
+    `single_shot`: the supernet). The override makes a training proxy of the searched architecture
+    (the same decision vector, e.g. every width halved on half the parallelism factor:
+    `mobile-curated` with `parallelism=8` and halved `base_widths`, `stem_width`, `head_width` gives
+    each layer exactly half the channels), as ProxylessNAS and MnasNet train reduced proxies when full
+    networks are too dear; costs (the latency target, the derivation, the reports) stay those of the
+    searched network in `space`.
 
     Raises:
       ConfigError: the override changes the decisions (their number or choice counts), so the
         architecture would not mean the same choices.
     """
-    over = dict(cfg.retrain.get("space_kwargs", None) or {})
+    over = dict(cfg[section].get("space_kwargs", None) or {})
     if not over:
         return space
     proxy = make_space(cfg.space.name, **{**dict(cfg.space.kwargs), **over})
     if [d.name for d in proxy.decisions] != [d.name for d in space.decisions] or \
             not np.array_equal(proxy.num_choices, space.num_choices):
-        raise ConfigError(f"retrain.space_kwargs={over} change the space's decisions (their number or "
+        raise ConfigError(f"{section}.space_kwargs={over} change the space's decisions (their number or "
                           "choice counts); a training proxy must keep them (scale widths and the "
                           "parallelism factor together)")
     return proxy
@@ -255,8 +258,8 @@ def retrain_space(cfg: Any, space: SearchSpace) -> SearchSpace:
 
 def build_subnet(cfg: Any, space: SearchSpace, arch: np.ndarray) -> Subnet:
     """The standalone network of `arch` as `retrain` builds it (fresh weights; `load_subnet` fills
-    in the trained ones), in `retrain_space(cfg, space)`."""
-    net = make_supernet(retrain_space(cfg, space), rngs=nnx.Rngs(cfg.seed + 1), **dict(cfg.single_shot.supernet))
+    in the trained ones), in `proxy_space(cfg, space)`."""
+    net = make_supernet(proxy_space(cfg, space), rngs=nnx.Rngs(cfg.seed + 1), **dict(cfg.single_shot.supernet))
     return net.derive(arch)
 
 
@@ -373,6 +376,6 @@ def stage_retrain(ctx: Context) -> dict[str, Any]:
     out = {"arch": ctx.space.encode(ctx.arch), **scores, **init,
            "retrain_seconds": time.perf_counter() - t0, "weights": MODEL_DIR}
     if rc.get("space_kwargs", None):
-        out["trained_arch"] = retrain_space(cfg, ctx.space).encode(ctx.arch)  # the proxy's widths
+        out["trained_arch"] = proxy_space(cfg, ctx.space).encode(ctx.arch)  # the proxy's widths
     return out
 

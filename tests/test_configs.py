@@ -44,6 +44,7 @@ SPLATTED = {"single_shot.optim": OptimConfig, "retrain.optim": OptimConfig}
 FROM_SECTION = {"single_shot": SearchConfig, "cost": CostConfig, "retrain": TrainConfig}
 #: Free-form kwargs dicts (passed on whole to a space or supernet class).
 KWARGS = ("space.kwargs", "single_shot.supernet", "zero_shot.supernet", "hardware.presets", "retrain.space_kwargs",
+          "single_shot.space_kwargs",
           "space.remove")  # dicts whose keys are data (constructor arguments, decision names)
 
 

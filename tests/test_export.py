@@ -151,13 +151,13 @@ def test_retrain_trains_the_proxy_space_and_export_rebuilds_it(tmp_path, capsys)
     from experiments import export as export_cli
     from experiments.config import ConfigError, load_config
     from experiments.run import main
-    from experiments.train_stages import retrain_space
+    from experiments.train_stages import proxy_space
 
     wd = str(tmp_path / "run")
     res = main(["--config", "experiments/configs/mobile/latency_cut.py:nas47,retrain,smoke", "--workdir", wd])
     cfg = load_config("experiments/configs/mobile/latency_cut.py:nas47,retrain,smoke")
     space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
-    proxy = retrain_space(cfg, space)
+    proxy = proxy_space(cfg, space)
     arch = space.decode(res["architecture"])
     np.testing.assert_array_equal(2 * proxy.stage_widths(arch), space.stage_widths(arch))
     assert res["stages"]["retrain"]["trained_arch"] == proxy.encode(arch) != res["architecture"]
@@ -165,5 +165,24 @@ def test_retrain_trains_the_proxy_space_and_export_rebuilds_it(tmp_path, capsys)
     assert proxy.encode(arch) in capsys.readouterr().out and os.path.exists(out)
     cfg.retrain.space_kwargs = {"blocks_per_stage": (1, 1)}
     with pytest.raises(ConfigError, match="change the space's decisions"):
-        retrain_space(cfg, space)
+        proxy_space(cfg, space)
     assert json.load(open(os.path.join(wd, "results.json")))["stages"]["retrain"]["weights"] == "model"
+
+
+def test_single_shot_trains_the_proxy_supernet():
+    """`single_shot.space_kwargs` (`latency_cut.py:single47`): the supernet is built on the half-width
+    proxy with the same decisions, while costs stay those of the searched space; a proxy that
+    changes the decisions stops with one message naming the section."""
+    from experiments.config import ConfigError, load_config
+    from experiments.train_stages import proxy_space
+
+    cfg = load_config("experiments/configs/mobile/latency_cut.py:single47,smoke")
+    assert cfg.cost.form == "constraint" and cfg.single_shot.estimator == "reinforce"
+    space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
+    proxy = proxy_space(cfg, space, "single_shot")
+    arch = space.baseline_arch()
+    np.testing.assert_array_equal(2 * proxy.stage_widths(arch), space.stage_widths(arch))
+    assert proxy_space(cfg, space) is space  # no retrain proxy without `retrain`
+    cfg.single_shot.space_kwargs = {"blocks_per_stage": (1, 1)}
+    with pytest.raises(ConfigError, match="single_shot.space_kwargs=.* change the space's decisions"):
+        proxy_space(cfg, space, "single_shot")

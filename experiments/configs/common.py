@@ -100,6 +100,9 @@ def base() -> ml_collections.ConfigDict:
     # a finished workdir whose trained supernet this run derives from instead of training its own
     # (both searches without a hardware term in the loss, all else equal): one search, many targets
     s.supernet_from = ""
+    # constructor arguments of the space that override `space.kwargs` for the trained supernet only
+    # (`train_stages.proxy_space`, as `retrain.space_kwargs`): a narrower proxy with the same decisions
+    s.space_kwargs = {}
 
     k = c.cost = defaults_of(CostConfig)  # target_ms: None, or set from `target_frac` (pipeline.target_of)
     # dead_code: which ops the device runs ("prune": none-fed and unused ones removed, "unused": only
@@ -157,7 +160,7 @@ def base() -> ml_collections.ConfigDict:
     r.steps_per_epoch = 0  # 0: full epochs
     r.optim.grad_clip = 0.0  # 0: no clipping, as OptimConfig's None (0.0 is what workdirs recorded)
     # constructor arguments of the space that override `space.kwargs` for the retrained network only
-    # (`train_stages.retrain_space`): a narrower proxy with the same decisions, e.g. mobile half width
+    # (`train_stages.proxy_space`): a narrower proxy with the same decisions, e.g. mobile half width
     r.space_kwargs = {}
     # a finished run's workdir whose retrained weights initialise every array of the same place and
     # shape (`train_stages.warm_start`: a CIFAR-10-pretrained backbone under a dense head); "": none
@@ -191,11 +194,13 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-#: The mobile accuracy protocol's training proxy (`train_stages.retrain_space`): the searched
+#: The mobile accuracy protocol's training proxy (`train_stages.proxy_space`): the searched
 #: decisions of `mobile-curated` (P = 16, MobileNetV2's widths) on half the widths and half the
 #: parallelism factor, so every layer has exactly half its channels.
 MOBILE_HALF_WIDTH = {"parallelism": 8, "base_widths": (8, 12, 16, 32, 48, 80, 160), "stem_width": 16,
                      "head_width": 640}
+#: The same proxy of the configs' two-stage smoke space (`base_widths=(16, 32)`, P = 16).
+SMOKE_HALF_WIDTH = {"parallelism": 8, "base_widths": (8, 16), "stem_width": 8, "head_width": 32}
 
 
 def mobile_retrain(c: ml_collections.ConfigDict, smoke_space: bool = False) -> ml_collections.ConfigDict:
@@ -214,7 +219,7 @@ def mobile_retrain(c: ml_collections.ConfigDict, smoke_space: bool = False) -> m
     if smoke_space:
         c.data.name = "synthetic"
         c.data.num_train, c.data.num_test = 256, 128
-        c.retrain.space_kwargs = {"parallelism": 8, "base_widths": (8, 16), "stem_width": 8, "head_width": 32}
+        c.retrain.space_kwargs = SMOKE_HALF_WIDTH
         c.retrain.epochs, c.retrain.batch_size, c.retrain.steps_per_epoch = 1, 32, 2
     return c
 

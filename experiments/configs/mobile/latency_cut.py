@@ -15,7 +15,12 @@ Arguments: `baseline`, `rules` (`fuse_where_it_pays(accelerator='npu')` and `ali
 `nas60` / `nas47` (evolution for the most capacity under 0.6 / 0.47 x MobileNetV2's analytic NPU
 latency: the issue's 40 % and the article's 53 % cut), `rules_nas` (`nas47` seeded with the rules'
 network), `transfer` (the mined rules on MobileNetV2 for 64 px inputs and 100 classes; `baseline,task64`
-is that task's MobileNetV2); `smoke`.
+is that task's MobileNetV2), `single47` (single-shot with an accuracy signal instead of capacity:
+`single_shot_cpu` below); `smoke`.
+Accuracy (`retrain`, the mobile CPU protocol `common.mobile_retrain`; 3 seeds each):
+    python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py:retrain --workdir workdirs/latency_cut_retrain
+    python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py:single47,retrain --workdir workdirs/latency_cut_retrain
+    python -m experiments.report workdirs/latency_cut_retrain --out docs/results/latency_cut_accuracy --group-by stages
 
 Capacity (`evolve.evaluator=capacity`, log10 FLOPs) stands in for accuracy: "at equal accuracy"
 becomes "at no less capacity than MobileNetV2", which favours fusion (a fused block has more FLOPs
@@ -25,9 +30,9 @@ CPU scale in a session). Run time and result (2026-12-05, 2-core CPU): docs/resu
 
 import ml_collections
 
-from experiments.configs.common import base, config_args, mobile_retrain
+from experiments.configs.common import MOBILE_HALF_WIDTH, SMOKE_HALF_WIDTH, base, config_args, mobile_retrain
 
-ARMS = ("baseline", "rules", "nas60", "nas47", "rules_nas", "transfer")
+ARMS = ("baseline", "rules", "nas60", "nas47", "rules_nas", "transfer", "single47")
 
 
 def get_config(arg: str | None = None):
@@ -47,7 +52,7 @@ def get_config(arg: str | None = None):
                                           "mine_from": ""})
     c.data.name = "synthetic"  # nothing is trained
     c.stages = {"baseline": ["baseline"], "rules": ["expert"], "nas60": ["evolve"], "nas47": ["evolve"],
-                "rules_nas": ["expert", "evolve"], "transfer": ["expert"]}[arm]
+                "rules_nas": ["expert", "evolve"], "transfer": ["expert"], "single47": ["single_shot"]}[arm]
     if arm in ("baseline", "rules", "transfer"):
         c.cost.form = "none"  # no search: the target only labels the arm
         c.target_frac = 0.0
@@ -60,13 +65,44 @@ def get_config(arg: str | None = None):
         c.space.kwargs = {"parallelism": 16, "blocks_per_stage": (1, 2), "base_widths": (16, 32),
                           "stage_strides": (1, 2), "stem_width": 16, "head_width": 64}
         c.report.measured = ()
+    if arm == "single47":  # the accuracy-driven search: the supernet trained on CIFAR-10
+        single_shot_cpu(c, smoke_run="smoke" in args)
     if "retrain" in args:  # accuracy: the found network trained on CIFAR-10 (the CPU protocol)
         mobile_retrain(c, smoke_space="smoke" in args)
     return c
 
 
+def single_shot_cpu(c: ml_collections.ConfigDict, smoke_run: bool) -> None:
+    """`single47`: single-shot search with an accuracy signal for the 0.47 x target (the article's
+    53 % cut). TuNAS's single-path REINFORCE (Bender et al., CVPR 2020) on the half-width proxy
+    supernet (`single_shot.space_kwargs` = the retrain proxy, so the weights are trained as the
+    retrained networks are), on the 10,000 CIFAR-10 images of the retrain protocol (half train the
+    weights, half score sampled paths): 2 epochs of uniform path sampling, then 4 with the reward =
+    batch accuracy of the sampled path. The target is a hard limit (`cost.form=constraint`,
+    `supernet.derive`): the most probable architecture whose exact analytic NPU latency of the
+    full-width network is at most 0.47 x MobileNetV2's."""
+    c.cost.form = "constraint"
+    c.cost.weight = 0.0
+    c.data.name = "cifar10"
+    c.data.num_train, c.data.num_test = 10000, 2000
+    s = c.single_shot
+    s.estimator = "reinforce"
+    s.epochs, s.warmup_epochs, s.path_sampling = 6, 2, True
+    s.batch_size = 64
+    s.arch_lr = 1e-2  # 312 architecture steps: TuNAS's order of magnitude, not DARTS's 3e-4
+    s.arch_weight_decay = 0.0
+    s.space_kwargs = SMOKE_HALF_WIDTH if smoke_run else MOBILE_HALF_WIDTH
+    if smoke_run:
+        c.data.name = "synthetic"
+        c.data.num_train, c.data.num_test = 256, 128
+        s.epochs, s.warmup_epochs, s.batch_size, s.steps_per_epoch = 2, 1, 32, 2
+
+
 def get_sweep(arg: str | None = None):
-    if "retrain" in config_args(arg, (*ARMS, "task64", "retrain", "smoke"), default="nas47"):
+    args = config_args(arg, (*ARMS, "task64", "retrain", "smoke"), default="nas47")
+    if "retrain" in args and "single47" in args:  # the accuracy-driven search, 3 seeds (same root)
+        return [{"name": f"2_single47/seed={seed}", "seed": seed} for seed in range(3)]
+    if "retrain" in args:
         # accuracy arms: MobileNetV2 and the 0.47 x search, 3 seeds each (the seed also seeds retraining)
         return ([{"name": f"0_baseline/seed={seed}", "stages": ["baseline", "retrain"], "cost.form": "none",
                   "target_frac": 0.0, "seed": seed} for seed in range(3)]
