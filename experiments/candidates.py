@@ -5,7 +5,9 @@ baseline at its mIoU or better). Every finished `evolve` run under ROOT holds a 
 (capacity, latency) at its own input size and decoder stage; this merges them, keeps the networks
 of no less capacity than the baseline (log10 FLOPs, the searches' stand-in for the metric) that
 are faster than it on the searches' accelerator, takes their non-dominated set and picks `k`
-spread over latency (`supernet.pareto.spread`; A the fastest). The baseline is the run under ROOT
+spread over latency (`supernet.pareto.spread`; A the fastest). `--fastest-at PX` adds, lettered
+after them, the fastest such network of every decoder stage at input size PX (e.g. the baseline's
+own resolution, whose networks the merged front can hide behind smaller inputs). The baseline is the run under ROOT
 whose stages start with `baseline` (its config suffices: it may still be training), costed the
 same way. For each candidate it prints its resolution, capacity, latency and cut, and the command
 that retrains it with the baseline's schedule (stage `given`; `--seeds` of them).
@@ -73,8 +75,10 @@ def load(root: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return base, searches
 
 
-def pick(base: dict[str, Any], searches: list[dict[str, Any]], k: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """`(the baseline's costs, the k candidates)`: module docstring. Each candidate has `name`
+def pick(base: dict[str, Any], searches: list[dict[str, Any]], k: int,
+         fastest_at: Sequence[int] = ()) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`(the baseline's costs, the k candidates and the fastest at each input size of `fastest_at`
+    and decoder stage)`: module docstring. Each candidate has `name`
     (A, B, ...), `arch`, `capacity`, `latency_ms`, `cut`, `dir` (its search) and `overrides`."""
     from supernet.pareto import non_dominated, spread
     cap0, lat0 = _baseline_costs(base)
@@ -95,6 +99,14 @@ def pick(base: dict[str, Any], searches: list[dict[str, Any]], k: int) -> tuple[
     pts = np.asarray([[p["capacity"], p["latency_ms"]] for p in pool])
     front = [pool[i] for i in np.flatnonzero(non_dominated(pts, ("max", "min")))]
     chosen = [front[i] for i in spread(np.asarray([p["latency_ms"] for p in front]), k)]
+    for px in fastest_at:  # per (input size, decoder stage): the fastest, unless already chosen
+        at = {}
+        for p in pool:
+            o = p["overrides"]
+            if o.get("space.kwargs.input_size") == px:
+                key = o.get("space.kwargs.decoder_stage")
+                at[key] = min(at.get(key, p), p, key=lambda q: q["latency_ms"])
+        chosen += sorted((p for p in at.values() if p not in chosen), key=lambda q: q["latency_ms"])
     for letter, p in zip(string.ascii_uppercase, chosen):
         p["name"], p["cut"] = letter, 1.0 - p["latency_ms"] / lat0
     return {"capacity": cap0, "latency_ms": lat0}, chosen
@@ -159,13 +171,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--config", required=True, help="the study's config file, for the retraining commands")
     p.add_argument("--k", type=int, default=5, help="how many candidates (default 5: A-E)")
     p.add_argument("--seeds", type=int, default=3, help="retraining seeds per candidate")
+    p.add_argument("--fastest-at", type=int, action="append", default=[], metavar="PX",
+                   help="add the fastest candidate of each decoder stage at this input size (repeatable)")
     p.add_argument("--out", default="", help="write PREFIX.md and PREFIX.json")
     args = p.parse_args(argv)
     if args.k < 1 or args.seeds < 1:
         p.exit(2, "error: --k and --seeds must be >= 1\n")
     with cli_errors(p, also=(ValueError,)):
         base_cfg, searches = load(args.root)
-        base, cands = pick(base_cfg, searches, args.k)
+        base, cands = pick(base_cfg, searches, args.k, args.fastest_at)
     cmds = commands(args.config, args.root.rstrip("/"), cands, args.seeds)
     md = markdown(base, cands, cmds)
     print(md)

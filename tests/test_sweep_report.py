@@ -200,6 +200,19 @@ def test_candidates_merge_the_fronts_and_keep_the_baselines_capacity(tmp_path, c
     assert lat == sorted(lat) and all(c["capacity"] >= base["capacity"] and c["latency_ms"] < base["latency_ms"] for c in got)
     for a in got:
         assert not any(b["capacity"] >= a["capacity"] and b["latency_ms"] < a["latency_ms"] for b in got)
+    # --fastest-at PX: per decoder stage at PX, the fastest network of the baseline's capacity; a
+    # second search (decoder stage 9, every network 1 % faster) holds the fastest of all (A)
+    import copy
+    base_cfg, searches = candidates.load(root)
+    other = copy.deepcopy(searches[0])
+    other["config"]["space.kwargs.decoder_stage"] = 9
+    for p in other["results"]["stages"]["evolve"]["front"]:
+        p["latency_ms:npu"] *= 0.99
+    px = searches[0]["config"]["space.kwargs.input_size"]
+    _, more = candidates.pick(base_cfg, searches + [other], 1, fastest_at=[px])
+    assert [c["name"] for c in more] == ["A", "B"]
+    assert more[0]["overrides"]["space.kwargs.decoder_stage"] == 9 and more[1]["overrides"]["space.kwargs.decoder_stage"] == 1
+    assert more[1]["latency_ms"] == pytest.approx(more[0]["latency_ms"] / 0.99)
     cmd = next(line for line in open(tmp_path / "c.md") if line.startswith("python -m experiments.run"))
     argv = shlex.split(cmd)[3:]
     argv[argv.index("--config") + 1] += ",smoke"  # the smoke schedule on the smoke space
