@@ -7,7 +7,9 @@ of no less capacity than the baseline (log10 FLOPs, the searches' stand-in for t
 are faster than it on the searches' accelerator, takes their non-dominated set and picks `k`
 spread over latency (`supernet.pareto.spread`; A the fastest). `--fastest-at PX` adds, lettered
 after them, the fastest such network of every decoder stage at input size PX (e.g. the baseline's
-own resolution, whose networks the merged front can hide behind smaller inputs). The baseline is the run under ROOT
+own resolution, whose networks the merged front can hide behind smaller inputs); with `--at-cut F`
+also the network of most capacity among those at least F faster there (below the baseline's
+capacity if need be: capacity is a loose proxy of the metric, which retraining then measures). The baseline is the run under ROOT
 whose stages start with `baseline` (its config suffices: it may still be training), costed the
 same way. For each candidate it prints its resolution, capacity, latency and cut, and the command
 that retrains it with the baseline's schedule (stage `given`; `--seeds` of them).
@@ -75,14 +77,14 @@ def load(root: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return base, searches
 
 
-def pick(base: dict[str, Any], searches: list[dict[str, Any]], k: int,
-         fastest_at: Sequence[int] = ()) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def pick(base: dict[str, Any], searches: list[dict[str, Any]], k: int, fastest_at: Sequence[int] = (),
+         at_cut: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """`(the baseline's costs, the k candidates and the fastest at each input size of `fastest_at`
     and decoder stage)`: module docstring. Each candidate has `name`
     (A, B, ...), `arch`, `capacity`, `latency_ms`, `cut`, `dir` (its search) and `overrides`."""
     from supernet.pareto import non_dominated, spread
     cap0, lat0 = _baseline_costs(base)
-    pool = []
+    pool, fast = [], []  # fast: at least `at_cut` faster, any capacity
     for r in searches:
         c = r["config"]
         lat_key = f"latency_ms:{c.get('cost.accelerator', 'npu')}"
@@ -91,25 +93,36 @@ def pick(base: dict[str, Any], searches: list[dict[str, Any]], k: int,
             if cap is None or lat is None:
                 raise ValueError(f"{r['dir']}: its front lacks capacity_log10_flops or {lat_key}; the candidates "
                                  "come from capacity searches (evolve.evaluator='capacity') with a latency model")
+            net = {"arch": p["arch"], "capacity": float(cap), "latency_ms": float(lat), "dir": r["dir"],
+                   "overrides": {k_: c[k_] for k_ in RESOLUTION_KEYS if k_ in c}}
             if cap >= cap0 and lat < lat0:
-                pool.append({"arch": p["arch"], "capacity": float(cap), "latency_ms": float(lat), "dir": r["dir"],
-                             "overrides": {k_: c[k_] for k_ in RESOLUTION_KEYS if k_ in c}})
+                pool.append(net)
+            if at_cut is not None and lat <= (1.0 - at_cut) * lat0:
+                fast.append(net)
     if not pool:
         return {"capacity": cap0, "latency_ms": lat0}, []
     pts = np.asarray([[p["capacity"], p["latency_ms"]] for p in pool])
     front = [pool[i] for i in np.flatnonzero(non_dominated(pts, ("max", "min")))]
     chosen = [front[i] for i in spread(np.asarray([p["latency_ms"] for p in front]), k)]
     for px in fastest_at:  # per (input size, decoder stage): the fastest, unless already chosen
-        at = {}
-        for p in pool:
-            o = p["overrides"]
-            if o.get("space.kwargs.input_size") == px:
-                key = o.get("space.kwargs.decoder_stage")
-                at[key] = min(at.get(key, p), p, key=lambda q: q["latency_ms"])
-        chosen += sorted((p for p in at.values() if p not in chosen), key=lambda q: q["latency_ms"])
+        chosen += _best_per_stage(pool, px, chosen, lambda q: q["latency_ms"])
+    for px in fastest_at if at_cut is not None else ():  # ... and the most capacity at the cut
+        chosen += _best_per_stage(fast, px, chosen, lambda q: -q["capacity"])
     for letter, p in zip(string.ascii_uppercase, chosen):
         p["name"], p["cut"] = letter, 1.0 - p["latency_ms"] / lat0
     return {"capacity": cap0, "latency_ms": lat0}, chosen
+
+
+def _best_per_stage(nets: list[dict[str, Any]], px: int, chosen: list[dict[str, Any]], key) -> list[dict[str, Any]]:
+    """The best network by `key` (lowest) of each decoder stage at input size `px`, unless already
+    chosen, fastest first."""
+    at = {}
+    for p in nets:
+        o = p["overrides"]
+        if o.get("space.kwargs.input_size") == px:
+            stage = o.get("space.kwargs.decoder_stage")
+            at[stage] = min(at.get(stage, p), p, key=key)
+    return sorted((p for p in at.values() if p not in chosen), key=lambda q: q["latency_ms"])
 
 
 def commands(spec: str, root: str, cands: list[dict[str, Any]], seeds: int) -> list[str]:
@@ -125,7 +138,8 @@ def commands(spec: str, root: str, cands: list[dict[str, Any]], seeds: int) -> l
 
 def markdown(base: dict[str, Any], cands: list[dict[str, Any]], cmds: list[str]) -> str:
     lines = [f"Baseline: capacity (log10 FLOPs) {base['capacity']:.3f}, analytic latency {base['latency_ms']:.3f} ms. "
-             "Candidates: no less capacity, faster, non-dominated over every search, spread over latency.\n",
+             "Candidates: no less capacity, faster, non-dominated over every search, spread over latency; "
+             "after them those of `--fastest-at` / `--at-cut` (`experiments.candidates`).\n",
              "| candidate | input px | decoder stage | log10 FLOPs | latency ms | latency cut | architecture | search |",
              "|---|---|---|---|---|---|---|---|"]
     for p in cands:
@@ -173,13 +187,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--seeds", type=int, default=3, help="retraining seeds per candidate")
     p.add_argument("--fastest-at", type=int, action="append", default=[], metavar="PX",
                    help="add the fastest candidate of each decoder stage at this input size (repeatable)")
+    p.add_argument("--at-cut", type=float, default=None, metavar="F",
+                   help="with --fastest-at: also the most capacity at >= F lower latency (e.g. 0.5)")
     p.add_argument("--out", default="", help="write PREFIX.md and PREFIX.json")
     args = p.parse_args(argv)
     if args.k < 1 or args.seeds < 1:
         p.exit(2, "error: --k and --seeds must be >= 1\n")
+    if args.at_cut is not None and not (0 < args.at_cut < 1 and args.fastest_at):
+        p.exit(2, "error: --at-cut F needs 0 < F < 1 and an input size from --fastest-at\n")
     with cli_errors(p, also=(ValueError,)):
         base_cfg, searches = load(args.root)
-        base, cands = pick(base_cfg, searches, args.k, args.fastest_at)
+        base, cands = pick(base_cfg, searches, args.k, args.fastest_at, args.at_cut)
     cmds = commands(args.config, args.root.rstrip("/"), cands, args.seeds)
     md = markdown(base, cands, cmds)
     print(md)

@@ -213,6 +213,15 @@ def test_candidates_merge_the_fronts_and_keep_the_baselines_capacity(tmp_path, c
     assert [c["name"] for c in more] == ["A", "B"]
     assert more[0]["overrides"]["space.kwargs.decoder_stage"] == 9 and more[1]["overrides"]["space.kwargs.decoder_stage"] == 1
     assert more[1]["latency_ms"] == pytest.approx(more[0]["latency_ms"] / 0.99)
+    # --at-cut F: per decoder stage at PX, the most capacity among the networks at least F faster
+    lat0 = base["latency_ms"]
+    fast = [(p["capacity_log10_flops"], p["latency_ms:npu"]) for p in searches[0]["results"]["stages"]["evolve"]["front"]]
+    cut = 1 - float(np.median([lat for _, lat in fast])) / lat0
+    _, cut_more = candidates.pick(base_cfg, searches, 1, fastest_at=[px], at_cut=cut)
+    top = max((c for c in fast if c[1] <= (1 - cut) * lat0), default=None)
+    added = [c for c in cut_more[1:] if c["latency_ms"] <= (1 - cut) * lat0]
+    assert top is not None and [(c["capacity"], c["latency_ms"]) for c in added] in ([], [pytest.approx(top)])
+    assert added or cut_more[0]["capacity"] == pytest.approx(top[0])  # else A is that network already
     cmd = next(line for line in open(tmp_path / "c.md") if line.startswith("python -m experiments.run"))
     argv = shlex.split(cmd)[3:]
     argv[argv.index("--config") + 1] += ",smoke"  # the smoke schedule on the smoke space
