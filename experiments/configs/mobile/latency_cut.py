@@ -83,8 +83,8 @@ def single_shot_cpu(c: ml_collections.ConfigDict, smoke_run: bool) -> None:
     full-width network is at most 0.47 x MobileNetV2's.
 
     Measured 2026-12-07 (docs/results/latency_cut.md): the supernet does not learn under this
-    warm-up (training accuracy at chance, 10.5 %, after 2 epochs, where the same code restricted to
-    MobileNetV2's path rises to 20 %, `benchmarks/supernet_learning.py`), so the arm is not a result
+    warm-up (training accuracy at chance, 11.2 % and 10.5 % in its 2 epochs; the same code restricted to
+    MobileNetV2's path rises to 23.6 % in 96 steps where all paths reach 12.4 %, `benchmarks/supernet_learning.py`), so the arm is not a result
     yet; it needs a weight-sharing recipe for the mobile space (e.g. the sandwich rule or progressive
     shrinking) before its search means anything."""
     c.cost.form = "constraint"
