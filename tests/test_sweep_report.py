@@ -113,16 +113,23 @@ def test_report_groups_by_the_given_keys(tmp_path):
         report.main([str(tmp_path), "--group-by", "stage"])
 
 
-def test_ablation_latency_arm_costs_the_returned_cell_and_tunas_restores_the_old_arm():
-    """The ablation's single-shot latency arm is the CPU protocol's (hinge on the argmax cell's cost,
-    single_shot.py:cpu,pixel3); `:tunas` reruns the earlier expected-cost arm for comparison."""
+def test_ablation_latency_arm_is_the_cpu_protocols_constraint_and_words_restore_the_old_arms():
+    """The ablation's single-shot latency arm is the CPU protocol's (the target a hard limit on the
+    returned cell at the surrogate's 90 % bound, single_shot.py:cpu,pixel3); `:hinge` and `:tunas`
+    rerun the earlier arms for comparison."""
+    from experiments.config import load_config
+
     abl = "experiments/configs/nb201/ablation.py"
     runs = dict(sweep.load_sweep(f"{abl}:quick"))
     assert len(runs) == 7 * 2 * 5
     p3, none = runs["single/pixel3/seed=0"], runs["single/none/seed=0"]
-    assert (p3.cost.form, p3.cost.weight, p3.cost.discrete, p3.cost.target_ms) == ("hinge", 2.0, True, 10.0)
-    assert p3.single_shot.arch_lr_min == 0.0 and none.cost.form == "none" and not none.cost.discrete
+    cpu = load_config("experiments/configs/nb201/single_shot.py:cpu,pixel3")
+    for k in ("form", "weight", "target_ms", "model", "confidence"):
+        assert p3.cost[k] == cpu.cost[k], k
+    assert (p3.cost.form, p3.cost.confidence) == ("constraint", 0.9) and none.cost.form == "none"
     assert (p3.single_shot.epochs, p3.single_shot.steps_per_epoch) == (5, 40)
+    hinge = dict(sweep.load_sweep(f"{abl}:quick,hinge"))["single/pixel3/seed=0"]
+    assert (hinge.cost.form, hinge.cost.weight, hinge.cost.discrete, hinge.single_shot.arch_lr_min) == ("hinge", 2.0, True, 0.0)
     old = dict(sweep.load_sweep(f"{abl}:quick,tunas"))["zero+single/pixel3/seed=4"]
     assert (old.cost.form, old.cost.discrete, old.stages) == ("tunas", False, ["zero_shot", "single_shot"])
 
