@@ -28,16 +28,7 @@ from experiments.data.cifar10 import augment, load_cifar10
 from hwmodel.profile import backend_description
 from supernet import make_space, make_supernet
 from supernet.single_shot import SearchConfig, SingleShot
-from supernet.space import SpaceMask
 from supernet.training import DeviceData, make_mesh
-
-
-def baseline_mask(space) -> SpaceMask:
-    """The mask that allows only the baseline architecture's choice of every decision."""
-    base = np.asarray(space.baseline_arch())
-    allowed = np.zeros((len(base), int(max(space.num_choices))), bool)
-    allowed[np.arange(len(base)), base] = True
-    return SpaceMask(allowed)
 
 
 def main(argv=None) -> dict:
@@ -59,7 +50,9 @@ def main(argv=None) -> dict:
     train, val = DeviceData.put(x[:n], y[:n], mesh), DeviceData.put(x[n:2 * n], y[n:2 * n], mesh)
     out = {"space": args.space, "half_width": args.half_width, "images": n, "batch_size": args.batch_size,
            "steps_per_epoch": args.steps, "device": backend_description()}
-    for arm, mask in (("uniform", None), ("fixed", baseline_mask(space))):
+    # `fixed`: only the baseline's choice of every decision allowed
+    fixed = space.mask(allowed=np.asarray(space.one_hot(space.baseline_arch())) > 0)
+    for arm, mask in (("uniform", None), ("fixed", fixed)):
         cfg = SearchConfig(epochs=args.epochs, warmup_epochs=args.epochs, path_sampling=True, estimator="reinforce",
                            batch_size=args.batch_size, steps_per_epoch=args.steps, seed=args.seed)
         search = SingleShot(space, make_supernet(space, rngs=nnx.Rngs(args.seed)), cfg, mask=mask,

@@ -79,8 +79,9 @@ def load(root: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def pick(base: dict[str, Any], searches: list[dict[str, Any]], k: int, fastest_at: Sequence[int] = (),
          at_cut: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """`(the baseline's costs, the k candidates and the fastest at each input size of `fastest_at`
-    and decoder stage)`: module docstring. Each candidate has `name`
+    """`(the baseline's costs, the k candidates, then per decoder stage at each input size of
+    `fastest_at` the fastest and, with `at_cut`, the most capacity at that cut)`: module
+    docstring. Each candidate has `name`
     (A, B, ...), `arch`, `capacity`, `latency_ms`, `cut`, `dir` (its search) and `overrides`."""
     from supernet.pareto import non_dominated, spread
     cap0, lat0 = _baseline_costs(base)

@@ -203,22 +203,28 @@ MOBILE_HALF_WIDTH = {"parallelism": 8, "base_widths": (8, 12, 16, 32, 48, 80, 16
 SMOKE_HALF_WIDTH = {"parallelism": 8, "base_widths": (8, 16), "stem_width": 8, "head_width": 32}
 
 
+def mobile_data(c: ml_collections.ConfigDict, smoke_run: bool = False) -> None:
+    """The mobile CPU protocol's data: 10,000 CIFAR-10 training images and 2,000 test images
+    (`smoke_run`: 256 / 128 synthetic ones), for `mobile_retrain` and the searches that train."""
+    if smoke_run:
+        c.data.name, c.data.num_train, c.data.num_test = "synthetic", 256, 128
+    else:
+        c.data.name, c.data.num_train, c.data.num_test = "cifar10", 10000, 2000
+
+
 def mobile_retrain(c: ml_collections.ConfigDict, smoke_space: bool = False) -> ml_collections.ConfigDict:
     """Appends `retrain` with the mobile space's CPU accuracy protocol: the half-width proxy
     (`MOBILE_HALF_WIDTH`) trained on 10,000 CIFAR-10 images for 3 epochs (batch 128, cosine SGD 0.1,
     weight decay 5e-4, label smoothing 0.1; about 10 min for MobileNetV2 on a 2-core CPU), tested on
     2,000. `smoke_space`: the configs' two-stage smoke space (`base_widths=(16, 32)`) on synthetic data."""
     c.stages = [*c.stages, "retrain"]
-    c.data.name = "cifar10"
-    c.data.num_train, c.data.num_test = 10000, 2000
+    mobile_data(c, smoke_space)
     c.retrain.space_kwargs = MOBILE_HALF_WIDTH
     c.retrain.epochs = 3
     c.retrain.batch_size = 128
     c.retrain.label_smoothing = 0.1
     c.report.measured = ()  # the hardware side is each study's sweep without `retrain`
     if smoke_space:
-        c.data.name = "synthetic"
-        c.data.num_train, c.data.num_test = 256, 128
         c.retrain.space_kwargs = SMOKE_HALF_WIDTH
         c.retrain.epochs, c.retrain.batch_size, c.retrain.steps_per_epoch = 1, 32, 2
     return c

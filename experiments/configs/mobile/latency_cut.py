@@ -30,7 +30,8 @@ CPU scale in a session). Run time and result (2026-12-05, 2-core CPU): docs/resu
 
 import ml_collections
 
-from experiments.configs.common import MOBILE_HALF_WIDTH, SMOKE_HALF_WIDTH, base, config_args, mobile_retrain
+from experiments.configs.common import (MOBILE_HALF_WIDTH, SMOKE_HALF_WIDTH, base, config_args, mobile_data,
+                                        mobile_retrain)
 
 ARMS = ("baseline", "rules", "nas60", "nas47", "rules_nas", "transfer", "single47")
 
@@ -83,14 +84,14 @@ def single_shot_cpu(c: ml_collections.ConfigDict, smoke_run: bool) -> None:
     full-width network is at most 0.47 x MobileNetV2's.
 
     Measured 2026-12-07 (docs/results/latency_cut.md): the supernet does not learn under this
-    warm-up (training accuracy at chance, 11.2 % and 10.5 % in its 2 epochs; the same code restricted to
-    MobileNetV2's path rises to 23.6 % in 96 steps where all paths reach 12.4 %, `benchmarks/supernet_learning.py`), so the arm is not a result
-    yet; it needs a weight-sharing recipe for the mobile space (e.g. the sandwich rule or progressive
-    shrinking) before its search means anything."""
+    warm-up (training accuracy at chance, 11.2 % and 10.5 % in its 2 epochs; the same code
+    restricted to MobileNetV2's path rises to 23.6 % in 96 steps where all paths reach 12.4 %,
+    `benchmarks/supernet_learning.py`), so the arm is not a result yet; it needs a weight-sharing
+    recipe for the mobile space (e.g. the sandwich rule or progressive shrinking) before its search
+    means anything."""
     c.cost.form = "constraint"
     c.cost.weight = 0.0
-    c.data.name = "cifar10"
-    c.data.num_train, c.data.num_test = 10000, 2000
+    mobile_data(c, smoke_run)
     s = c.single_shot
     s.estimator = "reinforce"
     s.epochs, s.warmup_epochs, s.path_sampling = 6, 2, True
@@ -99,8 +100,6 @@ def single_shot_cpu(c: ml_collections.ConfigDict, smoke_run: bool) -> None:
     s.arch_weight_decay = 0.0
     s.space_kwargs = SMOKE_HALF_WIDTH if smoke_run else MOBILE_HALF_WIDTH
     if smoke_run:
-        c.data.name = "synthetic"
-        c.data.num_train, c.data.num_test = 256, 128
         s.epochs, s.warmup_epochs, s.batch_size, s.steps_per_epoch = 2, 1, 32, 2
 
 
