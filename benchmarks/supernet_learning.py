@@ -1,16 +1,23 @@
-"""Does the supernet's weight training learn? Uniform single-path sampling vs the baseline's path.
+"""Does the supernet's weight training learn? Uniform single-path sampling, the sandwich rule, and
+the baseline's path alone.
 
 The warm-up of a single-path search (`SearchConfig.path_sampling`, as SPOS and TuNAS warm up)
 trains one uniformly sampled path per step. This runs `SingleShot` warm-up epochs on shuffled
-CIFAR-10 training images twice, same data, steps and seed, in one process: `uniform` (every
-choice allowed) and `fixed` (a `SpaceMask` that allows only the space's baseline architecture, e.g.
-MobileNetV2: the same code path training one network). A supernet whose `uniform` training accuracy
-stays at chance while `fixed` rises cannot rank architectures after this warm-up (the mobile
-`single47` arm of `latency_cut.py`, docs/results/latency_cut.md). Prints one JSON object with the
-per-epoch training accuracy and cross-entropy of both arms (each epoch's mean over its steps; the
-first epoch's time includes compilation).
+CIFAR-10 training images once per arm, same data, steps and seed, in one process:
+- `uniform`: one uniformly sampled path per step (every choice allowed);
+- `sandwich`: the space's baseline (the anchor) and one uniformly sampled path per step, gradients
+  summed (`SearchConfig.sandwich=1`, BigNAS's sandwich rule with the baseline as anchor);
+- `distill`: as `sandwich`, the sampled path learning from the anchor's softmax (`distill=True`);
+- `fixed`: a `SpaceMask` that allows only the baseline architecture (e.g. MobileNetV2): the same
+  code path training one network.
+`train_acc` is the sampled paths' training accuracy (each epoch's mean over its steps), the number
+that says whether the shared weights serve the paths a search samples; `anchor_acc` the anchor's.
+A supernet whose sampled paths stay at chance while `fixed` rises cannot rank architectures after
+this warm-up (the mobile `single47` arm of `latency_cut.py`, docs/results/latency_cut.md). Prints
+one JSON object (the first epoch's time includes compilation).
 
-Example (about 25 min on the 2-core CPU with other jobs):
+Example (about 25 min per arm on the 2-core CPU with another job; the sandwich arms cost two
+paths per step):
     python benchmarks/supernet_learning.py --space mobile-curated --half-width
 """
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -30,6 +38,8 @@ from supernet import make_space, make_supernet
 from supernet.single_shot import SearchConfig, SingleShot
 from supernet.training import DeviceData, make_mesh
 
+ARMS = ("uniform", "sandwich", "distill", "fixed")
+
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -40,7 +50,11 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=48, help="steps per epoch")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {ARMS}")
     args = p.parse_args(argv)
+    arms = args.arms.split(",")
+    if not set(arms) <= set(ARMS):
+        p.error(f"unknown arms {sorted(set(arms) - set(ARMS))}; valid: {', '.join(ARMS)}")
     space = make_space(args.space, **(MOBILE_HALF_WIDTH if args.half_width else {}))
     d = load_cifar10()
     idx = np.random.default_rng(args.seed).permutation(len(d.train.y))  # the files are ordered by class
@@ -52,17 +66,21 @@ def main(argv=None) -> dict:
            "steps_per_epoch": args.steps, "device": backend_description()}
     # `fixed`: only the baseline's choice of every decision allowed
     fixed = space.mask(allowed=np.asarray(space.one_hot(space.baseline_arch())) > 0)
-    for arm, mask in (("uniform", None), ("fixed", fixed)):
+    for arm in arms:
         cfg = SearchConfig(epochs=args.epochs, warmup_epochs=args.epochs, path_sampling=True, estimator="reinforce",
-                           batch_size=args.batch_size, steps_per_epoch=args.steps, seed=args.seed)
-        search = SingleShot(space, make_supernet(space, rngs=nnx.Rngs(args.seed)), cfg, mask=mask,
-                            augment=augment, mesh=mesh)
+                           batch_size=args.batch_size, steps_per_epoch=args.steps, seed=args.seed,
+                           sandwich=int(arm in ("sandwich", "distill")), distill=arm == "distill")
+        search = SingleShot(space, make_supernet(space, rngs=nnx.Rngs(args.seed)), cfg,
+                            mask=fixed if arm == "fixed" else None, augment=augment, mesh=mesh,
+                            anchor=space.baseline_arch() if cfg.sandwich else None)
         recs = []
         for _ in range(args.epochs):
             t0 = time.perf_counter()
             r = search.run_epoch(train, val)
-            recs.append({"train_acc": r["train_acc"], "train_ce": r["train_ce"], "seconds": time.perf_counter() - t0})
+            recs.append({k: r[k] for k in ("train_acc", "train_ce", "anchor_acc") if k in r}
+                        | {"seconds": time.perf_counter() - t0})
         out[arm] = recs
+        print(json.dumps({arm: recs}), file=sys.stderr)  # progress: one line per arm
     print(json.dumps(out))
     return out
 

@@ -62,7 +62,8 @@ def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]
     task = task_of(ctx)
     search = SingleShot(ctx.space, net, search_cfg, mask=ctx.mask,
                         cost_fn=make_cost_fn(ctx.space, search_cfg.cost, surrogate) if cost.uses_cost else None,
-                        augment=image_augment(task), mesh=ctx.mesh, limits=limits, task=task)
+                        augment=image_augment(task), mesh=ctx.mesh, limits=limits, task=task,
+                        anchor=sandwich_anchor(ctx) if search_cfg.sandwich else None)
     train, val = splits(ctx)
     steps = min(len(train) // sc.batch_size, sc.steps_per_epoch or 10**9)
     mngr = checkpointer(ctx, "single_shot")
@@ -76,6 +77,20 @@ def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]
     if ctx.wd.stage_done("single_shot") is None:  # epochs after the checkpoint run (and are logged) again
         ctx.wd.drop_metrics("single_shot", from_epoch=search.epoch)
     return search, mngr, train, val
+
+
+def sandwich_anchor(ctx: Context) -> np.ndarray:
+    """`single_shot.anchor`: the space's baseline (`"baseline"`) or an architecture string."""
+    text = ctx.cfg.single_shot.anchor
+    if text == "baseline":
+        if not isinstance(ctx.space, HasBaseline):
+            raise ConfigError(f"single_shot.anchor='baseline': space {ctx.space.name!r} has no baseline; "
+                              f"give an architecture string")
+        return ctx.space.baseline_arch()
+    try:
+        return ctx.space.decode(text)
+    except ValueError as e:
+        raise ConfigError(f"single_shot.anchor={text!r}: {e}") from None
 
 
 def image_augment(task: Any):

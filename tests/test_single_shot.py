@@ -151,6 +151,52 @@ def test_path_sampling_trains_one_operation_per_edge_per_step(path_sampling):
     assert len(edges) == n_edges if not path_sampling else 0 < len(edges) < n_edges  # skip/pool/none picked somewhere
 
 
+ALL_CONV3 = np.full(6, 3)  # nor_conv_3x3 on every edge
+
+
+@pytest.mark.parametrize("distill", [False, True])
+def test_sandwich_trains_the_anchor_and_the_sampled_path(distill):
+    """BigNAS's sandwich rule with an anchor: one step trains the anchor's op on every edge (all
+    3x3 convs) and, beside it, the sampled path's (the 1x1 convs it picked); without the anchor
+    (`sandwich=0`) the 3x3 convs the path did not pick stay put."""
+    x, y = _data(48)
+    mesh = make_mesh(1)
+    changed = {}
+    for sandwich in (0, 1):
+        cfg = SearchConfig(epochs=1, warmup_epochs=1, batch_size=16, steps_per_epoch=1, path_sampling=True,
+                           sandwich=sandwich, distill=distill and sandwich > 0,
+                           optim=OptimConfig(lr=0.05, weight_decay=0.0))
+        net = make_supernet(SPACE, rngs=nnx.Rngs(0))
+        before = [(path, np.array(v.get_value())) for path, v in nnx.to_flat_state(nnx.state(net, nnx.Param))]
+        ss = SingleShot(SPACE, net, cfg, mesh=mesh, anchor=ALL_CONV3 if sandwich else None)
+        data = DeviceData.put(x, y, mesh)
+        rec = ss.run_epoch(data, data)
+        assert ("anchor_acc" in rec) == bool(sandwich)
+        after = dict(nnx.to_flat_state(nnx.state(net, nnx.Param)))
+        changed[sandwich] = {path[:7] for path, v in before
+                             if "edges" in path and not np.array_equal(v, np.asarray(after[path].get_value()))}
+    conv3 = lambda paths: {p[:6] for p in paths if p[6] == "conv3"}  # noqa: E731  edges whose 3x3 conv moved
+    conv1 = lambda paths: {p[:6] for p in paths if p[6] == "conv1"}  # noqa: E731
+    assert len(conv3(changed[1])) == 18  # every edge of 3 stages x 1 cell x 6 edges: the anchor
+    assert len(conv3(changed[0])) < 18  # one uniform path alone leaves some 3x3 convs untouched
+    # the same sampled path (same key) beside the anchor: its 1x1 convs train as without the anchor
+    assert conv1(changed[1]) == conv1(changed[0]) and conv1(changed[0])
+
+
+def test_sandwich_settings_are_checked():
+    with pytest.raises(ValueError, match="one-hot paths"):
+        SearchConfig(sandwich=1)  # the relaxed mixture has no path to sandwich
+    with pytest.raises(ValueError, match="needs sandwich >= 1"):
+        SearchConfig(path_sampling=True, distill=True)
+    cfg = SearchConfig(epochs=1, path_sampling=True, sandwich=1)
+    net = make_supernet(SPACE, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="pass anchor="):
+        SingleShot(SPACE, net, cfg)
+    no_conv3 = SPACE.mask(remove={"edge_1_0": ("nor_conv_3x3",)})
+    with pytest.raises(ValueError, match="the mask removed"):
+        SingleShot(SPACE, net, cfg, anchor=ALL_CONV3, mask=no_conv3)
+
+
 @pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 (fake) devices, see conftest")
 def test_four_devices_compute_what_one_device_computes():
     one, rec1 = _search(1.0, make_mesh(1), steps=2)

@@ -3,7 +3,7 @@ COCO mAP through pycocotools, IoU from a confusion matrix)."""
 
 from supernet.tasks.metrics import (COCO_STATS, coco_detections, coco_ground_truth, coco_map,
                                     confusion_matrix, iou_per_class, mean_iou)
-from supernet.tasks.task import TASKS, Classification, Detection, Segmentation, Task
+from supernet.tasks.task import TASKS, Classification, Detection, Distillable, Segmentation, Task
 
-__all__ = ["COCO_STATS", "TASKS", "Classification", "Detection", "Segmentation", "Task", "coco_detections",
+__all__ = ["COCO_STATS", "TASKS", "Classification", "Detection", "Distillable", "Segmentation", "Task", "coco_detections",
            "coco_ground_truth", "coco_map", "confusion_matrix", "iou_per_class", "mean_iou"]

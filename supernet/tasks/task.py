@@ -111,8 +111,24 @@ class Task(abc.ABC):
         """The metrics of the combined statistics, `main_metric` first."""
 
 
-class Classification(Task):
-    """Image classification: logits `[B, K]`, labels `[B]`."""
+class Distillable(abc.ABC):
+    """A task whose outputs can learn from a teacher network's outputs (in-place distillation of a
+    supernet's sampled paths from its anchor: `single_shot.SearchConfig.distill`)."""
+
+    @abc.abstractmethod
+    def distill_loss(self, out: Array, teacher: Array) -> jax.Array:
+        """Mean loss of `out` against the (gradient-stopped) `teacher` outputs of the same batch."""
+
+
+class Classification(Task, Distillable):
+    """Image classification: logits `[B, K]`, labels `[B]`. Distillation: cross-entropy against the
+    teacher's softmax (Hinton et al. 2015 at temperature 1, BigNAS's in-place distillation).
+
+    >>> t = Classification()
+    >>> out = jnp.log(jnp.array([[0.7, 0.2, 0.1]]))
+    >>> round(float(t.distill_loss(out, out)), 4)  # the teacher's own entropy: its minimum
+    0.8018
+    """
 
     main_metric = "accuracy"
 
@@ -125,6 +141,10 @@ class Classification(Task):
 
     def train_metric(self, out, y):
         return jnp.mean(jnp.argmax(out, -1) == y)
+
+    def distill_loss(self, out, teacher):
+        return optax.softmax_cross_entropy(out.astype(jnp.float32),
+                                           jax.nn.softmax(teacher.astype(jnp.float32))).mean()
 
     def held_out_stats(self, out, y, valid):
         return {"correct": jnp.sum((jnp.argmax(out, -1) == y) & valid), "n": jnp.sum(valid)}
