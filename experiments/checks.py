@@ -27,8 +27,8 @@ from supernet.spaces.mobile import MobileSpace
 from supernet.landscape import line_decisions
 from hwmodel.measure import make_backend
 from experiments.config import ConfigError, user_message
-from experiments.context import (CHOOSERS, SEARCH_ORDER, STAGES, cost_config, data_path, data_source, search_config,
-                                 search_mask)
+from experiments.context import (CHOOSERS, SEARCH_ORDER, STAGES, cost_config, data_path, data_source, sandwich_anchor,
+                                 search_config, search_mask)
 
 
 def resolve_data_source(cfg: Any, quiet: bool = False) -> None:
@@ -194,7 +194,8 @@ def check_config(cfg: Any) -> None:
         _number(cfg, "single_shot.steps_per_epoch", 0, integer=True, note=" (0 = full epochs)")
         _number(cfg, "single_shot.bn_recalibration", 0, integer=True)
         _number(cfg, "single_shot.top_k", 1, integer=True)
-        search_config(cfg, space)
+        if search_config(cfg, space).sandwich:
+            sandwich_anchor(cfg, space)
         if cfg.single_shot.supernet_from:
             shared_supernet(cfg)
     if "retrain" in stages:

@@ -317,6 +317,21 @@ def search_config(cfg: Any, space: SearchSpace) -> SearchConfig:
 
 
 
+def sandwich_anchor(cfg: Any, space: SearchSpace) -> np.ndarray:
+    """`single_shot.anchor`, the sandwich's anchor: the space's baseline (`"baseline"`) or an
+    architecture string of the space; a bad value is a `ConfigError`."""
+    text = cfg.single_shot.anchor
+    if text == "baseline":
+        if not isinstance(space, HasBaseline):
+            raise ConfigError(f"single_shot.anchor='baseline': space {space.name!r} has no baseline network; "
+                              f"give an architecture string of the space")
+        return space.baseline_arch()
+    try:
+        return space.decode(text)
+    except ValueError as e:
+        raise ConfigError(f"single_shot.anchor={text!r} is not an architecture of {space.name!r}: {e}") from None
+
+
 def last_metric(ctx: Context, stage: str, key: str) -> float | None:
     vals = [m[key] for m in ctx.wd.metrics() if m.get("stage") == stage and key in m]
     return vals[-1] if vals else None

@@ -29,7 +29,8 @@ from supernet.training import (DeviceData, OptimConfig, TrainConfig, Trainer, ev
 from experiments import data as D
 from experiments.config import ConfigError, from_section, to_dict
 from experiments.context import (STAGES, Context, checkpointer, eval_input, fitted_surrogate, from_pure, last_metric,
-                                 restore_latest, search_config, splits, surrogate_ratios, task_of, to_pure)
+                                 restore_latest, sandwich_anchor, search_config, splits, surrogate_ratios, task_of,
+                                 to_pure)
 
 
 @STAGES.register("baseline")
@@ -63,7 +64,7 @@ def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]
     search = SingleShot(ctx.space, net, search_cfg, mask=ctx.mask,
                         cost_fn=make_cost_fn(ctx.space, search_cfg.cost, surrogate) if cost.uses_cost else None,
                         augment=image_augment(task), mesh=ctx.mesh, limits=limits, task=task,
-                        anchor=sandwich_anchor(ctx) if search_cfg.sandwich else None)
+                        anchor=sandwich_anchor(cfg, ctx.space) if search_cfg.sandwich else None)
     train, val = splits(ctx)
     steps = min(len(train) // sc.batch_size, sc.steps_per_epoch or 10**9)
     mngr = checkpointer(ctx, "single_shot")
@@ -77,20 +78,6 @@ def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]
     if ctx.wd.stage_done("single_shot") is None:  # epochs after the checkpoint run (and are logged) again
         ctx.wd.drop_metrics("single_shot", from_epoch=search.epoch)
     return search, mngr, train, val
-
-
-def sandwich_anchor(ctx: Context) -> np.ndarray:
-    """`single_shot.anchor`: the space's baseline (`"baseline"`) or an architecture string."""
-    text = ctx.cfg.single_shot.anchor
-    if text == "baseline":
-        if not isinstance(ctx.space, HasBaseline):
-            raise ConfigError(f"single_shot.anchor='baseline': space {ctx.space.name!r} has no baseline; "
-                              f"give an architecture string")
-        return ctx.space.baseline_arch()
-    try:
-        return ctx.space.decode(text)
-    except ValueError as e:
-        raise ConfigError(f"single_shot.anchor={text!r}: {e}") from None
 
 
 def image_augment(task: Any):

@@ -188,6 +188,20 @@ def test_config_is_checked_before_the_workdir_is_touched(tmp_path, capsys, data_
     assert not wd.exists()  # the corrected command is not refused as "a different config"
 
 
+@pytest.mark.parametrize("extra, message", [
+    ([], "sandwich trains one-hot paths: it needs path_sampling=True"),
+    (["--config.single_shot.path_sampling=True"], "single_shot.anchor='baseline': space 'nb201' has no baseline"),
+    (["--config.single_shot.path_sampling=True", "--config.single_shot.anchor=bogus"],
+     "single_shot.anchor='bogus' is not an architecture of 'nb201'"),
+])
+def test_sandwich_settings_are_checked_up_front(tmp_path, capsys, data_dir, extra, message):
+    wd = tmp_path / "w"
+    code, err = _exit(capsys, run.main, ["--config", SMOKE, "--workdir", str(wd), "--config.single_shot.sandwich=1",
+                                         *extra])
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not wd.exists()
+
+
 def test_zero_shot_and_evolve_values_are_checked_up_front(tmp_path, capsys):
     for extra, message in ((["--config.stages=['zero_shot']", "--config.zero_shot.target_fraction=1.5"],
                             "zero_shot.target_fraction must be a number > 0 and <= 1"),
