@@ -8,10 +8,13 @@ CIFAR-10 training images once per arm, same data, steps and seed, in one process
 - `sandwich`: the space's baseline (the anchor) and one uniformly sampled path per step, gradients
   summed (`SearchConfig.sandwich=1`, BigNAS's sandwich rule with the baseline as anchor);
 - `distill`: as `sandwich`, the sampled path learning from the anchor's softmax (`distill=True`);
+- `shrink`: progressive shrinking from the baseline (`shrink_epochs = epochs - 1`: the paths start
+  as the anchor and are uniform in the last epoch, `SearchConfig.shrink_epochs`);
 - `fixed`: a `SpaceMask` that allows only the baseline architecture (e.g. MobileNetV2): the same
   code path training one network.
 `train_acc` is the sampled paths' training accuracy (each epoch's mean over its steps), the number
-that says whether the shared weights serve the paths a search samples; `anchor_acc` the anchor's.
+that says whether the shared weights serve the paths a search samples (for `shrink` that is the
+last, uniform epoch only); `anchor_acc` the anchor's.
 A supernet whose sampled paths stay at chance while `fixed` rises cannot rank architectures after
 this warm-up (the mobile `single47` arm of `latency_cut.py`, docs/results/latency_cut.md). Prints
 one JSON object (the first epoch's time includes compilation).
@@ -38,7 +41,7 @@ from supernet import make_space, make_supernet
 from supernet.single_shot import SearchConfig, SingleShot
 from supernet.training import DeviceData, make_mesh
 
-ARMS = ("uniform", "sandwich", "distill", "fixed")
+ARMS = ("uniform", "sandwich", "distill", "shrink", "fixed")
 
 
 def main(argv=None) -> dict:
@@ -69,10 +72,11 @@ def main(argv=None) -> dict:
     for arm in arms:
         cfg = SearchConfig(epochs=args.epochs, warmup_epochs=args.epochs, path_sampling=True, estimator="reinforce",
                            batch_size=args.batch_size, steps_per_epoch=args.steps, seed=args.seed,
-                           sandwich=int(arm in ("sandwich", "distill")), distill=arm == "distill")
+                           sandwich=int(arm in ("sandwich", "distill")), distill=arm == "distill",
+                           shrink_epochs=args.epochs - 1 if arm == "shrink" else 0)
         search = SingleShot(space, make_supernet(space, rngs=nnx.Rngs(args.seed)), cfg,
                             mask=fixed if arm == "fixed" else None, augment=augment, mesh=mesh,
-                            anchor=space.baseline_arch() if cfg.sandwich else None)
+                            anchor=space.baseline_arch() if cfg.uses_anchor else None)
         recs = []
         for _ in range(args.epochs):
             t0 = time.perf_counter()

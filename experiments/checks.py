@@ -194,7 +194,7 @@ def check_config(cfg: Any) -> None:
         _number(cfg, "single_shot.steps_per_epoch", 0, integer=True, note=" (0 = full epochs)")
         _number(cfg, "single_shot.bn_recalibration", 0, integer=True)
         _number(cfg, "single_shot.top_k", 1, integer=True)
-        if search_config(cfg, space).sandwich:
+        if search_config(cfg, space).uses_anchor:
             sandwich_anchor(cfg, space)
         if cfg.single_shot.supernet_from:
             shared_supernet(cfg)

@@ -64,7 +64,7 @@ def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]
     search = SingleShot(ctx.space, net, search_cfg, mask=ctx.mask,
                         cost_fn=make_cost_fn(ctx.space, search_cfg.cost, surrogate) if cost.uses_cost else None,
                         augment=image_augment(task), mesh=ctx.mesh, limits=limits, task=task,
-                        anchor=sandwich_anchor(cfg, ctx.space) if search_cfg.sandwich else None)
+                        anchor=sandwich_anchor(cfg, ctx.space) if search_cfg.uses_anchor else None)
     train, val = splits(ctx)
     steps = min(len(train) // sc.batch_size, sc.steps_per_epoch or 10**9)
     mngr = checkpointer(ctx, "single_shot")

@@ -109,6 +109,15 @@ class SearchConfig:
       distill: the sampled paths of a sandwich step learn from the anchor's predictions instead of
         the labels (BigNAS / OFA in-place distillation; the anchor still learns from the labels);
         needs a `tasks.Distillable` task.
+      shrink_epochs: progressive shrinking (Once-for-All, Cai et al. ICLR 2020, generalised from its
+        kernel -> depth -> width order to any space): for the first `shrink_epochs` epochs each
+        decision of a uniformly sampled path keeps the `anchor`'s choice with probability
+        `1 - t / shrink_epochs` (t: epochs elapsed, per step) and is uniform otherwise, so the
+        paths start as the anchor and spread to the whole space; later epochs sample uniformly.
+        Why: the sampled paths of a uniform warm-up differ from each other in nearly every
+        decision and the shared weights serve none of them (`benchmarks/supernet_learning.py`);
+        starting from one network that learns, the weights of nearby paths are trained first.
+        0 (default): uniform from the first step.
       reward_momentum: momentum of `reinforce`'s moving-average reward baseline (TuNAS: 0.95).
       entropy_weight: final weight of the mean per-decision entropy of the choice distribution in
         the architecture loss, ramped linearly from 0 over the search (concentrates the
@@ -136,6 +145,7 @@ class SearchConfig:
     path_sampling: bool = False
     sandwich: int = 0
     distill: bool = False
+    shrink_epochs: int = 0
     estimator: str = "relaxed"
     reward_momentum: float = 0.95
     entropy_weight: float = 0.0
@@ -174,10 +184,20 @@ class SearchConfig:
         if self.sandwich and not (self.path_sampling or self.one_hot_forward):
             raise ValueError("sandwich trains one-hot paths: it needs path_sampling=True, hard=True or "
                              "estimator='reinforce'")
+        if not 0 <= self.shrink_epochs <= self.epochs:
+            raise ValueError(f"shrink_epochs must be in [0, epochs={self.epochs}], got {self.shrink_epochs}")
+        if self.shrink_epochs and not (self.path_sampling or self.one_hot_forward):
+            raise ValueError("shrink_epochs narrows uniformly sampled one-hot paths: it needs path_sampling=True, "
+                             "hard=True or estimator='reinforce'")
         if self.distill and not self.sandwich:
             raise ValueError("distill learns from the sandwich's anchor: it needs sandwich >= 1")
         if self.entropy_weight < 0 or self.beta_decay < 0:
             raise ValueError("entropy_weight and beta_decay must be >= 0")
+
+    @property
+    def uses_anchor(self) -> bool:
+        """Whether the weight steps need an anchor architecture (`sandwich`, `shrink_epochs`)."""
+        return bool(self.sandwich or self.shrink_epochs)
 
     @property
     def one_hot_forward(self) -> bool:
@@ -233,15 +253,15 @@ class SingleShot:
         if cfg.distill and not isinstance(self.task, Distillable):
             raise ValueError(f"distill: task {type(self.task).__name__} has no in-place distillation loss "
                              f"(tasks.Distillable); set distill=False")
-        # the sandwich's anchor (`SearchConfig.sandwich`), one-hot [D, C]; it must be allowed
+        # the anchor of the sandwich and of progressive shrinking, one-hot [D, C]; it must be allowed
         self.anchor = None
-        if cfg.sandwich:
+        if cfg.uses_anchor:
             if anchor is None:
-                raise ValueError(f"sandwich={cfg.sandwich} trains an anchor architecture beside the sampled "
-                                 f"paths: pass anchor= (e.g. the space's baseline)")
+                raise ValueError(f"sandwich={cfg.sandwich} / shrink_epochs={cfg.shrink_epochs} start from an "
+                                 f"anchor architecture: pass anchor= (e.g. the space's baseline)")
             arch = space.validate(anchor)
             if not bool(self.mask.contains(arch[None])[0]):
-                raise ValueError(f"the sandwich's anchor {space.encode(arch)} uses a choice the mask removed")
+                raise ValueError(f"the anchor {space.encode(arch)} uses a choice the mask removed")
             self.anchor = jnp.asarray(space.one_hot(arch), jnp.float32)
         # hard limits on what is returned (cost key -> largest value by the cost model): the derived
         # architecture is the most probable one meeting them (`supernet.derive`)
@@ -372,6 +392,10 @@ class SingleShot:
             uniform_path = cfg.path_sampling or (cfg.one_hot_forward and not arch_on)
             if uniform_path:  # SPOS: one uniformly sampled allowed path (also one-hot warm-ups)
                 pick = jax.random.categorical(k_rt, jnp.where(allowed, 0.0, -jnp.inf), axis=-1)
+                if cfg.shrink_epochs:  # progressive shrinking: the anchor's choice with prob 1 - t / T
+                    spread = jnp.minimum(1.0, gstep / (cfg.shrink_epochs * steps))
+                    keep = jax.random.uniform(jax.random.fold_in(k_rt, 0), pick.shape) >= spread
+                    pick = jnp.where(keep, jnp.argmax(anchor, -1), pick)
                 w, one_hot = jax.nn.one_hot(pick, n_choices, dtype=jnp.float32), True
             elif arch_on and cfg.estimator == "reinforce":
                 w, one_hot = sample_one_hot(jax.lax.stop_gradient(model.arch_logits.get_value()), k_rt)[0], True

@@ -183,6 +183,25 @@ def test_sandwich_trains_the_anchor_and_the_sampled_path(distill):
     assert conv1(changed[1]) == conv1(changed[0]) and conv1(changed[0])
 
 
+def test_progressive_shrinking_starts_at_the_anchor_and_spreads():
+    """Step 0 of `shrink_epochs` samples the anchor itself (every 3x3 conv trains, no 1x1 conv);
+    once the shrinking is over the paths are uniform (some 1x1 convs train)."""
+    x, y = _data(48)
+    mesh = make_mesh(1)
+    cfg = SearchConfig(epochs=2, warmup_epochs=2, batch_size=16, steps_per_epoch=1, path_sampling=True,
+                       shrink_epochs=1, optim=OptimConfig(lr=0.05, weight_decay=0.0))
+    ss = SingleShot(SPACE, make_supernet(SPACE, rngs=nnx.Rngs(0)), cfg, mesh=mesh, anchor=ALL_CONV3)
+    data = DeviceData.put(x, y, mesh)
+    moved = []
+    for _ in range(2):
+        before = [(p, np.array(v.get_value())) for p, v in nnx.to_flat_state(nnx.state(ss.model, nnx.Param))]
+        ss.run_epoch(data, data)
+        after = dict(nnx.to_flat_state(nnx.state(ss.model, nnx.Param)))
+        moved.append({p[:7] for p, v in before if "edges" in p and not np.array_equal(v, after[p].get_value())})
+    assert {p[6] for p in moved[0]} == {"conv3"} and len(moved[0]) == 18
+    assert "conv1" in {p[6] for p in moved[1]}
+
+
 def test_sandwich_settings_are_checked():
     with pytest.raises(ValueError, match="one-hot paths"):
         SearchConfig(sandwich=1)  # the relaxed mixture has no path to sandwich
@@ -192,6 +211,8 @@ def test_sandwich_settings_are_checked():
     net = make_supernet(SPACE, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="pass anchor="):
         SingleShot(SPACE, net, cfg)
+    with pytest.raises(ValueError, match="shrink_epochs must be in"):
+        SearchConfig(epochs=1, path_sampling=True, shrink_epochs=2)
     no_conv3 = SPACE.mask(remove={"edge_1_0": ("nor_conv_3x3",)})
     with pytest.raises(ValueError, match="the mask removed"):
         SingleShot(SPACE, net, cfg, anchor=ALL_CONV3, mask=no_conv3)

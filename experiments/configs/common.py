@@ -103,8 +103,8 @@ def base() -> ml_collections.ConfigDict:
     # constructor arguments of the space that override `space.kwargs` for the trained supernet only
     # (`train_stages.proxy_space`, as `retrain.space_kwargs`): a narrower proxy with the same decisions
     s.space_kwargs = {}
-    # the sandwich's anchor (`sandwich` >= 1): "baseline" (the space's baseline network) or an
-    # architecture string of the space
+    # the anchor of `sandwich` >= 1 and `shrink_epochs` >= 1: "baseline" (the space's baseline
+    # network) or an architecture string of the space
     s.anchor = "baseline"
 
     k = c.cost = defaults_of(CostConfig)  # target_ms: None, or set from `target_frac` (pipeline.target_of)
