@@ -10,6 +10,8 @@ CIFAR-10 training images once per arm, same data, steps and seed, in one process
 - `distill`: as `sandwich`, the sampled path learning from the anchor's softmax (`distill=True`);
 - `shrink`: progressive shrinking from the baseline (`shrink_epochs = epochs - 1`: the paths start
   as the anchor and are uniform in the last epoch, `SearchConfig.shrink_epochs`);
+- `random`: as `fixed`, for one uniformly sampled architecture (`space.sample` at `--seed`): does a
+  path other than the baseline train when it is trained alone?
 - `fixed`: a `SpaceMask` that allows only the baseline architecture (e.g. MobileNetV2): the same
   code path training one network.
 `train_acc` is the sampled paths' training accuracy (each epoch's mean over its steps), the number
@@ -31,6 +33,7 @@ import json
 import sys
 import time
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -41,7 +44,7 @@ from supernet import make_space, make_supernet
 from supernet.single_shot import SearchConfig, SingleShot
 from supernet.training import DeviceData, make_mesh
 
-ARMS = ("uniform", "sandwich", "distill", "shrink", "fixed")
+ARMS = ("uniform", "sandwich", "distill", "shrink", "random", "fixed")
 
 
 def main(argv=None) -> dict:
@@ -69,13 +72,16 @@ def main(argv=None) -> dict:
            "steps_per_epoch": args.steps, "device": backend_description()}
     # `fixed`: only the baseline's choice of every decision allowed
     fixed = space.mask(allowed=np.asarray(space.one_hot(space.baseline_arch())) > 0)
+    sampled = np.asarray(space.sample(jax.random.key(args.seed)))  # `random`: one sampled path alone
+    out["random_arch"] = space.encode(sampled)
+    masks = {"fixed": fixed, "random": space.mask(allowed=np.asarray(space.one_hot(sampled)) > 0)}
     for arm in arms:
         cfg = SearchConfig(epochs=args.epochs, warmup_epochs=args.epochs, path_sampling=True, estimator="reinforce",
                            batch_size=args.batch_size, steps_per_epoch=args.steps, seed=args.seed,
                            sandwich=int(arm in ("sandwich", "distill")), distill=arm == "distill",
                            shrink_epochs=args.epochs - 1 if arm == "shrink" else 0)
         search = SingleShot(space, make_supernet(space, rngs=nnx.Rngs(args.seed)), cfg,
-                            mask=fixed if arm == "fixed" else None, augment=augment, mesh=mesh,
+                            mask=masks.get(arm), augment=augment, mesh=mesh,
                             anchor=space.baseline_arch() if cfg.uses_anchor else None)
         recs = []
         for _ in range(args.epochs):
