@@ -21,6 +21,9 @@ A supernet whose sampled paths stay at chance while `fixed` rises cannot rank ar
 this warm-up (the mobile `single47` arm of `latency_cut.py`, docs/results/latency_cut.md). Prints
 one JSON object (the first epoch's time includes compilation).
 
+`--free` restricts the sampled arms to some decisions (the others at the baseline's choice), to find
+which kind of decision the shared weights cannot follow.
+
 Example (about 25 min per arm on the 2-core CPU with another job; the sandwich arms cost two
 paths per step):
     python benchmarks/supernet_learning.py --space mobile-curated --half-width
@@ -34,10 +37,12 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
 
 from experiments.configs.common import MOBILE_HALF_WIDTH
+from experiments.context import search_mask
 from experiments.data.cifar10 import augment, load_cifar10
 from hwmodel.profile import backend_description
 from supernet import make_space, make_supernet
@@ -57,6 +62,8 @@ def main(argv=None) -> dict:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {ARMS}")
+    p.add_argument("--free", default="", help="comma-separated regexes of the decisions the sampled arms vary "
+                   "(`space.free`: the others held at the baseline's choice); default: all")
     args = p.parse_args(argv)
     arms = args.arms.split(",")
     if not set(arms) <= set(ARMS):
@@ -75,6 +82,10 @@ def main(argv=None) -> dict:
     sampled = np.asarray(space.sample(jax.random.key(args.seed)))  # `random`: one sampled path alone
     out["random_arch"] = space.encode(sampled)
     masks = {"fixed": fixed, "random": space.mask(allowed=np.asarray(space.one_hot(sampled)) > 0)}
+    if args.free:  # the sampled arms vary only these decisions
+        out["free"] = args.free.split(",")
+        part = search_mask(ml_collections.ConfigDict({"space": {"free": tuple(out["free"]), "remove": {}}}), space)
+        masks.update({a: part for a in ARMS if a not in masks})
     for arm in arms:
         cfg = SearchConfig(epochs=args.epochs, warmup_epochs=args.epochs, path_sampling=True, estimator="reinforce",
                            batch_size=args.batch_size, steps_per_epoch=args.steps, seed=args.seed,

@@ -141,6 +141,8 @@ def run_pipeline(cfg: Any, wd: Workdir, executor: Any = None) -> dict[str, Any]:
     src = next(((s, k) for s, k in ACCURACY_SOURCES if k in outputs.get(s, {})), None)
     res["accuracy_pct"] = None if src is None else in_percent(src[0], {src[1]: outputs[src[0]][src[1]]}, cfg)[src[1] + "_pct"]
     res["accuracy_source"] = None if src is None else ACCURACY_SOURCES[src]
+    if src is not None and src[0] == "retrain" and cfg.retrain.get("init_from", ""):  # a warm start
+        res["accuracy_source"] = res["accuracy_source"].replace("from scratch", "from retrain.init_from's weights")
     target, source = target_of(cfg, space)
     if target is not None:  # every target a stage worked against, and where it came from
         res["latency_target_ms"], res["latency_target_source"] = target, source

@@ -147,3 +147,4 @@ def test_retrain_init_from_copies_the_pretrained_backbone_and_keeps_the_new_head
     res = main(["--config", f"{spec}:baseline,smoke", "--workdir", str(tmp_path / "det"),
                 f"--config.retrain.init_from={tmp_path / 'pre'}"])
     assert res["stages"]["retrain"]["init_arrays"] == info["init_arrays"]
+    assert "from retrain.init_from's weights" in res["accuracy_source"]  # not "from scratch"

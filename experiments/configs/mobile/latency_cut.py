@@ -86,9 +86,10 @@ def single_shot_cpu(c: ml_collections.ConfigDict, smoke_run: bool) -> None:
     Measured 2026-12-07 (docs/results/latency_cut.md): the supernet does not learn under this
     warm-up (training accuracy at chance, 11.2 % and 10.5 % in its 2 epochs; the same code
     restricted to MobileNetV2's path rises to 23.6 % in 96 steps where all paths reach 12.4 %,
-    `benchmarks/supernet_learning.py`), so the arm is not a result yet; it needs a weight-sharing
-    recipe for the mobile space (e.g. the sandwich rule or progressive shrinking) before its search
-    means anything."""
+    `benchmarks/supernet_learning.py`), so the arm is not a result yet. The sandwich rule, in-place
+    distillation and progressive shrinking (`--config.single_shot.sandwich=1`, `.distill=True`,
+    `.shrink_epochs=2`, anchored at MobileNetV2) did not make the sampled paths learn in that
+    benchmark either (11.5-12.6 % vs 23.6 % for MobileNetV2 alone, 2026-12-07)."""
     c.cost.form = "constraint"
     c.cost.weight = 0.0
     mobile_data(c, smoke_run)
