@@ -103,9 +103,10 @@ class SearchConfig:
         a uniformly sampled path changes every block's shape from one step to the next, and the
         shared weights learn almost nothing (`benchmarks/supernet_learning.py`: 11.1 -> 12.4 %
         training accuracy in 96 steps where MobileNetV2's path alone reaches 23.6 %); the anchor
-        is one network trained on every step, whose weights the sampled paths start from.
-        0 (default): one sampled path per step, as before. Costs `1 + sandwich` forward and
-        backward passes per weight step.
+        is one network trained on every step, whose weights the sampled paths start from (in
+        that benchmark it did not lift the sampled paths in 96 steps: 12.6 %). 0 (default): one
+        sampled path per step, as before. Costs `1 + sandwich` forward and backward passes per
+        weight step.
       distill: the sampled paths of a sandwich step learn from the anchor's predictions instead of
         the labels (BigNAS / OFA in-place distillation; the anchor still learns from the labels);
         needs a `tasks.Distillable` task.
@@ -390,32 +391,26 @@ class SingleShot:
             xt, yt = gather_batch(train, perm_t, i, bs, mesh)
             xt, yt = task.augment(k_at, xt, yt, aug)
             uniform_path = cfg.path_sampling or (cfg.one_hot_forward and not arch_on)
-            if uniform_path:  # SPOS: one uniformly sampled allowed path (also one-hot warm-ups)
-                pick = jax.random.categorical(k_rt, jnp.where(allowed, 0.0, -jnp.inf), axis=-1)
-                if cfg.shrink_epochs:  # progressive shrinking: the anchor's choice with prob 1 - t / T
-                    spread = jnp.minimum(1.0, gstep / (cfg.shrink_epochs * steps))
-                    keep = jax.random.uniform(jax.random.fold_in(k_rt, 0), pick.shape) >= spread
-                    pick = jnp.where(keep, jnp.argmax(anchor, -1), pick)
-                w, one_hot = jax.nn.one_hot(pick, n_choices, dtype=jnp.float32), True
-            elif arch_on and cfg.estimator == "reinforce":
-                w, one_hot = sample_one_hot(jax.lax.stop_gradient(model.arch_logits.get_value()), k_rt)[0], True
-            elif arch_on:
-                w, _ = weights_of(jax.lax.stop_gradient(model.arch_logits.get_value()), k_rt, gstep)
-                one_hot = cfg.hard
-            else:  # warm-up: uniform over the allowed choices
-                w, one_hot = allowed / allowed.sum(-1, keepdims=True), False
+            logits_now = jax.lax.stop_gradient(model.arch_logits.get_value())
 
-            sandwich = cfg.sandwich  # validated: with a sandwich every weight step is one-hot
-            paths = [w]  # the sandwich's further sampled paths (uniform, or from p as `w` was)
-            for j in range(1, sandwich):
-                kj = jax.random.fold_in(k_rt, j)
-                if uniform_path:
-                    pj = jax.random.categorical(kj, jnp.where(allowed, 0.0, -jnp.inf), axis=-1)
-                    paths.append(jax.nn.one_hot(pj, n_choices, dtype=jnp.float32))
-                elif cfg.estimator == "reinforce":
-                    paths.append(sample_one_hot(jax.lax.stop_gradient(model.arch_logits.get_value()), kj)[0])
-                else:
-                    paths.append(weights_of(jax.lax.stop_gradient(model.arch_logits.get_value()), kj, gstep)[0])
+            def weight_path(key):  # the architecture weights of one path of the weight step, one-hot?
+                if uniform_path:  # SPOS: one uniformly sampled allowed path (also one-hot warm-ups)
+                    pick = jax.random.categorical(key, jnp.where(allowed, 0.0, -jnp.inf), axis=-1)
+                    if cfg.shrink_epochs:  # progressive shrinking: the anchor's choice with prob 1 - t / T
+                        spread = jnp.minimum(1.0, gstep / (cfg.shrink_epochs * steps))
+                        keep = jax.random.uniform(jax.random.fold_in(key, 0), pick.shape) >= spread
+                        pick = jnp.where(keep, jnp.argmax(anchor, -1), pick)
+                    return jax.nn.one_hot(pick, n_choices, dtype=jnp.float32), True
+                if arch_on and cfg.estimator == "reinforce":
+                    return sample_one_hot(logits_now, key)[0], True
+                if arch_on:
+                    return weights_of(logits_now, key, gstep)[0], cfg.hard
+                return allowed / allowed.sum(-1, keepdims=True), False  # warm-up: uniform over the allowed
+
+            w, one_hot = weight_path(k_rt)
+            # the sandwich's further sampled paths (validated: with a sandwich every path is one-hot)
+            sandwich = cfg.sandwich
+            paths = [w] + [weight_path(jax.random.fold_in(k_rt, j))[0] for j in range(1, sandwich)]
 
             def weight_loss(m):
                 # the sandwich rule: the anchor's loss plus each sampled path's, gradients summed
