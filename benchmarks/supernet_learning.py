@@ -56,6 +56,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--space", default="mobile-curated")
     p.add_argument("--half-width", action="store_true", help="the mobile CPU protocol's proxy (MOBILE_HALF_WIDTH)")
+    p.add_argument("--space-kwargs", default="{}", help="JSON of the space's constructor arguments (lists become "
+                   "tuples), e.g. a small space; applied after --half-width")
     p.add_argument("--images", type=int, default=2048, help="weight-training images (as many again for the other split)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=48, help="steps per epoch")
@@ -68,14 +70,16 @@ def main(argv=None) -> dict:
     arms = args.arms.split(",")
     if not set(arms) <= set(ARMS):
         p.error(f"unknown arms {sorted(set(arms) - set(ARMS))}; valid: {', '.join(ARMS)}")
-    space = make_space(args.space, **(MOBILE_HALF_WIDTH if args.half_width else {}))
+    kwargs = dict(MOBILE_HALF_WIDTH) if args.half_width else {}
+    kwargs.update({k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.space_kwargs).items()})
+    space = make_space(args.space, **kwargs)
     d = load_cifar10()
     idx = np.random.default_rng(args.seed).permutation(len(d.train.y))  # the files are ordered by class
     x, y = d.train.x[idx], d.train.y[idx]
     mesh = make_mesh()
     n = args.images
     train, val = DeviceData.put(x[:n], y[:n], mesh), DeviceData.put(x[n:2 * n], y[n:2 * n], mesh)
-    out = {"space": args.space, "half_width": args.half_width, "images": n, "batch_size": args.batch_size,
+    out = {"space": args.space, "half_width": args.half_width, "space_kwargs": kwargs, "images": n, "batch_size": args.batch_size,
            "steps_per_epoch": args.steps, "device": backend_description()}
     # `fixed`: only the baseline's choice of every decision allowed
     fixed = space.mask(allowed=np.asarray(space.one_hot(space.baseline_arch())) > 0)
