@@ -79,13 +79,14 @@ def main(argv=None) -> dict:
     mesh = make_mesh()
     n = args.images
     train, val = DeviceData.put(x[:n], y[:n], mesh), DeviceData.put(x[n:2 * n], y[n:2 * n], mesh)
-    out = {"space": args.space, "half_width": args.half_width, "space_kwargs": kwargs, "images": n, "batch_size": args.batch_size,
-           "steps_per_epoch": args.steps, "device": backend_description()}
-    # `fixed`: only the baseline's choice of every decision allowed
-    fixed = space.mask(allowed=np.asarray(space.one_hot(space.baseline_arch())) > 0)
+    out = {"space": args.space, "half_width": args.half_width, "space_kwargs": kwargs, "images": n,
+           "batch_size": args.batch_size, "steps_per_epoch": args.steps, "device": backend_description()}
+    def only(arch):  # a mask that allows one architecture's choices alone
+        return space.mask(allowed=np.asarray(space.one_hot(arch)) > 0)
+
     sampled = np.asarray(space.sample(jax.random.key(args.seed)))  # `random`: one sampled path alone
     out["random_arch"] = space.encode(sampled)
-    masks = {"fixed": fixed, "random": space.mask(allowed=np.asarray(space.one_hot(sampled)) > 0)}
+    masks = {"fixed": only(space.baseline_arch()), "random": only(sampled)}
     if args.free:  # the sampled arms vary only these decisions
         out["free"] = args.free.split(",")
         part = search_mask(ml_collections.ConfigDict({"space": {"free": tuple(out["free"]), "remove": {}}}), space)

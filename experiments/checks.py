@@ -27,7 +27,7 @@ from supernet.spaces.mobile import MobileSpace
 from supernet.landscape import line_decisions
 from hwmodel.measure import make_backend
 from experiments.config import ConfigError, user_message
-from experiments.context import (CHOOSERS, SEARCH_ORDER, STAGES, cost_config, data_path, data_source, sandwich_anchor,
+from experiments.context import (CHOOSERS, SEARCH_ORDER, STAGES, cost_config, data_path, data_source, search_anchor,
                                  search_config, search_mask)
 
 
@@ -195,7 +195,7 @@ def check_config(cfg: Any) -> None:
         _number(cfg, "single_shot.bn_recalibration", 0, integer=True)
         _number(cfg, "single_shot.top_k", 1, integer=True)
         if search_config(cfg, space).uses_anchor:
-            sandwich_anchor(cfg, space)
+            search_anchor(cfg, space)
         if cfg.single_shot.supernet_from:
             shared_supernet(cfg)
     if "retrain" in stages:

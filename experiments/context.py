@@ -317,7 +317,7 @@ def search_config(cfg: Any, space: SearchSpace) -> SearchConfig:
 
 
 
-def sandwich_anchor(cfg: Any, space: SearchSpace) -> np.ndarray:
+def search_anchor(cfg: Any, space: SearchSpace) -> np.ndarray:
     """`single_shot.anchor`, the anchor of the sandwich and of progressive shrinking: the space's
     baseline (`"baseline"`) or an architecture string of the space; a bad value is a `ConfigError`."""
     text = cfg.single_shot.anchor

@@ -82,9 +82,9 @@ def table_lookup(ctx: Context, arch: np.ndarray) -> dict[str, Any]:
 #: What `results.json`'s `accuracy_pct` is, by the stage and key it was taken from, in order of
 #: preference (a retrained network's test metric before a search's own estimate).
 ACCURACY_SOURCES = {
-    ("retrain", "test_accuracy"): "retrain: test accuracy (%) of the found network trained from scratch",
-    ("retrain", "test_miou"): "retrain: test mIoU (%) of the found network trained from scratch (segmentation)",
-    ("retrain", "test_map"): "retrain: test COCO mAP@[.5:.95] (%) of the found network trained from scratch "
+    ("retrain", "test_accuracy"): "retrain: test accuracy (%) of the found network trained {start}",
+    ("retrain", "test_miou"): "retrain: test mIoU (%) of the found network trained {start} (segmentation)",
+    ("retrain", "test_map"): "retrain: test COCO mAP@[.5:.95] (%) of the found network trained {start} "
                              "(detection)",
     ("evolve", "accuracy"): "evolve: the evaluator's accuracy (%) of the best candidate",
     ("evolve", "miou"): "evolve: the evaluator's validation mIoU (%) of the best candidate (segmentation)",
@@ -140,9 +140,9 @@ def run_pipeline(cfg: Any, wd: Workdir, executor: Any = None) -> dict[str, Any]:
     # the first source (in ACCURACY_SOURCES' order) the stages produced; a zero-shot-scored evolve has none
     src = next(((s, k) for s, k in ACCURACY_SOURCES if k in outputs.get(s, {})), None)
     res["accuracy_pct"] = None if src is None else in_percent(src[0], {src[1]: outputs[src[0]][src[1]]}, cfg)[src[1] + "_pct"]
-    res["accuracy_source"] = None if src is None else ACCURACY_SOURCES[src]
-    if src is not None and src[0] == "retrain" and cfg.retrain.get("init_from", ""):  # a warm start
-        res["accuracy_source"] = res["accuracy_source"].replace("from scratch", "from retrain.init_from's weights")
+    # `{start}`: how a retrained network began, from scratch or warm-started (`retrain.init_from`)
+    start = "from retrain.init_from's weights" if cfg.retrain.get("init_from", "") else "from scratch"
+    res["accuracy_source"] = None if src is None else ACCURACY_SOURCES[src].format(start=start)
     target, source = target_of(cfg, space)
     if target is not None:  # every target a stage worked against, and where it came from
         res["latency_target_ms"], res["latency_target_source"] = target, source

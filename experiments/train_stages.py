@@ -29,7 +29,7 @@ from supernet.training import (DeviceData, OptimConfig, TrainConfig, Trainer, ev
 from experiments import data as D
 from experiments.config import ConfigError, from_section, to_dict
 from experiments.context import (STAGES, Context, checkpointer, eval_input, fitted_surrogate, from_pure, last_metric,
-                                 restore_latest, sandwich_anchor, search_config, splits, surrogate_ratios, task_of,
+                                 restore_latest, search_anchor, search_config, splits, surrogate_ratios, task_of,
                                  to_pure)
 
 
@@ -64,7 +64,7 @@ def _single_shot(ctx: Context) -> tuple[SingleShot, Any, DeviceData, DeviceData]
     search = SingleShot(ctx.space, net, search_cfg, mask=ctx.mask,
                         cost_fn=make_cost_fn(ctx.space, search_cfg.cost, surrogate) if cost.uses_cost else None,
                         augment=image_augment(task), mesh=ctx.mesh, limits=limits, task=task,
-                        anchor=sandwich_anchor(cfg, ctx.space) if search_cfg.uses_anchor else None)
+                        anchor=search_anchor(cfg, ctx.space) if search_cfg.uses_anchor else None)
     train, val = splits(ctx)
     steps = min(len(train) // sc.batch_size, sc.steps_per_epoch or 10**9)
     mngr = checkpointer(ctx, "single_shot")

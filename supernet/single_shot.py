@@ -61,7 +61,7 @@ from supernet import relax as R
 from supernet.blocks import single_path
 from supernet.model import ArchLogits, Supernet
 from supernet.objectives import CostConfig, CostFn, combine
-from supernet.space import SearchSpace, SpaceMask
+from supernet.space import Architecture, SearchSpace, SpaceMask
 from supernet.tasks import Classification, Distillable, Task
 from supernet.training import (AugmentFn, DeviceData, OptimConfig, check_batch, gather_batch, identity_input,
                                make_mesh, weight_tx)
@@ -240,7 +240,7 @@ class SingleShot:
                  augment: AugmentFn = identity_input, mesh: jax.sharding.Mesh | None = None,
                  weight_optimizer: optax.GradientTransformation | None = None, total_steps: int | None = None,
                  limits: dict[str, float] | None = None, task: Task | None = None,
-                 anchor: Any | None = None):
+                 anchor: Architecture | None = None):
         if cfg.cost.uses_cost and cost_fn is None:
             raise ValueError(f"the hardware cost (latency form {cfg.cost.form!r}, memory budgets "
                              f"{cfg.cost.budgets}) needs a cost_fn (supernet.objectives.make_cost_fn)")
