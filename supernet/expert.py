@@ -40,7 +40,8 @@ from hwmodel.layers import layer_flops
 from hwmodel.registry import Registry
 from supernet.spaces.mobile import BLOCK_TYPES, MobileSpace
 
-__all__ = ["RULES", "Applied", "Change", "Rule", "apply_rules", "describe", "mine", "parse_rule"]
+__all__ = ["RULES", "Applied", "Change", "Rule", "apply_rules", "best_fusion", "block_costs", "describe", "mine",
+           "parse_rule"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,3 +330,59 @@ def block_costs(space: MobileSpace, arch: np.ndarray, accelerator: str = "npu") 
                     "type": space.decisions[space.type_ids[b]].choices[a[space.type_ids[b]]],
                     "flops": float(flops[rows].sum()), "latency_us": float(lat[rows].sum() * 1e6)})
     return out
+
+
+#: `best_fusion` enumerates every subset of the blocks it may fuse: 2**20 subsets at most.
+MAX_FUSION_BLOCKS = 20
+
+
+def best_fusion(space: MobileSpace, arch: np.ndarray, min_flops: float,
+                accelerator: str = "npu") -> tuple[np.ndarray, float]:
+    """The exact fastest choice of IBN vs fused IBN per block of `arch` (every other decision, and
+    `skip` blocks, kept) among those of at least `min_flops` FLOPs: `(architecture, latency ms)`.
+
+    Why: the detection study's searches (regularized evolution, `evolve.goal='latency'` under the
+    capacity floor) can be checked against the optimum they approximate. A block's type changes
+    only that block's rows of the layer table, so FLOPs and the analytic latency are sums of
+    per-block terms (`block_costs`) and every subset of fused blocks is scored by one matrix
+    product; the returned latency is recomputed on the whole network.
+
+    Raises:
+        ValueError: more than `MAX_FUSION_BLOCKS` blocks could fuse, or no choice reaches
+            `min_flops` (the message gives the most FLOPs reachable).
+
+    Example:
+        >>> from supernet.spaces import make_space
+        >>> space = make_space("mobile-curated", blocks_per_stage=(1, 2), base_widths=(16, 32),
+        ...                    stage_strides=(1, 2), head_width=64)
+        >>> base = space.baseline_arch()
+        >>> flops = sum(c["flops"] for c in block_costs(space, base))
+        >>> arch, ms = best_fusion(space, base, min_flops=0.0)  # no floor: fuse where it pays
+        >>> bool(ms <= analytic.latency_ms(ACCELERATORS["npu"], space.layers(base)))
+        True
+    """
+    spec = ACCELERATORS[accelerator]
+    a = space.validate(arch).copy()
+    ibn, fused = BLOCK_TYPES.index("ibn"), BLOCK_TYPES.index("fused")
+    blocks = [b for b in range(space.num_blocks) if a[space.type_ids[b]] in (ibn, fused)]
+    if len(blocks) > MAX_FUSION_BLOCKS:
+        raise ValueError(f"best_fusion enumerates 2**n subsets: {len(blocks)} blocks exceed "
+                         f"{MAX_FUSION_BLOCKS}; free fewer blocks")
+    a[space.type_ids[blocks]] = ibn
+    table = space.layers(a)
+    base_flops = float(np.asarray(layer_flops(table)).sum())
+    base_ms = float(analytic.latency_ms(spec, table))
+    all_fused = a.copy()
+    all_fused[space.type_ids[blocks]] = fused
+    ci, cf = block_costs(space, a, accelerator), block_costs(space, all_fused, accelerator)
+    d_flops = np.array([cf[b]["flops"] - ci[b]["flops"] for b in blocks])
+    d_ms = np.array([(cf[b]["latency_us"] - ci[b]["latency_us"]) / 1e3 for b in blocks])
+    subsets = (np.arange(2 ** len(blocks))[:, None] >> np.arange(len(blocks))) & 1
+    flops, ms = base_flops + subsets @ d_flops, base_ms + subsets @ d_ms
+    ok = flops >= min_flops * (1 - 1e-6)  # float32 FLOPs of the layer table
+    if not ok.any():
+        raise ValueError(f"no fusion of this architecture reaches {min_flops:.4g} FLOPs; "
+                         f"the most reachable is {flops.max():.4g}")
+    best = subsets[np.argmin(np.where(ok, ms, np.inf))]
+    a[space.type_ids[blocks]] = np.where(best > 0, fused, ibn)
+    return a, float(analytic.latency_ms(spec, space.layers(a)))

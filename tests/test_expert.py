@@ -57,6 +57,36 @@ def test_fuse_rules_change_only_block_types_and_fuse_where_it_pays_lowers_latenc
             assert lat(trial) >= lat(paid.arch)
 
 
+@pytest.mark.parametrize("floor", [0.0, 1.0, 1.5])
+def test_best_fusion_is_the_brute_force_optimum_under_a_flops_floor(floor):
+    """Against every IBN / fused assignment of the 5 blocks, costed on the whole layer table."""
+    import itertools
+    from hwmodel.layers import total_flops
+    npu = ACCELERATORS["npu"]
+    base = CURATED.baseline_arch()
+    min_flops = floor * float(total_flops(CURATED.layers(base)))
+    best = None
+    for types in itertools.product([BLOCK_TYPES.index("ibn"), BLOCK_TYPES.index("fused")], repeat=CURATED.num_blocks):
+        a = base.copy()
+        a[CURATED.type_ids] = types
+        t = CURATED.layers(a)
+        if float(total_flops(t)) >= min_flops * (1 - 1e-6):
+            ms = float(analytic.latency_ms(npu, t))
+            best = ms if best is None else min(best, ms)
+    arch, ms = E.best_fusion(CURATED, base, min_flops)
+    assert ms == pytest.approx(best, rel=1e-5)
+    assert float(total_flops(CURATED.layers(arch))) >= min_flops * (1 - 1e-6)
+    assert (np.delete(arch, CURATED.type_ids) == np.delete(base, CURATED.type_ids)).all()
+    if floor == 1.0:  # fusing adds FLOPs, so MobileNetV2's floor admits fusing where it pays
+        assert ms < float(analytic.latency_ms(npu, CURATED.layers(base)))
+
+
+def test_best_fusion_says_the_most_flops_reachable():
+    base = CURATED.baseline_arch()
+    with pytest.raises(ValueError, match="the most reachable is"):
+        E.best_fusion(CURATED, base, min_flops=1e15)
+
+
 def test_mined_rules_reproduce_the_architecture_and_transfer_to_another_task():
     found = CURATED.decode("mult=0.75|w=16-32-32|fused:k3:e1,fused:k3:e6,fused:k3:e6,ibn:k3:e6,ibn:k3:e6")
     rules = E.mine(CURATED, found)
