@@ -28,7 +28,7 @@ from supernet.landscape import line_decisions
 from hwmodel.measure import make_backend
 from experiments.config import ConfigError, user_message
 from experiments.context import (CHOOSERS, SEARCH_ORDER, STAGES, cost_config, data_path, data_source, search_anchor,
-                                 search_config, search_mask)
+                                 search_config, search_mask, task_for)
 
 
 def resolve_data_source(cfg: Any, quiet: bool = False) -> None:
@@ -122,6 +122,8 @@ def check_config(cfg: Any) -> None:
     search_mask(cfg, space)  # space.free / space.remove name real decisions and choices
     task = cfg.get("task", {}).get("name", "classification")
     _need(task in TASKS, f"unknown task.name {task!r}; valid: {', '.join(sorted(TASKS))}")
+    if task == "classification" or getattr(space, "head", "classification") == task:  # (else: the check below)
+        task_for(cfg, space)  # task.kwargs are options the task takes
     if "zero_shot" in cfg.stages or cfg.get("evolve", {}).get("guide", "") == "zero_shot":
         try:
             check_task(list(cfg.zero_shot.proxies), task)

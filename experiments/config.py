@@ -98,6 +98,10 @@ def parse_value(text: str, old: Any) -> Any:
         new = text
     if old is None or new is None:
         return new
+    if isinstance(old, (ml_collections.ConfigDict, dict)):  # an empty section, e.g. task.kwargs={"max_zoom": 1.0}
+        if not isinstance(new, dict):
+            raise ConfigError(f"expected a dict literal, e.g. {{'key': 1.0}}, got {text!r}")
+        return ml_collections.ConfigDict(new)
     if isinstance(old, bool) != isinstance(new, bool):
         raise ConfigError(f"expected a bool (True/False), got {text!r}")
     if isinstance(old, float) and isinstance(new, int):

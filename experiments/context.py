@@ -25,7 +25,7 @@ from hwmodel.registry import Registry
 from supernet.objectives import CostConfig
 from supernet.single_shot import SearchConfig
 from supernet.space import HasBaseline, SearchSpace, SpaceMask
-from supernet.tasks import TASKS
+from supernet.tasks import TASKS, make_task
 from supernet.training import DeviceData, OptimConfig
 from experiments import data as D
 from experiments.config import ConfigError, from_section
@@ -203,8 +203,23 @@ def eval_input(key: Any, x: Any) -> Any:
 
 
 def task_of(ctx: Context) -> Any:
-    """The config's task (`task.name`, `supernet.tasks.TASKS`) for the run's space."""
-    return TASKS[ctx.cfg.task.name](ctx.space)
+    """The config's task (`task.name`, `supernet.tasks.TASKS`, with `task.kwargs`) for the run's space."""
+    return task_for(ctx.cfg, ctx.space)
+
+
+def task_for(cfg: Any, space: SearchSpace) -> Any:
+    """`task_of` for a config and space (what `experiments.checks` validates up front).
+
+    Raises:
+        ConfigError: an unknown task or an option it does not take.
+    """
+    name = cfg.task.name
+    if name not in TASKS:
+        raise ConfigError(f"unknown task.name {name!r}; valid: {', '.join(sorted(TASKS))}")
+    try:
+        return make_task(name, space, **dict(cfg.task.get("kwargs", {})))
+    except ValueError as e:
+        raise ConfigError(f"task.kwargs: {e}") from None
 
 
 def splits(ctx: Context) -> tuple[DeviceData, DeviceData]:

@@ -11,7 +11,7 @@ from flax import nnx
 
 from hwmodel.layers import total_params
 from supernet import make_space, make_supernet
-from supernet.tasks import TASKS, Detection
+from supernet.tasks import Detection, make_task
 
 DET = dict(blocks_per_stage=(1, 2, 2), base_widths=(8, 16, 24), stage_strides=(1, 2, 2), stem_width=8,
            parallelism=4, input_size=32, stem_stride=2, head="detection", head_channels=16,
@@ -69,7 +69,7 @@ def test_flip_keeps_boxes_on_the_image_and_twice_is_identity():
 def test_detection_loss_reaches_every_architecture_logit_and_the_table_holds_the_head():
     space = make_space("mobile-curated", **DET)
     net = make_supernet(space, rngs=nnx.Rngs(0))
-    task = TASKS["detection"](space)
+    task = make_task("detection", space)
     assert (task.stride, task.num_classes) == (4, 2)
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     y = _truth()

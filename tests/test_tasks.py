@@ -29,6 +29,19 @@ def test_segmentation_loss_ignores_unlabelled_pixels():
         TASKS["detect"]
 
 
+def test_make_task_takes_the_space_args_from_the_space_and_options_from_the_config():
+    from supernet.spaces import make_space
+    from supernet.tasks import Detection, make_task
+    space = make_space("mobile-curated", blocks_per_stage=(1, 1, 1), base_widths=(16, 24, 32), stage_strides=(2, 2, 2),
+                       head_width=32, head="detection", num_classes=3, input_size=64, decoder_stage=1)
+    det = make_task("detection", space, max_zoom=1.0, size_weight=0.5)
+    assert isinstance(det, Detection) and (det.num_classes, det.stride, det.input_size) == (3, space.decoder_factors[1], 64) == (3, 4, 64)
+    assert (det.max_zoom, det.size_weight, det.offset_weight) == (1.0, 0.5, 1.0)
+    assert Detection.options() == ["max_detections", "size_weight", "offset_weight", "max_zoom"]
+    with pytest.raises(ValueError, match="takes no option 'stride'"):  # the space fixes it
+        make_task("detection", space, stride=4)
+
+
 def test_joint_flip_keeps_image_and_mask_aligned():
     x = jnp.arange(2 * 4 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 4, 3)
     y = (x[..., 0] % 7).astype(jnp.int32)  # a mask that is a function of the pixel

@@ -84,8 +84,10 @@ def base() -> ml_collections.ConfigDict:
     # input_size: the side images are letterboxed to (the dense-task sets; CIFAR-10 is 32 px as stored)
     c.data = ml_collections.ConfigDict({"name": "cifar10", "dir": "", "num_train": 0, "num_test": 0,
                                         "input_size": 32})
-    # what the network predicts (supernet.tasks.TASKS): classification, segmentation
-    c.task = ml_collections.ConfigDict({"name": "classification"})
+    # what the network predicts (supernet.tasks.TASKS): classification, segmentation, detection;
+    # kwargs: the task's options (`supernet.tasks.Task.options`), e.g. {"max_zoom": 1.0} turns off
+    # the dense tasks' scale-and-crop augmentation
+    c.task = ml_collections.ConfigDict({"name": "classification", "kwargs": {}})
 
     # The options of a section that a dataclass takes come from that dataclass's defaults (their one
     # source; its docstring says what each does) and are translated back by `from_section`; the

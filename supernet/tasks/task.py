@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import abc
+import inspect
 from typing import Any, Callable
 
 import jax
@@ -85,6 +86,35 @@ class Task(abc.ABC):
 
     #: The key of `summary` a search or report ranks by.
     main_metric: str = "accuracy"
+
+    #: The constructor's arguments that the network's space fixes (`space_args` reads them).
+    SPACE_ARGS: tuple[str, ...] = ()
+
+    @classmethod
+    def space_args(cls, space: Any) -> dict[str, Any]:
+        """`{name: value}` of `SPACE_ARGS` for a network of `space` (its classes, stride, size)."""
+        del space
+        return {}
+
+    @classmethod
+    def options(cls) -> list[str]:
+        """The constructor's other arguments: what a config sets (`task.kwargs`), e.g. `max_zoom`."""
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # (without self)
+        return [p.name for p in params if p.kind in named and p.name not in cls.SPACE_ARGS]
+
+    @classmethod
+    def for_space(cls, space: Any, **options: Any) -> "Task":
+        """The task for a network of `space` with `options` (`options()` names them).
+
+        Raises:
+            ValueError: an option this task does not take (the message lists those it takes).
+        """
+        bad = sorted(set(options) - set(cls.options()))
+        if bad:
+            raise ValueError(f"{cls.__name__} takes no option {', '.join(map(repr, bad))}; "
+                             f"its options: {', '.join(cls.options()) or 'none'}")
+        return cls(**cls.space_args(space), **options)
 
     @abc.abstractmethod
     def loss(self, out: Array, y: Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -157,6 +187,11 @@ class Segmentation(Task):
     """Semantic segmentation: logits `[B, H, W, K]`, masks `[B, H, W]` (`ignore` = no class)."""
 
     main_metric = "miou"
+    SPACE_ARGS = ("num_classes",)
+
+    @classmethod
+    def space_args(cls, space):
+        return {"num_classes": space.num_classes}
 
     def __init__(self, num_classes: int, ignore: int = 255, max_zoom: float = 1.5):
         if num_classes < 2:
@@ -203,6 +238,12 @@ class Detection(Task):
     """Single-stage anchor-free detection, CenterNet (module docstring)."""
 
     main_metric = "map"
+    SPACE_ARGS = ("num_classes", "stride", "input_size")
+
+    @classmethod
+    def space_args(cls, space):
+        """The head's classes, the stride of its maps (`decoder_factors[1]`) and the input size."""
+        return {"num_classes": space.num_classes, "stride": space.decoder_factors[1], "input_size": space.input_size}
 
     def __init__(self, num_classes: int, stride: int, input_size: int, max_detections: int = 100,
                  size_weight: float = 0.1, offset_weight: float = 1.0, max_zoom: float = 1.5):
@@ -323,10 +364,24 @@ class Detection(Task):
         return {k: x for k, x in coco_map(gt, dt).items() if np.isfinite(x)}  # NaN: no truth of that size
 
 
-#: Tasks by config name: `(space) -> Task` (a space with `num_classes`; detection also reads the
-#: stride of its head's maps, `decoder_factors[1]`, and `input_size`).
-TASKS: Registry = Registry("task", {
-    "classification": lambda space: Classification(),
-    "segmentation": lambda space: Segmentation(space.num_classes),
-    "detection": lambda space: Detection(space.num_classes, space.decoder_factors[1], space.input_size),
-})
+#: Tasks by config name; `make_task(name, space, **options)` builds one for a network of `space`.
+TASKS: Registry = Registry("task", {"classification": Classification, "segmentation": Segmentation,
+                                    "detection": Detection})
+
+
+def make_task(name: str, space: Any, **options: Any) -> Task:
+    """The task `name` (`TASKS`) for a network of `space`, with `options` (config `task.kwargs`).
+
+    Example:
+        >>> from supernet.spaces import make_space
+        >>> space = make_space("mobile-curated", blocks_per_stage=(1, 1), base_widths=(16, 32),
+        ...                    stage_strides=(2, 2), head_width=32, head="segmentation", num_classes=2,
+        ...                    input_size=32, decoder_stage=0)
+        >>> make_task("segmentation", space, max_zoom=1.0).max_zoom
+        1.0
+        >>> make_task("segmentation", space, zoom=2)
+        Traceback (most recent call last):
+        ...
+        ValueError: Segmentation takes no option 'zoom'; its options: ignore, max_zoom
+    """
+    return TASKS[name].for_space(space, **options)
