@@ -35,6 +35,7 @@ SPECS = ["nb201/single_shot.py", "nb201/single_shot.py:cpu", "nb201/single_shot.
          "mobile/memory.py", "mobile/memory.py:baseline,smoke", "mobile/latency_cut.py",
          "mobile/latency_cut.py:rules", "mobile/latency_cut.py:transfer", "mobile/latency_cut.py:smoke",
          "mobile/latency_cut.py:retrain", "mobile/latency_cut.py:nas47,retrain,smoke",
+         "mobile/latency_cut.py:v3", "mobile/latency_cut.py:v3,retrain",
          "mobile/memory.py:nas,retrain", "mobile/memory.py:rules,retrain,smoke",
          "segmentation/person_fpn.py", "segmentation/person_fpn.py:baseline,smoke"]
 #: Dict-valued keys whose items are a dataclass's fields (read by `Cls(**dict(section))`).
@@ -44,7 +45,7 @@ SPLATTED = {"single_shot.optim": OptimConfig, "retrain.optim": OptimConfig}
 FROM_SECTION = {"single_shot": SearchConfig, "cost": CostConfig, "retrain": TrainConfig}
 #: Free-form kwargs dicts (passed on whole to a space or supernet class).
 KWARGS = ("space.kwargs", "single_shot.supernet", "zero_shot.supernet", "hardware.presets", "retrain.space_kwargs",
-          "single_shot.space_kwargs",
+          "single_shot.space_kwargs", "task.kwargs",
           "space.remove")  # dicts whose keys are data (constructor arguments, decision names)
 
 
