@@ -180,6 +180,7 @@ def test_auto_data_source_is_recorded_and_a_resume_on_another_source_refused(tmp
     ("--config.single_shot.epoch=3", "did you mean single_shot.epochs"),
     ("--config.task.kwargs={'max_zoom': 1.0}", "task.kwargs: Classification takes no option 'max_zoom'; its options: none"),
     ("--config.task.kwargs=1.0", "--config.task.kwargs: expected a dict literal"),
+    ("--config.data.copy_paste=3", "data.copy_paste builds composites of the person detection set"),
     ("--config.cost.params_budget_bytes=10",
      "params_budget_bytes=10 is below the smallest params_bytes reachable in nb201, 4834"),
 ])

@@ -82,8 +82,10 @@ def base() -> ml_collections.ConfigDict:
     # remove: choices no search may take, {decision: (choice, ...)}, e.g. {"b3_type": ("skip",)}
     c.space = ml_collections.ConfigDict({"name": "nb201", "kwargs": {}, "free": (), "remove": {}})
     # input_size: the side images are letterboxed to (the dense-task sets; CIFAR-10 is 32 px as stored)
+    # copy_paste: composites appended to coco128-person-boxes' training split (train persons pasted
+    # onto train images, experiments.data.copy_paste; 0 = none)
     c.data = ml_collections.ConfigDict({"name": "cifar10", "dir": "", "num_train": 0, "num_test": 0,
-                                        "input_size": 32})
+                                        "input_size": 32, "copy_paste": 0})
     # what the network predicts (supernet.tasks.TASKS): classification, segmentation, detection;
     # kwargs: the task's options (`supernet.tasks.Task.options`), e.g. {"max_zoom": 1.0} turns off
     # the dense tasks' scale-and-crop augmentation

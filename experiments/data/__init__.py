@@ -37,7 +37,8 @@ DATASETS = Registry("data set", {
     # segmentation: COCO128 person masks letterboxed to `data.input_size`
     "coco128-person-masks": lambda dc: person_masks(dc.dir or None, dc.input_size),
     # detection: COCO128 person boxes letterboxed to `data.input_size` (supernet.tasks.Detection's targets)
-    "coco128-person-boxes": lambda dc: person_boxes(dc.dir or None, dc.input_size),
+    "coco128-person-boxes": lambda dc: person_boxes(dc.dir or None, dc.input_size,
+                                                    copy_paste=dc.get("copy_paste", 0)),
 })
 
 __all__ = ["DATASETS", "DenseSplits", "person_boxes", "person_masks", "DetectionSet", "SegmentationSet", "load_coco_json", "load_masks", "load_yolo_detection",

@@ -127,17 +127,31 @@ def person_masks(data_dir: str | os.PathLike | None, size: int) -> DenseSplits:
     return DenseSplits(tr.images, tr.masks, te.images, te.masks, f"{tr.source}; {te.source}")
 
 
-def person_boxes(data_dir: str | os.PathLike | None, size: int, max_boxes: int = 32) -> DenseSplits:
+def person_boxes(data_dir: str | os.PathLike | None, size: int, max_boxes: int = 32,
+                 copy_paste: int = 0) -> DenseSplits:
     """COCO128's person boxes (`train2017` to train, `val2017` to test), letterboxed to `size`:
     targets `[n, max_boxes, 5]` float32 rows `x1 y1 x2 y2 class` in input pixels, class -1 on
-    padding rows (`supernet.tasks.Detection`'s form; an image with more boxes keeps its first)."""
+    padding rows (`supernet.tasks.Detection`'s form; an image with more boxes keeps its first).
+    `copy_paste > 0` appends that many composites to the training split: train persons cut out by
+    the train masks pasted onto train images (`experiments.data.copy_paste`, seed 0)."""
     def pack(ds: DetectionSet) -> np.ndarray:
         y = np.concatenate([ds.boxes, ds.labels[..., None].astype(np.float32)], -1)
         return y.astype(np.float32)
 
     tr = load_yolo_detection(data_dir, "train2017", size, classes=("person",), max_boxes=max_boxes)
     te = load_yolo_detection(data_dir, "val2017", size, classes=("person",), max_boxes=max_boxes)
-    return DenseSplits(tr.images, pack(tr), te.images, pack(te), f"{tr.source}; {te.source}")
+    x, y, source = tr.images, pack(tr), tr.source
+    if copy_paste:
+        from experiments.data.copy_paste import composites, cutouts
+        seg = load_masks(data_dir, "train2017", size, classes=("person",))
+        rows = [tr.ids.index(i) for i in seg.ids]
+        if not np.array_equal(tr.images[rows], seg.images):
+            raise DataError(f"{source}: the train masks' images are not the detection set's (letterbox differs)")
+        pieces = cutouts(seg.images, y[rows], seg.masks)
+        cx, cy = composites(x, y, pieces, copy_paste, seed=0)
+        x, y = np.concatenate([x, cx]), np.concatenate([y, cy])
+        source += f" + {copy_paste} copy-paste composites of {len(pieces)} person cutouts (seed 0)"
+    return DenseSplits(x, y, te.images, pack(te), f"{source}; {te.source}")
 
 
 def letterbox_params(width: int, height: int, size: int) -> tuple[float, int, int, int, int]:
