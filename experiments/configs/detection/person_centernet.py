@@ -16,7 +16,9 @@ ZigZag and ONNX Runtime on this CPU: `:study,search` is the hardware side of the
 `pretrain` (MobileNetV2's backbone trained on CIFAR-10 at 32 px, `common.cifar_pretrain`: its
 workdir is what `--config.retrain.init_from` takes), `copypaste` (the training split grown by 512
 copy-paste composites, `experiments.data.copy_paste`, and trained 15 epochs of its 640 images:
-600 steps against the plain protocol's 480; the test split is the same), `smoke` (a tiny space, 2 steps).
+600 steps against the plain protocol's 480; the test split is the same; measured 2026-12-07 on
+MobileNetV2 seed 0: val mAP 0.20 %, no gain, docs/results/detection_study.md), `smoke` (a tiny
+space, 2 steps).
     python -m experiments.sweep --config experiments/configs/detection/person_centernet.py:study,copypaste --workdir workdirs/det_study_cp --only '0_baseline|3_v3'
 
 
