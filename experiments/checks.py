@@ -126,7 +126,7 @@ def check_config(cfg: Any) -> None:
     search_mask(cfg, space)  # space.free / space.remove name real decisions and choices
     task = cfg.get("task", {}).get("name", "classification")
     _need(task in TASKS, f"unknown task.name {task!r}; valid: {', '.join(sorted(TASKS))}")
-    if task == "classification" or getattr(space, "head", "classification") == task:  # (else: the check below)
+    if getattr(space, "head", "classification") == task:  # (a mismatch: the check below)
         task_for(cfg, space)  # task.kwargs are options the task takes
     if "zero_shot" in cfg.stages or cfg.get("evolve", {}).get("guide", "") == "zero_shot":
         try:
