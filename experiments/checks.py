@@ -120,7 +120,7 @@ def check_config(cfg: Any) -> None:
     _number(cfg, "data.num_train", 0, integer=True)
     _number(cfg, "data.num_test", 0, integer=True)
     _number(cfg, "data.copy_paste", 0, integer=True)
-    _need(not cfg.data.get("copy_paste", 0) or cfg.data.name == "coco128-person-boxes",
+    _need(not cfg.data.copy_paste or cfg.data.name == "coco128-person-boxes",
           f"data.copy_paste builds composites of the person detection set: it needs "
           f"data.name='coco128-person-boxes', not {cfg.data.name!r}")
     search_mask(cfg, space)  # space.free / space.remove name real decisions and choices

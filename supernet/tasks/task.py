@@ -87,21 +87,19 @@ class Task(abc.ABC):
     #: The key of `summary` a search or report ranks by.
     main_metric: str = "accuracy"
 
-    #: The constructor's arguments that the network's space fixes (`space_args` reads them).
-    SPACE_ARGS: tuple[str, ...] = ()
-
     @classmethod
     def space_args(cls, space: Any) -> dict[str, Any]:
-        """`{name: value}` of `SPACE_ARGS` for a network of `space` (its classes, stride, size)."""
+        """The constructor's arguments without a default, read off a network's `space` (its
+        classes, the stride of its maps, its input size)."""
         del space
         return {}
 
     @classmethod
     def options(cls) -> list[str]:
-        """The constructor's other arguments: what a config sets (`task.kwargs`), e.g. `max_zoom`."""
+        """The constructor's arguments with a default: what a config sets (`task.kwargs`), e.g. `max_zoom`."""
         named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # (without self)
-        return [p.name for p in params if p.kind in named and p.name not in cls.SPACE_ARGS]
+        return [p.name for p in inspect.signature(cls.__init__).parameters.values()
+                if p.kind in named and p.default is not inspect.Parameter.empty]
 
     @classmethod
     def for_space(cls, space: Any, **options: Any) -> "Task":
@@ -187,7 +185,6 @@ class Segmentation(Task):
     """Semantic segmentation: logits `[B, H, W, K]`, masks `[B, H, W]` (`ignore` = no class)."""
 
     main_metric = "miou"
-    SPACE_ARGS = ("num_classes",)
 
     @classmethod
     def space_args(cls, space):
@@ -238,7 +235,6 @@ class Detection(Task):
     """Single-stage anchor-free detection, CenterNet (module docstring)."""
 
     main_metric = "map"
-    SPACE_ARGS = ("num_classes", "stride", "input_size")
 
     @classmethod
     def space_args(cls, space):
