@@ -98,7 +98,7 @@ def parse_value(text: str, old: Any) -> Any:
         new = text
     if old is None or new is None:
         return new
-    if isinstance(old, (ml_collections.ConfigDict, dict)):  # an empty section, e.g. task.kwargs={"max_zoom": 1.0}
+    if isinstance(old, (ml_collections.ConfigDict, dict)):  # a section, e.g. task.kwargs={"max_zoom": 1.0}
         if not isinstance(new, dict):
             raise ConfigError(f"expected a dict literal, e.g. {{'key': 1.0}}, got {text!r}")
         return ml_collections.ConfigDict(new)
@@ -116,12 +116,16 @@ def parse_value(text: str, old: Any) -> Any:
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
-    """Applies `--config.key=value` strings; unknown keys fail listing the valid ones."""
+    """Applies `--config.key=value` strings; unknown keys fail listing the valid ones. A key naming a
+    section takes a dict literal that replaces the whole section, e.g. `--config.retrain.space_kwargs={}`
+    (the searched space itself instead of the config's proxy)."""
     flat = flatten(cfg)
     for item in overrides:
         if not item.startswith("--config.") or "=" not in item:
             raise ConfigError(f"overrides look like --config.key=value, got {item!r}")
         key, _, text = item[len("--config."):].partition("=")
+        if key not in flat and any(k.startswith(key + ".") for k in flat):  # a whole section
+            flat[key] = ml_collections.ConfigDict()
         if key not in flat:
             import difflib
             close = difflib.get_close_matches(key, list(flat), n=3, cutoff=0.6)
@@ -144,7 +148,7 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
             ref = node.get_ref(leaf) if hasattr(node, "get_ref") else None
             want = getattr(getattr(ref, "_field_type", None), "__name__", "value of the field's type")
             raise ConfigError(f"--config.{key}: expected a {want}, got {text!r}") from None
-        flat[key] = value
+        flat = flatten(cfg)  # a replaced section's own keys can be overridden next
     return cfg
 
 

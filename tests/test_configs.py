@@ -142,6 +142,21 @@ def test_typed_config_arguments():
     assert load_config("experiments/configs/nb201/ablation.py:quick,seeds=3").num_seeds == 3
 
 
+def test_a_dict_literal_replaces_a_whole_section():
+    """`--config.retrain.space_kwargs={}` retrains the searched space itself (full width) instead of
+    the config's half-width proxy; a replaced section's keys can be set next; a non-dict is refused."""
+    spec = "experiments/configs/mobile/latency_cut.py:v3,retrain"
+    assert load_config(spec).retrain.space_kwargs.parallelism == 8
+    assert load_config(spec, ["--config.retrain.space_kwargs={}"]).retrain.space_kwargs.to_dict() == {}
+    cfg = load_config(spec, ["--config.retrain.space_kwargs={'parallelism': 4}",
+                             "--config.retrain.space_kwargs.parallelism=32"])
+    assert cfg.retrain.space_kwargs.to_dict() == {"parallelism": 32}
+    with pytest.raises(ConfigError, match=r"--config.retrain.space_kwargs: expected a dict literal"):
+        load_config(spec, ["--config.retrain.space_kwargs=3"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'retrain.space_kw'"):
+        load_config(spec, ["--config.retrain.space_kw={}"])
+
+
 def test_old_workdirs_resume_across_a_retired_key_and_a_changed_default(tmp_path):
     """A workdir written before `evolve.eval_batches` was retired and while `zero_shot.init`
     defaulted to "model" resumes with today's base config: the retired key at its old value is
