@@ -24,6 +24,13 @@ Accuracy (`retrain`, the mobile CPU protocol `common.mobile_retrain`; 3 seeds ea
     python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py:single47,retrain --workdir workdirs/latency_cut_retrain
     python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py:v3,retrain --workdir workdirs/latency_cut_retrain
     python -m experiments.report workdirs/latency_cut_retrain --out docs/results/latency_cut_accuracy --group-by stages,target_frac,space.free
+Full width (the searched networks themselves, not the half-width proxy; about 20 min per MobileNetV2
+seed and 8 min per V3 seed alone on the 2-core CPU):
+    python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py:retrain --only 0_baseline \
+        --workdir workdirs/latency_cut_fullwidth '--config.retrain.space_kwargs={}'
+    python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py:v3,retrain \
+        --workdir workdirs/latency_cut_fullwidth '--config.retrain.space_kwargs={}'
+    python -m experiments.report workdirs/latency_cut_fullwidth --out docs/results/latency_cut_fullwidth --group-by stages,space.free
 
 Capacity (`evolve.evaluator=capacity`, log10 FLOPs) stands in for accuracy: "at equal accuracy"
 becomes "at no less capacity than MobileNetV2", which favours fusion (a fused block has more FLOPs
