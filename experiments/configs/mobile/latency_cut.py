@@ -24,8 +24,8 @@ Accuracy (`retrain`, the mobile CPU protocol `common.mobile_retrain`; 3 seeds ea
     python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py:single47,retrain --workdir workdirs/latency_cut_retrain
     python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py:v3,retrain --workdir workdirs/latency_cut_retrain
     python -m experiments.report workdirs/latency_cut_retrain --out docs/results/latency_cut_accuracy --group-by stages,target_frac,space.free
-Full width (the searched networks themselves, not the half-width proxy; about 20 min per MobileNetV2
-seed and 8 min per V3 seed alone on the 2-core CPU):
+Full width (the searched networks themselves, not the half-width proxy; 29-38 min per MobileNetV2
+seed and 13-15 min per V3 seed on the 2-core CPU with another job; 44.67 ± 0.78 vs 35.30 ± 2.30 %):
     python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py:retrain --only 0_baseline \
         --workdir workdirs/latency_cut_fullwidth '--config.retrain.space_kwargs={}'
     python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py:v3,retrain \
