@@ -1,4 +1,4 @@
-"""The exact optimum the fused-IBN searches approximate: `python -m experiments.fusion_optimum --config SPEC [--out PREFIX]`.
+"""The exact optimum the fused-IBN searches approximate: `python -m experiments.fusion_optimum --config SPEC [--out PREFIX] [--config.key=value ...]`.
 
 The detection study's V2 / V3 searches (`experiments/configs/detection/person_centernet.py`) look
 for the lowest analytic latency among networks of no less capacity (log10 FLOPs) than the baseline,
@@ -11,6 +11,9 @@ proxy's.
 Example (seconds on a CPU):
     python -m experiments.fusion_optimum --config experiments/configs/detection/person_centernet.py:v3 \\
         --out docs/results/detection_fusion_optimum
+    # the same space searched for another accelerator (a design-phase question: which chip reaches the cut)
+    python -m experiments.fusion_optimum --config experiments/configs/detection/person_centernet.py:v3 \\
+        --config.cost.accelerator=npu-p32
 """
 
 from __future__ import annotations
@@ -76,11 +79,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="a config spec of a mobile-space run, e.g. ...person_centernet.py:v3")
     p.add_argument("--out", default="", help="write PREFIX.md and PREFIX.json (refuses to overwrite)")
-    args = p.parse_args(argv)
+    args, overrides = p.parse_known_args(argv)
     with cli_errors(p, also=(ValueError,)):
         if args.out and any(os.path.exists(f"{args.out}.{e}") for e in ("md", "json")):
             raise ValueError(f"{args.out}.md or .json exists; remove it or choose another --out")
-        rows = optimum(load_config(args.config))
+        rows = optimum(load_config(args.config, overrides))
     md = markdown(rows)
     print(md)
     if args.out:

@@ -22,3 +22,13 @@ def test_rows_per_multiplier_meet_the_floor_and_never_lose_to_the_baseline(tmp_p
     with pytest.raises(SystemExit) as e:  # results are never overwritten
         fusion_optimum.main(["--config", CONFIG, "--out", out])
     assert e.value.code == 2 and "exists" in capsys.readouterr().err
+
+
+def test_an_override_picks_the_accelerator_and_a_typo_stops(capsys):
+    p32 = fusion_optimum.main(["--config", CONFIG, "--config.cost.accelerator=npu-p32"])
+    assert {r["accelerator"] for r in p32 if r["reachable"]} == {"npu-p32"}
+    npu = fusion_optimum.main(["--config", CONFIG])
+    assert [r["baseline_ms"] for r in p32 if r["reachable"]] != [r["baseline_ms"] for r in npu if r["reachable"]]
+    with pytest.raises(SystemExit) as e:
+        fusion_optimum.main(["--config", CONFIG, "--config.cost.acelerator=npu"])
+    assert e.value.code == 2 and "acelerator" in capsys.readouterr().err
