@@ -20,6 +20,7 @@ from supernet.objectives import check_budgets
 from experiments import data as D
 from experiments.search_stages import ACCURACY_EVALUATORS, GOALS  # (importing it registers every stage)
 from experiments.landscape_stage import COSTS as LANDSCAPE_COSTS
+from experiments.descent_stage import descent_config
 from experiments.expert_stage import mined_rules
 from experiments.train_stages import shared_supernet
 from supernet import expert
@@ -60,8 +61,9 @@ def check_stages(stages: list[str]) -> None:
         if s == "expert" and {"zero_shot", "single_shot"} & set(stages):
             raise ConfigError(f"'expert' is an arm of its own, or seeds a later 'evolve' (rules + NAS); "
                               f"do not combine it with other search stages: {stages}")
-    if "landscape" in stages and set(stages) - {"landscape", "retrain"}:
-        raise ConfigError(f"'landscape' is a study of its own (only 'retrain' may follow it); got {stages}")
+    for own in ("landscape", "descend"):
+        if own in stages and set(stages) - {own, "retrain"}:
+            raise ConfigError(f"{own!r} is a study of its own (only 'retrain' may follow it); got {stages}")
     searches = [s for s in stages if s in SEARCH_ORDER]
     if searches != sorted(searches, key=SEARCH_ORDER.index):
         raise ConfigError(f"search stages must run in the order {' -> '.join(SEARCH_ORDER)} (zero-shot prunes "
@@ -271,6 +273,8 @@ def check_config(cfg: Any) -> None:
             _need(name in [d.name for d in space.decisions],
                   f"landscape.slice: {space.name} has no decision {name!r}; e.g. "
                   f"{', '.join(d.name for d in space.decisions[-4:])}")
+    if "descend" in stages:
+        descent_config(cfg, space)
     if "expert" in stages:
         _need(isinstance(space, MobileSpace), f"the expert stage needs a mobile space, not {space.name!r}")
         rules = list(cfg.expert.rules) + (mined_rules(cfg.expert.mine_from) if cfg.expert.mine_from else [])

@@ -34,7 +34,7 @@ from experiments.workdir import Workdir
 
 STAGES: Registry[Callable[["Context"], dict[str, Any]]] = Registry("stage")
 #: Stages that choose an architecture; `retrain` needs one of them before it.
-CHOOSERS = {"baseline", "given", "expert", "zero_shot", "single_shot", "evolve", "landscape"}
+CHOOSERS = {"baseline", "given", "expert", "zero_shot", "single_shot", "evolve", "landscape", "descend"}
 #: Search stages in the only order that makes sense: prune (zero), collapse (single), evolve (multi).
 SEARCH_ORDER = ("zero_shot", "single_shot", "evolve")
 

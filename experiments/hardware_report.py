@@ -11,9 +11,10 @@ accelerators.py` and `convergence.py`).
   baseline, rules, NAS, rules + NAS; the latency cut of parts 2-3: rules vs NAS): both memories,
   their cut, whether the exact memory model says the budgets are met, the capacity, the latency
   and its cut.
-- `convergence_markdown` / `plot_convergence`: evolution on `mobile-raw` vs `mobile-curated` with the
-  same target and budget (part 1): the best feasible capacity so far per evaluation, and the
-  evaluations until a run first meets the target at the capacity every run reaches.
+- `convergence_markdown` / `plot_convergence`: evolution (and the gradient search of the `descend`
+  stage) on `mobile-raw` vs `mobile-curated` with the same target and budget (part 1): the best
+  feasible capacity so far per evaluation (or step), and the evaluations until a run first meets
+  the target at the capacity every run of the same search reaches.
 """
 
 from __future__ import annotations
@@ -26,11 +27,17 @@ import numpy as np
 _LETTERS = {"ibn": "I", "fused": "F", "skip": "-"}
 
 
+def search_stage(run: dict[str, Any]) -> str:
+    """The stage that searched for capacity: `descend` (the gradient search) or `evolve`."""
+    return "descend" if "descend" in run["results"].get("stages", {}) else "evolve"
+
+
 def is_capacity_search(run: dict[str, Any]) -> bool:
-    """An `evolve` run whose fitness is the `capacity` proxy and that trained nothing after it (no
-    accuracy to tabulate; one with a `retrain` stage has one)."""
+    """An `evolve` run whose fitness is the `capacity` proxy, or a `descend` run, that trained nothing
+    after it (no accuracy to tabulate; one with a `retrain` stage has one)."""
     stages = run["results"].get("stages", {})
-    return run["config"].get("evolve.evaluator") == "capacity" and "evolve" in stages and "retrain" not in stages
+    return "retrain" not in stages and ("descend" in stages or (
+        run["config"].get("evolve.evaluator") == "capacity" and "evolve" in stages))
 
 
 def capacity_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -57,7 +64,7 @@ def _design(run: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def _capacity(run: dict[str, Any]) -> float:
-    return float(run["results"]["stages"]["evolve"]["capacity_log10_flops"])
+    return float(run["results"]["stages"][search_stage(run)]["capacity_log10_flops"])
 
 
 def matrix_markdown(runs: list[dict[str, Any]]) -> str:
@@ -176,59 +183,73 @@ def blocks_markdown(runs: list[dict[str, Any]]) -> str:
 
 
 def _trajectory(run: dict[str, Any]) -> np.ndarray:
-    """Best capacity so far among the candidates that met every constraint, per evaluation (NaN before
-    the first feasible one)."""
-    ev = [m for m in run["metrics"] if m.get("stage") == "evolve"]
+    """Best capacity so far among the candidates (`evolve`) or derived networks (`descend`) that met
+    every constraint, per evaluation or step (NaN before the first feasible one)."""
+    stage = search_stage(run)
+    ev = [m for m in run["metrics"] if m.get("stage") == stage]
     ev.sort(key=lambda m: m["index"])
     vals = np.asarray([m["accuracy"] if m.get("violation", 0) <= 0 else -np.inf for m in ev], float)
     best = np.maximum.accumulate(vals) if len(vals) else vals
     return np.where(np.isfinite(best), best, np.nan)
 
 
+def _convergence_groups(runs: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """{search stage: {space: runs}} of the capacity searches, for searches run on two or more spaces."""
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for r in capacity_runs(runs):
+        groups.setdefault(search_stage(r), {}).setdefault(r["config"]["space.name"], []).append(r)
+    return {k: v for k, v in groups.items() if len(v) >= 2}
+
+
 def convergence_markdown(runs: list[dict[str, Any]]) -> str:
-    """Per space (mobile-raw vs mobile-curated): seeds, final best capacity, and evaluations until the
-    target is first met at the level every run of the table reaches (its lowest final capacity)."""
-    sub = capacity_runs(runs)
-    spaces = list(dict.fromkeys(r["config"]["space.name"] for r in sub))
-    if len(spaces) < 2:
-        return ""
-    trajs = {id(r): _trajectory(r) for r in sub}
-    level = min(np.nanmax(t) for t in trajs.values())
-    out = [("Convergence (`evolve`, most capacity under the same latency target and budget; capacity = log10 "
-            f"FLOPs of the best candidate that meets the target). Level: {level:.3f}, the lowest final capacity "
-            "of all runs, so every run reaches it.\n"),
-           "| space | seeds | final log10 FLOPs | evaluations to the first feasible | evaluations to the level |",
-           "|---|---|---|---|---|"]
-    for s in spaces:
-        rs = [r for r in sub if r["config"]["space.name"] == s]
-        final = np.asarray([np.nanmax(trajs[id(r)]) for r in rs])
-        first = np.asarray([np.argmax(np.isfinite(trajs[id(r)])) + 1 for r in rs], float)
-        reach = np.asarray([np.argmax(np.nan_to_num(trajs[id(r)], nan=-np.inf) >= level) + 1 for r in rs], float)
-        out.append(f"| {s} | {len(rs)} | {final.mean():.3f} ± {final.std():.3f} | {first.mean():.1f} ± {first.std():.1f} | "
-                   f"{reach.mean():.0f} ± {reach.std():.0f} (median {np.median(reach):.0f}) |")
-    return "\n".join(out) + "\n"
+    """Per search (`evolve`, `descend`) and space (mobile-raw vs mobile-curated): seeds, final best
+    capacity, and evaluations (steps) until the target is first met at the level every run of that
+    search reaches (its lowest final capacity)."""
+    out = []
+    for stage, by_space in _convergence_groups(runs).items():
+        trajs = {id(r): _trajectory(r) for rs in by_space.values() for r in rs}
+        level = min(np.nanmax(t) for t in trajs.values())
+        unit = "steps" if stage == "descend" else "evaluations"
+        what = ("`descend`: gradient steps on the architecture logits, one derived network per step"
+                if stage == "descend" else "`evolve`")
+        out += [(f"Convergence ({what}; most capacity under the same latency target and budget; capacity = log10 "
+                 f"FLOPs of the best network that meets the target). Level: {level:.3f}, the lowest final capacity "
+                 "of this search's runs, so every run reaches it.\n"),
+                f"| space | seeds | final log10 FLOPs | {unit} to the first feasible | {unit} to the level |",
+                "|---|---|---|---|---|"]
+        for s_, rs in by_space.items():
+            final = np.asarray([np.nanmax(trajs[id(r)]) for r in rs])
+            first = np.asarray([np.argmax(np.isfinite(trajs[id(r)])) + 1 for r in rs], float)
+            reach = np.asarray([np.argmax(np.nan_to_num(trajs[id(r)], nan=-np.inf) >= level) + 1 for r in rs], float)
+            out.append(f"| {s_} | {len(rs)} | {final.mean():.3f} ± {final.std():.3f} | {first.mean():.1f} ± {first.std():.1f} | "
+                       f"{reach.mean():.0f} ± {reach.std():.0f} (median {np.median(reach):.0f}) |")
+        out.append("")
+    return "\n".join(out)
 
 
 def plot_convergence(runs: list[dict[str, Any]], prefix: str) -> list[str]:
-    """`PREFIX_convergence.png`: best feasible capacity vs evaluations, one line per run, per space."""
-    sub = capacity_runs(runs)
-    spaces = list(dict.fromkeys(r["config"]["space.name"] for r in sub))
-    if len(spaces) < 2:
+    """`PREFIX_convergence.png`: best feasible capacity vs evaluations (steps), one line per run,
+    coloured by space, one panel per search."""
+    groups = _convergence_groups(runs)
+    if not groups:
         return []
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for i, s in enumerate(spaces):
-        for j, r in enumerate(r for r in sub if r["config"]["space.name"] == s):
-            t = _trajectory(r)
-            ax.plot(np.arange(1, len(t) + 1), t, color=plt.cm.tab10(i), lw=0.9, alpha=0.8,
-                    label=s if j == 0 else None)
-    ax.set_xscale("log")
-    ax.set(xlabel="evaluations", ylabel="best log10 FLOPs meeting the target",
-           title="evolution under a latency target: raw vs curated widths")
-    ax.legend()
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.2), squeeze=False, sharey=True)
+    spaces = list(dict.fromkeys(s for g in groups.values() for s in g))
+    for ax, (stage, by_space) in zip(axes[0], groups.items()):
+        for s, rs in by_space.items():
+            for j, r in enumerate(rs):
+                t = _trajectory(r)
+                ax.plot(np.arange(1, len(t) + 1), t, color=plt.cm.tab10(spaces.index(s)), lw=0.9, alpha=0.8,
+                        label=s if j == 0 else None)
+        ax.set_xscale("log")
+        ax.set(xlabel="gradient steps" if stage == "descend" else "evaluations",
+               title=("gradient search (descend)" if stage == "descend" else "evolution") + ": raw vs curated widths")
+        ax.legend()
+    axes[0][0].set_ylabel("best log10 FLOPs meeting the target")
     fig.tight_layout()
     out = [f"{prefix}_convergence.png"]
     fig.savefig(out[0], dpi=130)

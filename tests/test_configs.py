@@ -17,6 +17,7 @@ import pytest
 
 from experiments.config import ConfigError, flatten, load_config
 from experiments.configs.common import RETIRED, base, config_args
+from supernet.capacity_descent import DescentConfig
 from supernet.objectives import CostConfig
 from supernet.single_shot import SearchConfig
 from supernet.training import OptimConfig, TrainConfig
@@ -32,6 +33,7 @@ SPECS = ["nb201/single_shot.py", "nb201/single_shot.py:cpu", "nb201/single_shot.
          "mobile/curation.py", "mobile/curation.py:flops", "mobile/curation.py:curated,smoke",
          "mobile/accelerators.py", "mobile/accelerators.py:npu-p8", "mobile/accelerators.py:smoke",
          "mobile/convergence.py", "mobile/convergence.py:raw", "mobile/convergence.py:smoke",
+         "mobile/convergence.py:descend", "mobile/convergence.py:descend,raw,smoke",
          "mobile/memory.py", "mobile/memory.py:baseline,smoke", "mobile/latency_cut.py",
          "mobile/latency_cut.py:rules", "mobile/latency_cut.py:transfer", "mobile/latency_cut.py:smoke",
          "mobile/latency_cut.py:retrain", "mobile/latency_cut.py:nas47,retrain,smoke",
@@ -43,7 +45,7 @@ SPECS = ["nb201/single_shot.py", "nb201/single_shot.py:cpu", "nb201/single_shot.
 SPLATTED = {"single_shot.optim": OptimConfig, "retrain.optim": OptimConfig}
 #: Sections translated by `experiments.config.from_section(Cls, section)`: their keys that are fields
 #: of `Cls` are read (the test checks that the source makes that call).
-FROM_SECTION = {"single_shot": SearchConfig, "cost": CostConfig, "retrain": TrainConfig}
+FROM_SECTION = {"single_shot": SearchConfig, "cost": CostConfig, "retrain": TrainConfig, "descend": DescentConfig}
 #: Free-form kwargs dicts (passed on whole to a space or supernet class).
 KWARGS = ("space.kwargs", "single_shot.supernet", "zero_shot.supernet", "hardware.presets", "retrain.space_kwargs",
           "single_shot.space_kwargs", "task.kwargs",

@@ -4,18 +4,29 @@ vs `mobile-curated` (widths on multiples of P = 16) with the same latency target
 Commands:
     python -m experiments.sweep --config experiments/configs/mobile/convergence.py --workdir workdirs/convergence
     python -m experiments.report workdirs/convergence --out docs/results/convergence --group-by space.name
-Arguments: `raw` or `curated` (one run), `smoke` (a tiny space and budget).
+Arguments: `raw` or `curated` (one run), `descend` (the gradient search below instead of
+evolution), `smoke` (a tiny space and budget).
+The gradient half (`:descend`, seconds per run; same target, same root, so one report shows both):
+    python -m experiments.sweep --config experiments/configs/mobile/convergence.py:descend --workdir workdirs/convergence
 
 The search: regularized evolution (`evolve`, 3000 evaluations, seeds 0-4) for the most capacity
 (`evolve.evaluator=capacity`: log10 FLOPs, a training-free proxy for accuracy; no network is trained
 here, and the mobile supernet does not train at CPU scale) under a hard latency target of 0.6 ms on
 the analytic `npu` (0.6 x MobileNetV2's 1.004 ms there). The report gives, per space, the
 best feasible capacity per evaluation (the trajectories) and the evaluations until the target is met
-at the capacity every run reaches. The single-shot half of the comparison needs a trained supernet
-and is not part of this config.
+at the capacity every run reaches.
+
+`descend`: the single-shot architecture step alone (`supernet.capacity_descent`, stage `descend`):
+Adam on the architecture logits, FBNet's straight-through Gumbel sample priced per step by the
+differentiable analytic NPU latency (`cost.form=hinge`, weight 5, the same 0.6 ms target) against
+the same capacity proxy; 3000 steps (one derived network per step, as evolution's 3000
+evaluations), seeds 0-4. A single-shot search with a trained supernet (an accuracy in the loss)
+does not learn on the mobile space at CPU scale (`docs/results/latency_cut.md`).
 
 Run time and result (2026-12-05, 2-core CPU): docs/results/convergence.md.
 """
+
+import ml_collections
 
 from experiments.configs.common import base, config_args
 
@@ -23,9 +34,12 @@ SPACES = {"raw": "mobile-raw", "curated": "mobile-curated"}
 
 
 def get_config(arg: str | None = None):
-    args = config_args(arg, (*SPACES, "smoke"), default="curated")
+    from supernet.capacity_descent import DescentConfig
+    from experiments.config import defaults_of
+
+    args = config_args(arg, (*SPACES, "descend", "smoke"), default="curated")
     c = base()
-    c.stages = ["evolve"]
+    c.stages = ["descend"] if "descend" in args else ["evolve"]
     c.space.name = SPACES["raw" if "raw" in args else "curated"]
     c.space.kwargs = {"parallelism": 16}
     c.cost.accelerator = "npu"
@@ -35,7 +49,12 @@ def get_config(arg: str | None = None):
     c.evolve.budget_evals = 3000
     c.report.accelerators = ("npu", "npu-p32", "edgetpu", "mobile-cpu")
     c.data.name = "synthetic"  # nothing is trained
+    c.descend = defaults_of(DescentConfig)
+    c.descend.steps = 3000
+    if "descend" in args:
+        c.cost.weight = 5.0  # hinge penalty: 5 x the relative excess over the target
     if "smoke" in args:
+        c.descend.steps = 60
         c.evolve.budget_evals = 60
         c.space.kwargs = {"parallelism": 16, "blocks_per_stage": (1, 2), "base_widths": (16, 32),
                           "stage_strides": (1, 2), "stem_width": 16, "head_width": 64}
@@ -44,5 +63,6 @@ def get_config(arg: str | None = None):
 
 
 def get_sweep(arg: str | None = None):
-    return [{"name": f"{name}/seed={seed}", "space.name": space, "seed": seed}
+    prefix = "descend_" if "descend" in config_args(arg, (*SPACES, "descend", "smoke"), default="curated") else ""
+    return [{"name": f"{prefix}{name}/seed={seed}", "space.name": space, "seed": seed}
             for name, space in SPACES.items() for seed in range(5)]
