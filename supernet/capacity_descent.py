@@ -78,7 +78,11 @@ def log10_flops(table) -> jax.Array:
 
 def check_cost(cost: CostConfig) -> None:
     """Raises ValueError unless the cost form puts a latency penalty into the loss (the search's
-    only counterweight to the capacity term: without one the widest network wins)."""
+    only counterweight to the capacity term: without one the widest network wins) and the latency
+    model is the analytic one (the derived networks are costed exactly by it)."""
+    if cost.model != "analytic":
+        raise ValueError(f"descend prices its derived networks with the analytic model; set cost.model='analytic' "
+                         f"(got {cost.model!r})")
     if cost.form in ("none", "constraint") or (cost.form in ("hinge", "proxyless", "tunas") and not cost.weight > 0):
         raise ValueError(f"descend needs a latency penalty in the loss: cost.form hinge, proxyless, tunas or fbnet "
                          f"with cost.weight > 0 (got form={cost.form!r}, weight={cost.weight})")

@@ -10,7 +10,7 @@ from experiments.hardware_report import convergence_markdown
 from experiments.pipeline import launch, prepare
 from hwmodel import ACCELERATORS, analytic
 from hwmodel.layers import total_flops
-from supernet.capacity_descent import DescentConfig, descend
+from supernet.capacity_descent import DescentConfig, check_cost, descend
 from supernet.objectives import CostConfig
 from supernet.spaces import make_space
 
@@ -50,6 +50,8 @@ def test_a_cost_without_a_latency_penalty_and_bad_options_stop():
     with pytest.raises(ValueError, match="latency penalty"):
         descend(space, CostConfig(accelerator="npu", form="hinge", target_ms=0.05, weight=0.0), DescentConfig(),
                 jax.random.key(0))
+    with pytest.raises(ValueError, match="analytic model"):
+        check_cost(CostConfig(accelerator="npu", form="hinge", target_ms=0.05, weight=5.0, model="surrogate"))
     with pytest.raises(ValueError, match="unknown relaxation"):
         DescentConfig(relaxation="dirichlet")
     with pytest.raises(ValueError, match="steps >= 1"):
