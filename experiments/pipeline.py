@@ -30,7 +30,7 @@ from experiments.checks import check_config, check_stages, resolve_data_source
 from experiments.config import ConfigError, to_dict
 from experiments.configs.common import CHANGED_DEFAULTS, RETIRED, base
 from experiments.context import STAGES, Context, data_path, fitted_surrogate, register_presets, target_of
-from experiments.workdir import Workdir, recorded_config
+from experiments.workdir import Workdir, held, recorded_config
 
 
 # ------------------------------------------------------------------ costs and table lookups
@@ -171,8 +171,9 @@ def launch(cfg: Any, workdir: str, overwrite: bool = False, executor: Any = None
     if not overwrite:
         adopt_recorded_defaults(cfg, recorded_config(workdir))
     jax.config.update("jax_default_matmul_precision", cfg.get("matmul_precision", "default"))
-    wd = Workdir.open(workdir, to_dict(cfg), overwrite=overwrite, defaults=to_dict(base()), retired=RETIRED)
-    return run_pipeline(cfg, wd, executor)
+    with held(workdir):  # one process per workdir
+        wd = Workdir.open(workdir, to_dict(cfg), overwrite=overwrite, defaults=to_dict(base()), retired=RETIRED)
+        return run_pipeline(cfg, wd, executor)
 
 
 def adopt_recorded_defaults(cfg: Any, recorded: dict[str, Any] | None) -> None:

@@ -6,7 +6,10 @@
 - `results.json`: the final architecture, accuracy, latency per cost model, memory, search seconds.
 
 Opening a workdir that holds a *different* config is refused (unless `overwrite=True`, which moves
-the old contents aside into `old-<time>/` rather than deleting them).
+the old contents aside into `old-<time>/` rather than deleting them). One process runs in a workdir
+at a time (`held`: a `RUNNING` file names it while it runs; two would interleave their metrics and
+checkpoints); a second launch into it stops with that process's id, and one left by a killed
+process on this machine is taken over.
 
 Example:
     >>> # wd = Workdir.open("/tmp/run", {"seed": 0}); wd.log({"epoch": 0}); wd.write_results({...})
@@ -14,13 +17,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
 import platform
+import socket
 import subprocess
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -142,6 +147,63 @@ class WorkdirError(ConfigError):
     """The workdir holds another experiment (the message says how to proceed)."""
 
 
+#: The file that names the process running in a workdir (`held`).
+LOCK = "RUNNING"
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:  # no process (os.kill would signal a group)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def held(path: str) -> Iterator[None]:
+    """Holds `path` for this process while the block runs (module docstring).
+
+    Raises:
+      WorkdirError: another live process holds it (on this machine; one on another machine is
+        taken as live: the message says which file to remove if it is gone).
+    """
+    if not is_writer() or (os.path.exists(path) and not os.path.isdir(path)):
+        yield  # another process of a distributed run, or a bad path that `Workdir.open` names
+        return
+    os.makedirs(path, exist_ok=True)
+    lock, me = os.path.join(path, LOCK), {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(lock) as f:
+                    other = json.load(f)
+                pid, host = int(other["pid"]), str(other["host"])
+            except (OSError, ValueError, KeyError, TypeError):  # half-written by a killed process
+                other, pid, host = {}, -1, me["host"]
+            if host != me["host"] or (pid != me["pid"] and _alive(pid)):
+                since = time.strftime("%Y-%m-%d %H:%M", time.localtime(other.get("since", 0)))
+                raise WorkdirError(f"{path} is in use by process {pid} on {host} (since {since}); wait for it to "
+                                   f"end or stop it, or remove {lock} if that process is gone") from None
+            os.remove(lock)  # left by a process that is gone: take it over
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    else:  # another process took it between the two tries
+        raise WorkdirError(f"{path} was taken by another process while this one started; rerun when it ends")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(lock)
+
+
 class Workdir:
     """A run's folder (see module docstring)."""
 
@@ -181,7 +243,7 @@ class Workdir:
                 aside = os.path.join(path, f"old-{time.strftime('%Y%m%d-%H%M%S')}")
                 os.makedirs(aside)
                 for name in os.listdir(path):
-                    if not name.startswith("old-"):
+                    if not name.startswith("old-") and name != LOCK:
                         os.replace(os.path.join(path, name), os.path.join(aside, name))
         wd = cls(path)
         if not os.path.exists(cfg_path):

@@ -226,6 +226,38 @@ def test_workdir_errors_are_one_line(tmp_path, capsys):
         Workdir.open(str(tmp_path / "w"), {"a": {"b": 5, "c": 2}})
 
 
+def test_one_process_per_workdir_and_a_dead_holder_is_taken_over(tmp_path, capsys):
+    """A second launch into a workdir a live process is running in stops with that process's id
+    (two would interleave metrics and checkpoints); a lock left by a killed process is taken over,
+    and a finished run leaves none behind."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    from experiments.workdir import LOCK, held
+    w = tmp_path / "w"
+    w.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (w / LOCK).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "since": 0}))
+        code, err = _exit(capsys, run.main, ["--config", SMOKE, "--workdir", str(w)])
+        assert code == 2 and f"in use by process {sleeper.pid}" in err and LOCK in err
+        assert not (w / "config.json").exists()  # nothing touched
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with held(str(w)):  # the holder is gone: taken over, and released after
+        assert json.loads((w / LOCK).read_text())["pid"] == os.getpid()
+    assert not (w / LOCK).exists()
+    (w / LOCK).write_text("{")  # half-written by a process killed while writing it
+    with held(str(w)):
+        assert json.loads((w / LOCK).read_text())["pid"] == os.getpid()
+    with held(str(w)), pytest.raises(WorkdirError, match="in use by process"):
+        (w / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": "another-machine", "since": 0}))
+        with held(str(w)):
+            pass
+
+
 def test_a_finished_run_prints_its_results_without_writing(tmp_path, monkeypatch):
     wd = Workdir.open(str(tmp_path / "w"), {"a": 1})
     wd.write_results({"x": 1.0, "y": [1, 2]})
