@@ -79,7 +79,11 @@ def log10_flops(table) -> jax.Array:
 def check_cost(cost: CostConfig) -> None:
     """Raises ValueError unless the cost form puts a latency penalty into the loss (the search's
     only counterweight to the capacity term: without one the widest network wins) and the latency
-    model is the analytic one (the derived networks are costed exactly by it)."""
+    model is the analytic one (the derived networks are costed exactly by it), without memory
+    budgets (a derived network's feasibility is its latency alone)."""
+    if cost.budgets:
+        raise ValueError(f"descend searches under a latency target only; drop the memory budgets {sorted(cost.budgets)} "
+                         "(evolve constrains both memories)")
     if cost.model != "analytic":
         raise ValueError(f"descend prices its derived networks with the analytic model; set cost.model='analytic' "
                          f"(got {cost.model!r})")
@@ -99,7 +103,7 @@ def descend(space: SearchSpace, cost: CostConfig, cfg: DescentConfig, key: jax.A
     relaxed objective).
 
     Raises:
-      ValueError: a cost form without a latency term in the loss, or with a zero weight.
+      ValueError: a cost `check_cost` refuses.
     """
     check_cost(cost)
     allowed = np.asarray(space.check_mask(mask).allowed)

@@ -52,6 +52,8 @@ def test_a_cost_without_a_latency_penalty_and_bad_options_stop():
                 jax.random.key(0))
     with pytest.raises(ValueError, match="analytic model"):
         check_cost(CostConfig(accelerator="npu", form="hinge", target_ms=0.05, weight=5.0, model="surrogate"))
+    with pytest.raises(ValueError, match="latency target only"):
+        check_cost(CostConfig(accelerator="npu", form="hinge", target_ms=0.05, weight=5.0, params_budget_bytes=1e4))
     with pytest.raises(ValueError, match="unknown relaxation"):
         DescentConfig(relaxation="dirichlet")
     with pytest.raises(ValueError, match="steps >= 1"):
