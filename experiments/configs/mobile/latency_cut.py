@@ -31,6 +31,12 @@ seed and 13-15 min per V3 seed on the 2-core CPU with another job; 44.67 ± 0.78
     python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py:v3,retrain \
         --workdir workdirs/latency_cut_fullwidth '--config.retrain.space_kwargs={}'
     python -m experiments.report workdirs/latency_cut_fullwidth --out docs/results/latency_cut_fullwidth --group-by stages,space.free
+The same with a linear warm-up over the first 39 of the 234 steps (every full-width network above
+starts above chance loss; 2026-12-07: MobileNetV2 46.48 ± 1.48 %, V3 42.07 ± 2.27 %, the 0.5
+multiplier rule of `memory.py:retrain --only 1_rules` 44.13 ± 1.36 %; 12-45 min per seed shared):
+    python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py:retrain --only 0_baseline \
+        --workdir workdirs/latency_cut_warmup '--config.retrain.space_kwargs={}' --config.retrain.optim.warmup_steps=39
+    (and likewise `:v3,retrain`; report: --out docs/results/latency_cut_warmup)
 
 Capacity (`evolve.evaluator=capacity`, log10 FLOPs) stands in for accuracy: "at equal accuracy"
 becomes "at no less capacity than MobileNetV2", which favours fusion (a fused block has more FLOPs
