@@ -10,7 +10,8 @@ the reference article's curation figure is about: how the gradient search moves 
 landscape of a raw vs a curated space (`experiments/configs/mobile/convergence.py`). It is not a
 substitute for single-shot training: capacity is not accuracy.
 
-Each step records the derived architecture (the argmax of the logits, `relax.argmax_arch`) with
+Each step records the derived architecture (the argmax of the allowed logits, as `relax.argmax_arch`
+derives, computed inside the jitted loop) with
 its exact cost: its log10 FLOPs, its exact analytic latency and whether it meets the target.
 
 Example (a tiny curated space whose MobileNetV2 takes 0.112 ms: derived networks meet 0.05 ms):
@@ -36,7 +37,7 @@ import optax
 
 from hwmodel import analytic
 from hwmodel.accelerators import ACCELERATORS
-from hwmodel.layers import total_flops
+from supernet.evaluators import log10_flops
 from supernet.objectives import CostConfig, combine, make_cost_fn
 from supernet.relax import relax
 from supernet.space import SearchSpace, SpaceMask
@@ -69,11 +70,6 @@ class DescentConfig:
             raise ValueError(f"descend needs steps >= 1, lr > 0, init_scale >= 0 and tau > 0; got {self}")
         if self.relaxation not in ("softmax", "gumbel"):
             raise ValueError(f"unknown relaxation {self.relaxation!r} for descend; valid: softmax, gumbel")
-
-
-def log10_flops(table) -> jax.Array:
-    """The capacity proxy of a (possibly expected) layer table: log10 of its FLOPs."""
-    return jnp.log10(total_flops(table))
 
 
 def check_cost(cost: CostConfig) -> None:

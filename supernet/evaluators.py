@@ -204,6 +204,12 @@ class ZeroShotEvaluator(Evaluator):
         return {k: np.asarray(v, np.float64).reshape(-1) for k, v in out.items()}
 
 
+def log10_flops(table) -> jax.Array:
+    """The capacity proxy of a layer table (one network's, or the expected table of a distribution,
+    `supernet.capacity_descent`): log10 of its FLOPs (at least 1)."""
+    return jnp.log10(jnp.maximum(total_flops(table), 1.0))
+
+
 @EVALUATORS.register("capacity")
 class CapacityEvaluator(ZeroShotEvaluator):
     """`log10` of the network's FLOPs (2 x MACs): a training-free capacity proxy for a search that
@@ -223,7 +229,7 @@ class CapacityEvaluator(ZeroShotEvaluator):
     """
 
     def __init__(self, space: SearchSpace, name: str = "capacity"):
-        super().__init__(space, table_function(space, lambda t: jnp.log10(jnp.maximum(total_flops(t), 1.0))), name)
+        super().__init__(space, table_function(space, log10_flops), name)
 
 
 def dense_task(task: Any) -> Any:

@@ -27,18 +27,17 @@ curated widths reach the common level in 243 ± 131 steps, raw ones in 878 ± 19
 Run time and result (2026-12-05, 2-core CPU): docs/results/convergence.md.
 """
 
-import ml_collections
-
 from experiments.configs.common import base, config_args
 
 SPACES = {"raw": "mobile-raw", "curated": "mobile-curated"}
+OPTIONS = (*SPACES, "descend", "smoke")
 
 
 def get_config(arg: str | None = None):
     from supernet.capacity_descent import DescentConfig
     from experiments.config import defaults_of
 
-    args = config_args(arg, (*SPACES, "descend", "smoke"), default="curated")
+    args = config_args(arg, OPTIONS, default="curated")
     c = base()
     c.stages = ["descend"] if "descend" in args else ["evolve"]
     c.space.name = SPACES["raw" if "raw" in args else "curated"]
@@ -64,6 +63,6 @@ def get_config(arg: str | None = None):
 
 
 def get_sweep(arg: str | None = None):
-    prefix = "descend_" if "descend" in config_args(arg, (*SPACES, "descend", "smoke"), default="curated") else ""
+    prefix = "descend_" if "descend" in config_args(arg, OPTIONS, default="curated") else ""
     return [{"name": f"{prefix}{name}/seed={seed}", "space.name": space, "seed": seed}
             for name, space in SPACES.items() for seed in range(5)]
