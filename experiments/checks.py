@@ -279,6 +279,13 @@ def check_config(cfg: Any) -> None:
         _need(isinstance(space, MobileSpace), f"the expert stage needs a mobile space, not {space.name!r}")
         rules = list(cfg.expert.rules) + (mined_rules(cfg.expert.mine_from) if cfg.expert.mine_from else [])
         try:
-            expert.apply_rules(space, space.baseline_arch(), rules)
+            applied = expert.apply_rules(space, space.baseline_arch(), rules)
         except (KeyError, ValueError) as e:
             raise ConfigError(f"expert.rules: {e.args[0] if e.args else e}") from None
+        if cfg.expert.hold:
+            _need("evolve" in stages, f"expert.hold fixes the rules' decisions for a later 'evolve'; "
+                                      f"this run has none: {list(stages)}")
+            try:
+                expert.hold(space, applied, search_mask(cfg, space))
+            except ValueError as e:
+                raise ConfigError(f"expert.hold: {e.args[0]}") from None

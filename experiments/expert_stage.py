@@ -1,7 +1,10 @@
 """The `expert` stage: the expert-in-the-loop arm (`supernet.expert`). It starts from the space's
 baseline (MobileNetV2), applies the rules mined from another run's found architecture
 (`expert.mine_from`, a workdir) and then the rules named in `expert.rules`, and hands the result on
-(e.g. to `retrain`), with no search: the article's "rules alone" arm next to full NAS."""
+(e.g. to `retrain`), with no search: the article's "rules alone" arm next to full NAS. Before an
+`evolve` stage it is rules + NAS: the rules' network seeds the population (`evolve.warm_start`),
+and with `expert.hold=True` every decision a rule set is also held at the rules' choice, so the
+search decides only the rest (the expert fixes the multiplier, NAS the blocks)."""
 
 from __future__ import annotations
 
@@ -41,4 +44,10 @@ def stage_expert(ctx: Context) -> dict[str, Any]:
     ctx.arch = out.arch
     for c in out.changes:
         print(f"expert: {c}")
-    return {"arch": ctx.space.encode(out.arch), "rules": rules, "changes": [str(c) for c in out.changes]}
+    held = []
+    if ec.hold:  # checked (`experiments.checks`): a later evolve and no conflict with space.free / remove
+        ctx.mask = expert.hold(ctx.space, out, ctx.mask)
+        held = [ctx.space.decisions[d].name for d in sorted(out.decided)]
+        print(f"expert: the search holds {len(held)} decisions at the rules' choices ({ctx.mask.size:.3g} architectures left)")
+    return {"arch": ctx.space.encode(out.arch), "rules": rules, "changes": [str(c) for c in out.changes],
+            "held": held}

@@ -38,10 +38,11 @@ from hwmodel import analytic
 from hwmodel.accelerators import ACCELERATORS, AcceleratorSpec
 from hwmodel.layers import layer_flops
 from hwmodel.registry import Registry
+from supernet.space import SpaceMask
 from supernet.spaces.mobile import BLOCK_TYPES, MobileSpace
 
-__all__ = ["RULES", "Applied", "Change", "Rule", "apply_rules", "best_fusion", "block_costs", "describe", "mine",
-           "parse_rule"]
+__all__ = ["RULES", "Applied", "Change", "Rule", "apply_rules", "best_fusion", "block_costs", "describe", "hold",
+           "mine", "parse_rule"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +60,12 @@ class Change:
 
 @dataclasses.dataclass(frozen=True)
 class Applied:
-    """The architecture after some rules and every change they made, in order."""
+    """The architecture after some rules, every change they made (in order), and the indices of
+    every decision a rule set (changed or set to the value it had): what `hold` keeps fixed."""
 
     arch: np.ndarray
     changes: tuple[Change, ...] = ()
+    decided: frozenset[int] = frozenset()
 
 
 class Rule(abc.ABC):
@@ -80,12 +83,13 @@ class Rule(abc.ABC):
             raise TypeError(f"expert rules act on the mobile spaces, not {space.name!r}")
         a = space.validate(arch).copy()
         changes = []
-        for d, c in sorted(self.targets(space, a).items()):
+        targets = self.targets(space, a)
+        for d, c in sorted(targets.items()):
             if int(c) != int(a[d]):
                 dec = space.decisions[d]
                 changes.append(Change(self.name, dec.name, dec.choices[a[d]], dec.choices[int(c)]))
                 a[d] = int(c)
-        return Applied(space.validate(a), tuple(changes))
+        return Applied(space.validate(a), tuple(changes), frozenset(int(d) for d in targets))
 
 
 RULES: Registry[Callable[..., Rule]] = Registry("expert rule")
@@ -267,12 +271,42 @@ def parse_rule(text: str) -> Rule:
 
 def apply_rules(space: MobileSpace, arch: np.ndarray, rules: Sequence[str | Rule]) -> Applied:
     """Applies the rules in order (each a `Rule` or its spec string) and collects their changes."""
-    a, changes = np.asarray(arch), []
+    a, changes, decided = np.asarray(arch), [], frozenset()
     for r in rules:
         out = (parse_rule(r) if isinstance(r, str) else r).apply(space, a)
         a = out.arch
         changes += out.changes
-    return Applied(a, tuple(changes))
+        decided |= out.decided
+    return Applied(a, tuple(changes), decided)
+
+
+def hold(space: MobileSpace, applied: Applied, mask: SpaceMask | None = None) -> SpaceMask:
+    """`mask` (default: the whole space) with every decision the rules set held at their choice:
+    the article's expert in the loop, where the expert fixes what they know (e.g. the multiplier)
+    and the search decides the rest, instead of only seeding the search with the rules' network.
+
+    Raises:
+        ValueError: a rule's choice that `mask` already excludes (names the decision).
+
+    Example:
+        >>> from supernet.spaces import make_space
+        >>> space = make_space("mobile-curated", blocks_per_stage=(1, 2), base_widths=(16, 32),
+        ...                    stage_strides=(1, 2), head_width=64)
+        >>> out = apply_rules(space, space.baseline_arch(), ["multiplier(value=0.5)"])
+        >>> m = hold(space, out)
+        >>> m.allowed[space.mult_id].sum(), m.size * len(space.multipliers) == space.full_mask().size
+        (np.int64(1), True)
+    """
+    allowed = space.check_mask(mask).allowed.copy()
+    for d in sorted(applied.decided):
+        c = int(applied.arch[d])
+        if not allowed[d, c]:
+            dec = space.decisions[d]
+            raise ValueError(f"the rules set {dec.name} = {dec.choices[c]}, which the search space "
+                             f"(space.free / space.remove) excludes")
+        allowed[d] = False
+        allowed[d, c] = True
+    return space.check_mask(SpaceMask(allowed))
 
 
 def mine(space: MobileSpace, found: np.ndarray) -> list[Rule]:

@@ -105,6 +105,26 @@ def test_mined_rules_reproduce_the_architecture_and_transfer_to_another_task():
     assert np.flatnonzero(back != odd).tolist() == [CURATED.kernel_ids[0]]
 
 
+def test_hold_fixes_what_the_rules_set_and_nothing_else():
+    """`expert.hold`: every decision a rule set (changed or confirmed) allows only the rules'
+    choice, every other decision keeps the choices it had; a choice the mask excludes stops."""
+    full = CURATED.full_mask().allowed
+    out = E.apply_rules(CURATED, CURATED.baseline_arch(), ["multiplier(value=0.5)", "fuse(stages=(0,))"])
+    stage0 = CURATED.type_ids[CURATED.block_stage == 0].tolist()
+    assert out.decided == frozenset([CURATED.mult_id, *stage0])
+    m = E.hold(CURATED, out).allowed
+    for d in range(CURATED.num_decisions):
+        if d in out.decided:
+            assert np.flatnonzero(m[d]).tolist() == [out.arch[d]]
+        else:
+            assert np.array_equal(m[d], full[d])
+    # a rule that confirms what the architecture has (the baseline's multiplier 1.0) still holds it
+    again = E.apply_rules(CURATED, CURATED.baseline_arch(), ["multiplier(value=1.0)"])
+    assert again.changes == () and again.decided == frozenset([CURATED.mult_id])
+    with pytest.raises(ValueError, match="the rules set width_multiplier = 0.5, which the search space"):
+        E.hold(CURATED, out, CURATED.mask(remove={"width_multiplier": ["0.5"]}))
+
+
 def test_bad_rules_stop_with_one_message():
     with pytest.raises(KeyError, match="unknown expert rule 'fuze'; valid names: align_widths"):
         E.parse_rule("fuze")
@@ -149,6 +169,10 @@ def test_expert_stage_carries_mined_rules_from_another_workdir(tmp_path):
     cfg.expert.mine_from, cfg.expert.rules = "", ("fuse(stage=0)",)
     with pytest.raises(ConfigError, match="expert.rules: expert rule 'fuse' takes"):
         prepare(cfg, quiet=True)
+    cfg.expert.rules, cfg.expert.hold = ("multiplier(value=0.5)",), True
+    with pytest.raises(ConfigError, match="expert.hold fixes the rules' decisions for a later 'evolve'"):
+        prepare(cfg, quiet=True)
+    cfg.expert.hold = False
     cfg.expert.rules, cfg.stages = (), ["expert", "single_shot"]
     with pytest.raises(ConfigError, match="'expert' is an arm of its own"):
         prepare(cfg, quiet=True)

@@ -95,7 +95,8 @@ def test_convergence_counts_evaluations_to_the_level_every_run_reaches(capacity_
 
 
 def test_rules_seed_the_search_and_the_memory_table_cuts_against_the_baseline(tmp_path):
-    """Rules + NAS (`expert` then `evolve`): the rules' network is the first candidate evaluated;
+    """Rules + NAS (`expert` then `evolve`): the rules' network is the first candidate evaluated and
+    the decisions the rules set are held (`expert.hold`);
     the arm meets both budgets by the exact memory model; the table cuts against the baseline arm."""
     from experiments.hardware_report import arms_markdown
     from experiments.report import find_runs, summarise
@@ -110,6 +111,10 @@ def test_rules_seed_the_search_and_the_memory_table_cuts_against_the_baseline(tm
     first = min((m for m in runs["evolve"]["metrics"] if m.get("stage") == "evolve"), key=lambda m: m["index"])
     assert first["arch"] == runs["evolve"]["results"]["stages"]["expert"]["arch"]
     assert first["arch"].startswith("mult=0.5|")  # the rule multiplier(value=0.5)
+    # expert.hold: the search decides only what the rules left open; the multiplier stays the rule's
+    archs = [m["arch"] for m in runs["evolve"]["metrics"] if m.get("stage") == "evolve"]
+    assert len(set(archs)) > 10 and all(a.startswith("mult=0.5|") for a in archs)
+    assert runs["evolve"]["results"]["stages"]["expert"]["held"] == ["width_multiplier"]
     res, base = runs["evolve"]["results"], runs["baseline"]["results"]
     assert res["params_bytes"] <= 14000 and res["peak_activation_bytes"] <= 65000
     md = arms_markdown(found)

@@ -66,7 +66,7 @@ def get_config(arg: str | None = None):
     c.report.accelerators = ("npu", "npu-p32", "edgetpu", "mobile-cpu")
     c.report.measured = ("zigzag:ascend_like", "onnxruntime")
     c.expert = ml_collections.ConfigDict({"rules": ("fuse_where_it_pays(accelerator='npu')", "align_widths"),
-                                          "mine_from": ""})
+                                          "mine_from": "", "hold": False})
     c.data.name = "synthetic"  # nothing is trained
     c.stages = {"baseline": ["baseline"], "rules": ["expert"], "nas60": ["evolve"], "nas47": ["evolve"],
                 "rules_nas": ["expert", "evolve"], "transfer": ["expert"], "single47": ["single_shot"],

@@ -7,8 +7,10 @@ Commands:
     python -m experiments.report workdirs/memory --out docs/results/memory --group-by stages
 Arguments (one arm each): `baseline` (MobileNetV2 on `mobile-curated`, P = 16), `rules` (the expert
 rule that meets the budget: the 0.5 width multiplier), `nas` (evolution for the most capacity
-under both budgets), `rules_nas` (the same search, its population seeded with the rules' network);
-`smoke` shrinks the space and the budget.
+under both budgets), `rules_nas` (the expert fixes the multiplier at 0.5, `expert.hold=True`, and
+the same search decides every other decision under both budgets, its population seeded with the
+rules' network); `smoke` shrinks the space and the budget. (Until 2026-12-07 `rules_nas` only
+seeded the population, and every seed ended at NAS's networks: `--config.expert.hold=False`.)
 
 Budgets: MobileNetV2 here holds 2,231,066 parameter bytes and a 425,984-byte activation peak
 (`hwmodel.memory`, exact); the budgets are 1,182,000 and 225,700 bytes. The searches maximise
@@ -39,10 +41,11 @@ def get_config(arg: str | None = None):
     c.evolve.evaluator = "capacity"
     c.evolve.budget_evals = 3000
     c.report.accelerators = ("npu", "npu-p32", "edgetpu", "mobile-cpu")
-    c.expert = ml_collections.ConfigDict({"rules": ("multiplier(value=0.5)",), "mine_from": ""})
+    c.expert = ml_collections.ConfigDict({"rules": ("multiplier(value=0.5)",), "mine_from": "", "hold": False})
     c.data.name = "synthetic"  # nothing is trained
     c.stages = {"baseline": ["baseline"], "rules": ["expert"], "nas": ["evolve"],
                 "rules_nas": ["expert", "evolve"]}[arm]
+    c.expert.hold = arm == "rules_nas"
     if "smoke" in args:
         c.evolve.budget_evals = 60
         c.space.kwargs = {"parallelism": 16, "blocks_per_stage": (1, 2), "base_widths": (16, 32),
@@ -54,10 +57,13 @@ def get_config(arg: str | None = None):
 
 
 def get_sweep(arg: str | None = None):
+    def run(name: str, arm: str, *extra: str, **kw) -> dict:
+        c = get_config(",".join((arm, *extra)))
+        return {"name": name, "stages": c.stages, "expert.hold": c.expert.hold, **kw}
+
     if "retrain" in config_args(arg, (*ARMS, "retrain", "smoke"), default="nas"):
         # accuracy arms (MobileNetV2's is latency_cut.py:retrain's 0_baseline, the same runs)
-        return [{"name": f"{i}_{arm}/seed={seed}", "stages": get_config(f"{arm},retrain").stages, "seed": seed}
-                for i, arm in ((1, "rules"), (2, "nas")) for seed in range(3)]
-    fixed = [{"name": f"{i}_{arm}", "stages": get_config(arm).stages} for i, arm in enumerate(ARMS[:2])]
-    return fixed + [{"name": f"{i + 2}_{arm}/seed={seed}", "stages": get_config(arm).stages, "seed": seed}
-                    for i, arm in enumerate(ARMS[2:]) for seed in range(3)]
+        return [run(f"{i}_{arm}/seed={seed}", arm, "retrain", seed=seed)
+                for i, arm in ((1, "rules"), (2, "nas"), (3, "rules_nas")) for seed in range(3)]
+    fixed = [run(f"{i}_{arm}", arm) for i, arm in enumerate(ARMS[:2])]
+    return fixed + [run(f"{i + 2}_{arm}/seed={seed}", arm, seed=seed) for i, arm in enumerate(ARMS[2:]) for seed in range(3)]

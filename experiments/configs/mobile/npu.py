@@ -47,7 +47,7 @@ def get_config(arg: str | None = None):
     c.retrain.batch_size = 128
     c.retrain.label_smoothing = 0.1
     c.expert = ml_collections.ConfigDict(dict(rules=("fuse_where_it_pays(accelerator='npu')", "align_widths"),
-                                              mine_from=""))
+                                              mine_from="", hold=False))
     if "baseline" in args or "expert" in args:
         c.stages = ["expert" if "expert" in args else "baseline", "retrain"]
         c.cost.form = "none"
