@@ -173,6 +173,10 @@ def base() -> ml_collections.ConfigDict:
     # shape (`train_stages.warm_start`: a CIFAR-10-pretrained backbone under a dense head); "": none
     r.init_from = ""
 
+    # stage `expert` (`supernet.expert`): rules applied to the space's baseline, after those mined
+    # from another run's workdir; hold: a later `evolve` keeps every decision a rule set (rules + NAS)
+    c.expert = ml_collections.ConfigDict({"rules": (), "mine_from": "", "hold": False})
+
     # stage `given`: the architecture string it hands on (a candidate picked from a search's front)
     c.given = ml_collections.ConfigDict({"arch": "", "name": ""})  # name: a label for reports (e.g. A-E)
     c.table = ml_collections.ConfigDict({"csv": "", "arch_column": "arch_str", "column": "",

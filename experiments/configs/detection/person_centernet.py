@@ -45,8 +45,6 @@ latency), written out below so that the arm needs no other run; they are what
 `--config.expert.mine_from=<that run's workdir> "--config.expert.rules=()"` applies.
 """
 
-import ml_collections
-
 from experiments.configs.common import cifar_pretrain, coco128_person, config_args
 
 ARMS = ("baseline", "v1", "v2", "v3", "transfer")
@@ -62,7 +60,6 @@ def get_config(arg: str | None = None):
     args = config_args(arg, OPTIONS, default="baseline")
     arm = next((a for a in args if a in ARMS), "baseline")
     c = coco128_person("detection", "coco128-person-boxes", num_classes=1, batch_size=16, smoke_run="smoke" in args)
-    c.expert = ml_collections.ConfigDict({"rules": (), "mine_from": "", "hold": False})
     c.evolve.goal = "latency"
     c.evolve.budget_evals = 60 if "smoke" in args else 1000
     if arm in FREE:

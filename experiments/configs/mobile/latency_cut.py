@@ -65,8 +65,7 @@ def get_config(arg: str | None = None):
     c.evolve.budget_evals = 3000
     c.report.accelerators = ("npu", "npu-p32", "edgetpu", "mobile-cpu")
     c.report.measured = ("zigzag:ascend_like", "onnxruntime")
-    c.expert = ml_collections.ConfigDict({"rules": ("fuse_where_it_pays(accelerator='npu')", "align_widths"),
-                                          "mine_from": "", "hold": False})
+    c.expert.rules = ("fuse_where_it_pays(accelerator='npu')", "align_widths")
     c.data.name = "synthetic"  # nothing is trained
     c.stages = {"baseline": ["baseline"], "rules": ["expert"], "nas60": ["evolve"], "nas47": ["evolve"],
                 "rules_nas": ["expert", "evolve"], "transfer": ["expert"], "single47": ["single_shot"],

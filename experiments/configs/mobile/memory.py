@@ -21,8 +21,6 @@ the report checks each arm's memories against the budgets with the exact memory 
 Run time and result (2026-12-05, 2-core CPU): docs/results/memory.md.
 """
 
-import ml_collections
-
 from experiments.configs.common import base, config_args, mobile_retrain
 
 ARMS = ("baseline", "rules", "nas", "rules_nas")
@@ -41,7 +39,7 @@ def get_config(arg: str | None = None):
     c.evolve.evaluator = "capacity"
     c.evolve.budget_evals = 3000
     c.report.accelerators = ("npu", "npu-p32", "edgetpu", "mobile-cpu")
-    c.expert = ml_collections.ConfigDict({"rules": ("multiplier(value=0.5)",), "mine_from": "", "hold": False})
+    c.expert.rules = ("multiplier(value=0.5)",)
     c.data.name = "synthetic"  # nothing is trained
     c.stages = {"baseline": ["baseline"], "rules": ["expert"], "nas": ["evolve"],
                 "rules_nas": ["expert", "evolve"]}[arm]

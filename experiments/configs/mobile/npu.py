@@ -16,8 +16,6 @@ latency at <= 1 point accuracy loss). Results: accuracy, analytic and surrogate 
 and peak-activation bytes in `results.json`.
 """
 
-import ml_collections
-
 from experiments.configs.common import base, config_args, smoke
 
 
@@ -46,8 +44,7 @@ def get_config(arg: str | None = None):
     c.retrain.epochs = 60
     c.retrain.batch_size = 128
     c.retrain.label_smoothing = 0.1
-    c.expert = ml_collections.ConfigDict(dict(rules=("fuse_where_it_pays(accelerator='npu')", "align_widths"),
-                                              mine_from="", hold=False))
+    c.expert.rules = ("fuse_where_it_pays(accelerator='npu')", "align_widths")
     if "baseline" in args or "expert" in args:
         c.stages = ["expert" if "expert" in args else "baseline", "retrain"]
         c.cost.form = "none"
