@@ -230,8 +230,8 @@ def splits(ctx: Context) -> tuple[DeviceData, DeviceData]:
 
 def target_of(cfg: Any, space: SearchSpace | None = None) -> tuple[float | None, str]:
     """`(target ms, where it came from)`: an explicit `cost.target_ms` wins; else `target_frac`
-    (a config's own key) times the space's baseline architecture's exact analytic latency on
-    `cost.accelerator`; else none."""
+    (a config's own key) times the space's baseline architecture's latency under the search's cost
+    model (exact analytic on `cost.accelerator`, or the surrogate's prediction); else none."""
     if cfg.cost.target_ms is not None:
         return cfg.cost.target_ms, "cost.target_ms"
     frac = cfg.get("target_frac")
@@ -241,9 +241,14 @@ def target_of(cfg: Any, space: SearchSpace | None = None) -> tuple[float | None,
         raise ConfigError(f"target_frac must be a number > 0 (a fraction of the baseline's latency), got {frac!r}")
     if not isinstance(space, HasBaseline):
         raise ConfigError("target_frac needs a space with a baseline architecture; set cost.target_ms instead")
-    base_ms = float(analytic.latency_ms(ACCELERATORS[cfg.cost.accelerator],
-                                        space.layers(jnp.asarray(space.baseline_arch()))))
-    return frac * base_ms, f"target_frac {frac:g} x baseline {base_ms:.4g} ms (analytic {cfg.cost.accelerator})"
+    table = space.layers(jnp.asarray(space.baseline_arch()))
+    if cfg.cost.model == "surrogate":  # the fraction of what the search's own cost model says
+        from hwmodel.surrogate import predict
+        sur = surrogate_of(cfg, space)[0]
+        base_ms, model = float(predict(sur, sur.executed(table))), "surrogate"
+    else:
+        base_ms, model = float(analytic.latency_ms(ACCELERATORS[cfg.cost.accelerator], table)), f"analytic {cfg.cost.accelerator}"
+    return frac * base_ms, f"target_frac {frac:g} x baseline {base_ms:.4g} ms ({model})"
 
 
 def cost_config(cfg: Any, space: SearchSpace | None = None) -> CostConfig:
@@ -256,32 +261,35 @@ def cost_config(cfg: Any, space: SearchSpace | None = None) -> CostConfig:
 
 
 def fitted_surrogate(ctx: Context):
-    """The latency surrogate the config asks for: a saved file, or fitted on N rows of a CSV.
+    """The latency surrogate the config asks for (`surrogate_of`), loaded or fitted once per run and
+    kept on the context (the search and the final report use it)."""
+    if ctx._surrogate is None:
+        ctx._surrogate, ctx._surrogate_train = surrogate_of(ctx.cfg, ctx.space)
+    return ctx._surrogate
 
-    Loaded or fitted once per run and kept on the context (the search and the final report use it).
-    """
-    if ctx._surrogate is not None:
-        return ctx._surrogate
+
+def surrogate_of(cfg: Any, space: SearchSpace) -> tuple[Any, tuple[np.ndarray, np.ndarray] | None]:
+    """`(surrogate, (archs, latency_ms) it was fitted on, or None for a saved file)`: the file
+    `cost.surrogate.file` (e.g. the article's per-layer estimator, `python -m
+    experiments.fit_surrogate --per-layer ... --save`), or a whole-network fit on `train_size` rows
+    of `cost.surrogate.csv`; bad input is a `ConfigError` naming the config keys."""
     from experiments import fit_surrogate as F
     from hwmodel.fit import fit_space, split
     from hwmodel.tables import InputError
-    s = ctx.cfg.cost.surrogate
+    s = cfg.cost.surrogate
     try:
         if s.file:
-            ctx._surrogate = F.load_surrogate(data_path(s.file))
-        elif s.csv:
-            archs, lat = F.load_latency_csv(data_path(s.csv), ctx.space, s.column or None, s.arch_column or None)
-            idx, _ = split(len(archs), s.train_size, ctx.cfg.seed)
-            ctx._surrogate_train = archs[idx], lat[idx]
-            ctx._surrogate = fit_space(ctx.space, *ctx._surrogate_train, dead_code=s.dead_code)
-        else:
-            raise ConfigError("cost.model='surrogate' needs cost.surrogate.file or cost.surrogate.csv")
+            return F.load_surrogate(data_path(s.file)), None
+        if s.csv:
+            archs, lat = F.load_latency_csv(data_path(s.csv), space, s.column or None, s.arch_column or None)
+            idx, _ = split(len(archs), s.train_size, cfg.seed)
+            return fit_space(space, archs[idx], lat[idx], dead_code=s.dead_code), (archs[idx], lat[idx])
+        raise ConfigError("cost.model='surrogate' needs cost.surrogate.file or cost.surrogate.csv")
     except InputError as e:  # the fit's messages name its command-line flags: say the config keys
         msg = str(e.args[0] if e.args else e)
         for flag, key in _SURROGATE_FLAGS.items():
             msg = msg.replace(flag, key)
         raise ConfigError(msg) from None
-    return ctx._surrogate
 
 
 def surrogate_ratios(ctx: Context) -> np.ndarray:

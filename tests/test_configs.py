@@ -38,7 +38,7 @@ SPECS = ["nb201/single_shot.py", "nb201/single_shot.py:cpu", "nb201/single_shot.
          "mobile/latency_cut.py:rules", "mobile/latency_cut.py:transfer", "mobile/latency_cut.py:smoke",
          "mobile/latency_cut.py:retrain", "mobile/latency_cut.py:nas47,retrain,smoke",
          "mobile/latency_cut.py:v3", "mobile/latency_cut.py:v3,retrain",
-         "mobile/memory.py:nas,retrain", "mobile/memory.py:rules,retrain,smoke",
+         "mobile/memory.py:nas,retrain", "mobile/memory.py:rules,retrain,smoke", "mobile/memory.py:rules_nas",
          "segmentation/person_fpn.py", "segmentation/person_fpn.py:baseline,smoke",
          "detection/person_centernet.py", "detection/person_centernet.py:v3,copypaste"]
 #: Dict-valued keys whose items are a dataclass's fields (read by `Cls(**dict(section))`).

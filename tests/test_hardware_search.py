@@ -180,3 +180,41 @@ def test_blocks_table_sets_the_found_network_beside_the_baseline(capacity_run):
     # the blocks' FLOPs are the network's but for the stem, head and classifier
     total = sum(c["flops"] for c in costs)
     assert 0 < total < found["results"]["flops"]
+
+
+def test_a_search_for_the_per_layer_surrogate_targets_its_own_prediction(tmp_path):
+    """`latency_cut.py:<arm>,zigzag`: the search's cost model is a saved surrogate (the article's
+    estimator), so `target_frac` is a fraction of the baseline's latency as the *surrogate* predicts
+    it, the search meets that target by the surrogate, and results.json carries the surrogate's
+    latency beside the analytic one; a missing surrogate file stops before any work."""
+    import jax
+    import numpy as np
+
+    from experiments.config import ConfigError
+    from experiments.context import target_of
+    from experiments.fit_surrogate import save_surrogate
+    from hwmodel import analytic
+    from hwmodel.fit import fit_space
+    from hwmodel.surrogate import predict
+    cfg = load_config("experiments/configs/mobile/latency_cut.py:nas47,zigzag,smoke")
+    space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
+    archs = np.asarray(space.sample(jax.random.key(0), 40))
+    npu = ACCELERATORS["npu"]
+    # a device 1.7x the NPU plus 5 us: the surrogate's baseline differs from the analytic one
+    y = np.array([1.7 * float(analytic.latency_ms(npu, space.layers(a))) + 0.005 for a in archs])
+    sur = fit_space(space, archs, y)
+    path = tmp_path / "sur.json"
+    save_surrogate(sur, str(path))
+    cfg.cost.surrogate.file = str(path)
+    base = space.baseline_arch()
+    predicted = float(predict(sur, sur.executed(space.layers(base))))
+    target, source = target_of(cfg, space)
+    assert target == pytest.approx(0.47 * predicted) and "(surrogate)" in source
+    assert abs(predicted - float(analytic.latency_ms(npu, space.layers(base)))) > 0.01
+    prepare(cfg, quiet=True)
+    res = launch(cfg, str(tmp_path / "run"))
+    assert res["latency_ms"]["surrogate"] <= target + 1e-6
+    assert res["latency_target_ms"] == pytest.approx(target)
+    cfg.cost.surrogate.file = str(tmp_path / "nowhere.json")
+    with pytest.raises(ConfigError, match="surrogate file .*nowhere.json' not found"):
+        prepare(cfg, quiet=True)

@@ -18,7 +18,9 @@ network), `transfer` (the mined rules on MobileNetV2 for 64 px inputs and 100 cl
 is that task's MobileNetV2), `single47` (single-shot with an accuracy signal instead of capacity:
 `single_shot_cpu` below), `v3` (the detection study's V3 search on CIFAR-10: only the block types,
 IBN or fused, and the width multiplier vary, for the lowest latency at no less capacity: `v3` below);
-`smoke`.
+`zigzag` (with an arm: the search targets the per-layer surrogate of ZigZag's Ascend-like array, the
+article's estimator, instead of the analytic NPU; alone, the sweep of MobileNetV2, `nas47` and `v3`
+for it: `zigzag` below); `smoke`.
 Accuracy (`retrain`, the mobile CPU protocol `common.mobile_retrain`; 3 seeds each):
     python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py:retrain --workdir workdirs/latency_cut_retrain
     python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py:single47,retrain --workdir workdirs/latency_cut_retrain
@@ -50,10 +52,15 @@ from experiments.configs.common import (MOBILE_HALF_WIDTH, SMOKE_HALF_WIDTH, bas
                                         mobile_retrain)
 
 ARMS = ("baseline", "rules", "nas60", "nas47", "rules_nas", "transfer", "single47", "v3")
+OPTIONS = (*ARMS, "task64", "retrain", "zigzag", "smoke")
+#: `zigzag`: the article's estimator, a surrogate fitted per layer on ZigZag's ascend_like simulation
+#: of 50 mobile-curated networks (commands in `zigzag`'s docstring); a path relative to the repository
+ZIGZAG_SURROGATE = "workdirs/surrogate_mobile/ascend_like_per_layer.json"
+
 
 
 def get_config(arg: str | None = None):
-    args = config_args(arg, (*ARMS, "task64", "retrain", "smoke"), default="nas47")
+    args = config_args(arg, OPTIONS, default="nas47")
     arm = next((a for a in args if a in ARMS), "nas47")
     c = base()
     c.space.name = "mobile-curated"
@@ -86,9 +93,32 @@ def get_config(arg: str | None = None):
         single_shot_cpu(c, smoke_run="smoke" in args)
     if arm == "v3":
         v3(c)
+    if "zigzag" in args:
+        zigzag(c)
     if "retrain" in args:  # accuracy: the found network trained on CIFAR-10 (the CPU protocol)
         mobile_retrain(c, smoke_space="smoke" in args)
     return c
+
+
+def zigzag(c: ml_collections.ConfigDict) -> None:
+    """`zigzag`: the searches target the article's estimator instead of the analytic NPU: a latency
+    surrogate fitted per layer on ZigZag's simulation of the Ascend-like array (`hwmodel.fit.fit_layers`:
+    per-layer features, then a calibrated sum over the network's layers), the target a fraction of
+    MobileNetV2's latency as the surrogate predicts it (`context.target_of`); the report gives the
+    found networks' latency under the analytic NPU, the ZigZag simulator itself and ONNX Runtime on
+    this CPU side by side. Fit it first (2-core CPU, minutes):
+
+        python -m experiments.measure --space mobile-curated --backend zigzag:ascend_like --num 100 --seed 0 \
+            --out workdirs/surrogate_mobile/ascend_like.csv --per-layer workdirs/surrogate_mobile/ascend_like_layers.csv
+        python -m experiments.fit_surrogate --space mobile-curated --data workdirs/surrogate_mobile/ascend_like.csv \
+            --per-layer workdirs/surrogate_mobile/ascend_like_layers.csv --train-size 50 --accelerators npu,zigzag-ascend_like \
+            --save workdirs/surrogate_mobile/ascend_like_per_layer.json
+        python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py:zigzag --workdir workdirs/latency_cut_zigzag
+        python -m experiments.report workdirs/latency_cut_zigzag --out docs/results/latency_cut_zigzag --group-by stages,space.free
+
+    (`--config.cost.surrogate.file=PATH` names another fit.) Result: docs/results/latency_cut.md."""
+    c.cost.model = "surrogate"
+    c.cost.surrogate.file = ZIGZAG_SURROGATE
 
 
 def single_shot_cpu(c: ml_collections.ConfigDict, smoke_run: bool) -> None:
@@ -141,7 +171,15 @@ def v3(c: ml_collections.ConfigDict) -> None:
 
 
 def get_sweep(arg: str | None = None):
-    args = config_args(arg, (*ARMS, "task64", "retrain", "smoke"), default="nas47")
+    args = config_args(arg, OPTIONS, default="nas47")
+    if "zigzag" in args:  # the searches for the per-layer ZigZag estimator (hardware side, no training)
+        def arm(name: str, a: str, seed: int) -> dict:
+            c = get_config(f"{a},zigzag")
+            return {"name": name, "stages": c.stages, "cost.form": c.cost.form, "target_frac": c.target_frac,
+                    "evolve.goal": c.evolve.goal, "evolve.budget_evals": c.evolve.budget_evals,
+                    "space.free": tuple(c.space.free), "space.remove": dict(c.space.remove), "seed": seed}
+        return [arm("0_baseline", "baseline", 0)] + [arm(f"{i}_{a}/seed={seed}", a, seed)
+                                                    for i, a in ((1, "nas47"), (4, "v3")) for seed in range(3)]
     if "retrain" in args and "single47" in args:  # the accuracy-driven search, 3 seeds (same root)
         return [{"name": f"2_single47/seed={seed}", "seed": seed} for seed in range(3)]
     if "retrain" in args and "v3" in args:  # the restricted search retrained, 3 seeds (same root)
