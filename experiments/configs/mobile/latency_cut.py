@@ -116,7 +116,10 @@ def zigzag(c: ml_collections.ConfigDict) -> None:
         python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py:zigzag --workdir workdirs/latency_cut_zigzag
         python -m experiments.report workdirs/latency_cut_zigzag --out docs/results/latency_cut_zigzag --group-by stages,space.free
 
-    (`--config.cost.surrogate.file=PATH` names another fit.) Result: docs/results/latency_cut.md."""
+    (`--config.cost.surrogate.file=PATH` names another fit.) Measured 2026-12-07 (2-core CPU shared
+    with three trainings: 21 min to simulate, 30 s to fit, 11 min for the sweep): the fit's held-out
+    Spearman 0.9997, MAPE 0.26 %; NAS 53.4 ± 0.4 % below MobileNetV2 on the simulator (what it aimed
+    at: 53.4 % by the surrogate), V3 29.5 %; docs/results/latency_cut.md."""
     c.cost.model = "surrogate"
     c.cost.surrogate.file = ZIGZAG_SURROGATE
 
