@@ -39,6 +39,9 @@ multiplier rule of `memory.py:retrain --only 1_rules` 44.13 ± 1.36 %; 12-45 min
     python -m experiments.sweep --config experiments/configs/mobile/latency_cut.py:retrain --only 0_baseline \
         --workdir workdirs/latency_cut_warmup '--config.retrain.space_kwargs={}' --config.retrain.optim.warmup_steps=39
     (and likewise `:v3,retrain`; report: --out docs/results/latency_cut_warmup)
+    Every other arm with the same schedule (2026-12-07, 8-31 min per seed shared; commands in
+    docs/results/latency_cut.md): NAS 0.6 x 44.12 ± 3.99 %, NAS 0.47 x 41.20 ± 0.92 %, the rules mined
+    from it 43.67 ± 2.88 %, NAS 0.47 x for the ZigZag surrogate (`nas47,zigzag,retrain`) 43.42 ± 4.36 %.
 
 Capacity (`evolve.evaluator=capacity`, log10 FLOPs) stands in for accuracy: "at equal accuracy"
 becomes "at no less capacity than MobileNetV2", which favours fusion (a fused block has more FLOPs
