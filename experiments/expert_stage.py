@@ -44,10 +44,11 @@ def stage_expert(ctx: Context) -> dict[str, Any]:
     ctx.arch = out.arch
     for c in out.changes:
         print(f"expert: {c}")
-    held = []
+    res = {"arch": ctx.space.encode(out.arch), "rules": rules, "changes": [str(c) for c in out.changes], "held": []}
     if ec.hold:  # checked (`experiments.checks`): a later evolve and no conflict with space.free / remove
         ctx.mask = expert.hold(ctx.space, out, ctx.mask)
-        held = [ctx.space.decisions[d].name for d in sorted(out.decided)]
-        print(f"expert: the search holds {len(held)} decisions at the rules' choices ({ctx.mask.size:.3g} architectures left)")
-    return {"arch": ctx.space.encode(out.arch), "rules": rules, "changes": [str(c) for c in out.changes],
-            "held": held}
+        res["held"] = [ctx.space.decisions[d].name for d in sorted(out.decided)]
+        res["mask"] = ctx.mask.allowed.tolist()  # what a resumed run restores before its evolve
+        print(f"expert: the search holds {len(res['held'])} decisions at the rules' choices "
+              f"({ctx.mask.size:.3g} architectures left)")
+    return res

@@ -115,6 +115,17 @@ def test_rules_seed_the_search_and_the_memory_table_cuts_against_the_baseline(tm
     archs = [m["arch"] for m in runs["evolve"]["metrics"] if m.get("stage") == "evolve"]
     assert len(set(archs)) > 10 and all(a.startswith("mult=0.5|") for a in archs)
     assert runs["evolve"]["results"]["stages"]["expert"]["held"] == ["width_multiplier"]
+    # a run killed between the expert stage and evolve resumes with the held mask (the stage hands it on)
+    wd = tmp_path / "rules_nas"
+    for f in ("stages/evolve.json", "stages/evolve.state.json", "results.json"):
+        (wd / f).unlink()
+    launch(cfg, str(wd))
+    import json
+
+    import numpy as np
+    mask = np.asarray(json.loads((wd / "stages/evolve.state.json").read_text())["mask"])  # the rerun's search
+    mult = make_space(cfg.space.name, **dict(cfg.space.kwargs)).decision_index("width_multiplier")
+    assert mask[mult].sum() == 1
     res, base = runs["evolve"]["results"], runs["baseline"]["results"]
     assert res["params_bytes"] <= 14000 and res["peak_activation_bytes"] <= 65000
     md = arms_markdown(found)
