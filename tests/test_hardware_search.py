@@ -3,7 +3,9 @@ target and both memory budgets, the found network measured by a backend (`report
 the report's searched-for x run-on matrix and raw-vs-curated convergence table."""
 
 import copy
+import json
 
+import numpy as np
 import pytest
 
 from experiments.config import load_config
@@ -120,9 +122,6 @@ def test_rules_seed_the_search_and_the_memory_table_cuts_against_the_baseline(tm
     for f in ("stages/evolve.json", "stages/evolve.state.json", "results.json"):
         (wd / f).unlink()
     launch(cfg, str(wd))
-    import json
-
-    import numpy as np
     mask = np.asarray(json.loads((wd / "stages/evolve.state.json").read_text())["mask"])  # the rerun's search
     mult = make_space(cfg.space.name, **dict(cfg.space.kwargs)).decision_index("width_multiplier")
     assert mask[mult].sum() == 1
@@ -199,7 +198,6 @@ def test_a_search_for_the_per_layer_surrogate_targets_its_own_prediction(tmp_pat
     it, the search meets that target by the surrogate, and results.json carries the surrogate's
     latency beside the analytic one; a missing surrogate file stops before any work."""
     import jax
-    import numpy as np
 
     from experiments.config import ConfigError
     from experiments.context import target_of

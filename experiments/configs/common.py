@@ -64,6 +64,24 @@ RETIRED = {"evolve.eval_batches": 4, "cost.memory": None, "cost.memory_budget_by
 CHANGED_DEFAULTS = {"zero_shot.init": ("model", "torch")}
 
 
+def overrides(c: ml_collections.ConfigDict, *keys: str, **extra: Any) -> dict[str, Any]:
+    """A sweep run's override dict (`get_sweep`): the dotted `keys` at their values in `c` (a config
+    the file's `get_config` built for that arm; sections as plain dicts, lists and tuples kept), plus
+    `extra` (e.g. `name`, `seed`).
+
+    >>> c = ml_collections.ConfigDict({"stages": ["evolve"], "space": {"free": ("b1_type",), "remove": {}}})
+    >>> overrides(c, "stages", "space.free", "space.remove", seed=2)
+    {'stages': ['evolve'], 'space.free': ('b1_type',), 'space.remove': {}, 'seed': 2}
+    """
+    out = {}
+    for key in keys:
+        value = c
+        for part in key.split("."):
+            value = value[part]
+        out[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+    return out | extra
+
+
 def base() -> ml_collections.ConfigDict:
     # the dataclasses whose defaults the sections take (imported when a config is built, not when
     # this module is: `config_args` and the constants need none of the supernet package)

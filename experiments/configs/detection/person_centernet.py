@@ -45,7 +45,7 @@ latency), written out below so that the arm needs no other run; they are what
 `--config.expert.mine_from=<that run's workdir> "--config.expert.rules=()"` applies.
 """
 
-from experiments.configs.common import cifar_pretrain, coco128_person, config_args
+from experiments.configs.common import cifar_pretrain, coco128_person, config_args, overrides
 
 ARMS = ("baseline", "v1", "v2", "v3", "transfer")
 FREE = {"v1": ("width_multiplier",), "v2": (r"b\d+_type",), "v3": (r"b\d+_type", "width_multiplier")}
@@ -90,7 +90,6 @@ def get_sweep(arg: str | None = None):
         c = get_config(",".join([arm, *sorted(args)]))
         stages = [s for s in c.stages if not (arm == "v1" and s == "retrain")]
         for seed in range(3):
-            runs.append({"name": f"{i}_{arm}/seed={seed}", "stages": stages, "space.free": tuple(c.space.free),
-                         "cost.form": c.cost.form, "target_frac": c.target_frac, "expert.rules": tuple(c.expert.rules),
-                         "seed": seed})
+            runs.append(overrides(c, "space.free", "cost.form", "target_frac", "expert.rules",
+                                  name=f"{i}_{arm}/seed={seed}", stages=stages, seed=seed))
     return runs

@@ -52,14 +52,13 @@ CPU scale in a session). Run time and result (2026-12-05, 2-core CPU): docs/resu
 import ml_collections
 
 from experiments.configs.common import (MOBILE_HALF_WIDTH, SMOKE_HALF_WIDTH, base, config_args, mobile_data,
-                                        mobile_retrain)
+                                        mobile_retrain, overrides)
 
 ARMS = ("baseline", "rules", "nas60", "nas47", "rules_nas", "transfer", "single47", "v3")
 OPTIONS = (*ARMS, "task64", "retrain", "zigzag", "smoke")
 #: `zigzag`: the article's estimator, a surrogate fitted per layer on ZigZag's ascend_like simulation
 #: of 50 mobile-curated networks (commands in `zigzag`'s docstring); a path relative to the repository
 ZIGZAG_SURROGATE = "workdirs/surrogate_mobile/ascend_like_per_layer.json"
-
 
 
 def get_config(arg: str | None = None):
@@ -179,13 +178,10 @@ def v3(c: ml_collections.ConfigDict) -> None:
 def get_sweep(arg: str | None = None):
     args = config_args(arg, OPTIONS, default="nas47")
     if "zigzag" in args:  # the searches for the per-layer ZigZag estimator (hardware side, no training)
-        def arm(name: str, a: str, seed: int) -> dict:
-            c = get_config(f"{a},zigzag")
-            return {"name": name, "stages": c.stages, "cost.form": c.cost.form, "target_frac": c.target_frac,
-                    "evolve.goal": c.evolve.goal, "evolve.budget_evals": c.evolve.budget_evals,
-                    "space.free": tuple(c.space.free), "space.remove": dict(c.space.remove), "seed": seed}
-        return [arm("0_baseline", "baseline", 0)] + [arm(f"{i}_{a}/seed={seed}", a, seed)
-                                                    for i, a in ((1, "nas47"), (4, "v3")) for seed in range(3)]
+        keys = ("stages", "cost.form", "target_frac", "evolve.goal", "evolve.budget_evals", "space.free", "space.remove")
+        return [overrides(get_config("baseline,zigzag"), *keys, name="0_baseline", seed=0)] + [
+            overrides(get_config(f"{a},zigzag"), *keys, name=f"{i}_{a}/seed={seed}", seed=seed)
+            for i, a in ((1, "nas47"), (4, "v3")) for seed in range(3)]
     if "retrain" in args and "single47" in args:  # the accuracy-driven search, 3 seeds (same root)
         return [{"name": f"2_single47/seed={seed}", "seed": seed} for seed in range(3)]
     if "retrain" in args and "v3" in args:  # the restricted search retrained, 3 seeds (same root)

@@ -21,7 +21,7 @@ the report checks each arm's memories against the budgets with the exact memory 
 Run time and result (2026-12-05, 2-core CPU): docs/results/memory.md.
 """
 
-from experiments.configs.common import base, config_args, mobile_retrain
+from experiments.configs.common import base, config_args, mobile_retrain, overrides
 
 ARMS = ("baseline", "rules", "nas", "rules_nas")
 #: 53 % of MobileNetV2's parameter and peak-activation bytes on mobile-curated (P = 16, int8).
@@ -56,8 +56,7 @@ def get_config(arg: str | None = None):
 
 def get_sweep(arg: str | None = None):
     def run(name: str, arm: str, *extra: str, **kw) -> dict:
-        c = get_config(",".join((arm, *extra)))
-        return {"name": name, "stages": c.stages, "expert.hold": c.expert.hold, **kw}
+        return overrides(get_config(",".join((arm, *extra))), "stages", "expert.hold", name=name, **kw)
 
     if "retrain" in config_args(arg, (*ARMS, "retrain", "smoke"), default="nas"):
         # accuracy arms (MobileNetV2's is latency_cut.py:retrain's 0_baseline, the same runs)
