@@ -50,3 +50,40 @@ def test_person_boxes_grows_only_the_training_split(data_dir):
     assert (grown.x_train[: len(plain.x_train)] == plain.x_train).all() and (grown.x_test == plain.x_test).all()
     assert (grown.y_test == plain.y_test).all() and "8 copy-paste composites" in grown.source
     assert ((grown.y_train[len(plain.x_train):, :, 4] >= 0).sum(1) >= 1).all()  # every composite has a person
+
+
+def test_pasted_boxes_carry_their_cutouts_class():
+    bg = np.zeros((2, 32, 32, 3), np.uint8)
+    pieces = [Cutout(np.full((8, 8, 3), 10 * k + 50, np.uint8), np.ones((8, 8), bool), label=k) for k in (3, 7)]
+    x, y = composites(bg, np.full((2, 4, 5), -1, np.float32), pieces, count=6, seed=0, per_image=(1, 1),
+                      scale=(1.0, 1.0))
+    for img, rows in zip(x, y):
+        x1, y1 = rows[0, :2].astype(int)
+        assert rows[0, 4] == (img[y1, x1, 0] - 50) // 10  # the pixels say which piece it is
+
+
+def test_cifar_scenes_box_each_pasted_cifar_image_with_its_class_and_keep_the_splits_apart(data_dir):
+    from PIL import Image
+
+    from experiments.data.cifar10 import load_cifar10
+    from experiments.data.scenes import POOL, cifar_scenes, objects
+    s = cifar_scenes(data_dir, 160, num_train=12, num_test=6)
+    again = cifar_scenes(data_dir, 160, num_train=12, num_test=6)
+    assert (s.x_train == again.x_train).all() and (s.y_test == again.y_test).all()
+    assert s.x_train.shape == (12, 160, 160, 3) and s.y_test.shape == (6, 8, 5) and "CIFAR-10 test objects" in s.source
+    cifar = load_cifar10(data_dir)
+    for x, y, (imgs, labels), seed in ((s.x_train, s.y_train, cifar.train, 0), (s.x_test, s.y_test, cifar.test, 1)):
+        pool = objects(imgs, labels, POOL, seed)
+        ref = np.stack([p.rgb for p in pool]).astype(np.float32)
+        checked = 0
+        for img, rows in zip(x, y):
+            real = rows[rows[:, 4] >= 0]
+            assert len(real) >= 1 and (real[:, :4] >= 0).all() and (real[:, 2:4] <= 160).all()
+            if len(real) != 1:  # a lone paste is unoccluded: its box is the whole CIFAR image
+                continue
+            x1, y1, x2, y2 = real[0, :4].astype(int)
+            crop = np.asarray(Image.fromarray(img[y1:y2, x1:x2]).resize((32, 32), Image.BILINEAR), np.float32)
+            nearest = int(np.argmin(((ref - crop) ** 2).mean((1, 2, 3))))
+            assert pool[nearest].label == real[0, 4]
+            checked += 1
+        assert checked >= 1

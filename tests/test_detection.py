@@ -87,10 +87,13 @@ def test_detection_loss_reaches_every_architecture_logit_and_the_table_holds_the
     assert n - bn == int(round(float(total_params(space.layers(a)))))
 
 
-def test_person_detection_runs_through_the_launcher(tmp_path, data_dir):
+@pytest.mark.parametrize("data", ["", ",scenes"])
+def test_person_detection_runs_through_the_launcher(tmp_path, data_dir, data):
+    """COCO128 person and the second benchmark (`scenes`: 10 CIFAR-10 classes on COCO128 scenes)."""
     from experiments.run import main
 
-    res = main(["--config", "experiments/configs/detection/person_centernet.py:baseline,smoke", "--workdir", str(tmp_path / "d")])
+    res = main(["--config", f"experiments/configs/detection/person_centernet.py:baseline,smoke{data}",
+                "--workdir", str(tmp_path / "d")])
     r = res["stages"]["retrain"]
     assert res["accuracy_pct"] == r["test_map_pct"] and "mAP" in res["accuracy_source"]
     assert {"test_ap50_pct", "train_map_pct", "test_ar100"} <= set(r)

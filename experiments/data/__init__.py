@@ -27,6 +27,7 @@ from experiments.data.cifar10 import (
 
 from experiments.data.coco import (DenseSplits, DetectionSet, SegmentationSet, load_coco_json, load_masks,
                                    load_yolo_detection, person_boxes, person_masks)
+from experiments.data.scenes import cifar_scenes
 from hwmodel.registry import Registry
 
 #: The data sets a config's `data.name` may name: `(data config section) -> Cifar10` (host arrays;
@@ -39,9 +40,12 @@ DATASETS = Registry("data set", {
     # detection: COCO128 person boxes letterboxed to `data.input_size` (supernet.tasks.Detection's targets)
     "coco128-person-boxes": lambda dc: person_boxes(dc.dir or None, dc.input_size,
                                                     copy_paste=dc.get("copy_paste", 0)),
+    # detection, the second benchmark: CIFAR-10 objects pasted on COCO128 scenes (10 classes)
+    "cifar10-on-coco128": lambda dc: cifar_scenes(dc.dir or None, dc.input_size, dc.num_train or 2000,
+                                                  dc.num_test or 500),
 })
 
-__all__ = ["DATASETS", "DenseSplits", "person_boxes", "person_masks", "DetectionSet", "SegmentationSet", "load_coco_json", "load_masks", "load_yolo_detection",
+__all__ = ["DATASETS", "DenseSplits", "cifar_scenes", "person_boxes", "person_masks", "DetectionSet", "SegmentationSet", "load_coco_json", "load_masks", "load_yolo_detection",
     "CIFAR10_MEAN", "CIFAR10_STD", "CLASSES", "Cifar10", "DataError", "Split", "augment", "batches", "crop_flip",
     "crop_flip_params", "find_source", "load_cifar10", "normalize", "random_crops", "resolve_data_dir",
     "split_train", "synthetic_cifar10",

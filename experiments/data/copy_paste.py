@@ -37,6 +37,7 @@ class Cutout:
 
     rgb: np.ndarray  # [h, w, 3] uint8
     alpha: np.ndarray  # [h, w] bool
+    label: int = 0  # the class of its box
 
 
 def cutouts(images: np.ndarray, boxes: np.ndarray, masks: np.ndarray, *, label: int = 1,
@@ -69,7 +70,7 @@ def _resize(c: Cutout, scale: float) -> Cutout:
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     rgb = np.asarray(Image.fromarray(c.rgb).resize(size, Image.BILINEAR))
     alpha = np.asarray(Image.fromarray(c.alpha.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
-    return Cutout(rgb, alpha)
+    return Cutout(rgb, alpha, c.label)
 
 
 def composites(images: np.ndarray, boxes: np.ndarray, pieces: list[Cutout], count: int, seed: int = 0,
@@ -79,7 +80,7 @@ def composites(images: np.ndarray, boxes: np.ndarray, pieces: list[Cutout], coun
     of `images` (with its `boxes`, rows `x1 y1 x2 y2 class`, class -1 padding) with 1-3 random
     `pieces` pasted at a random scale in `scale` (clipped to fit) and place; a background box
     hidden by more than `MAX_HIDDEN` is dropped, each pasted piece adds the tight box of its visible
-    pixels (class 0); at most `m` boxes per image (the pasted ones first)."""
+    pixels (class `Cutout.label`); at most `m` boxes per image (the pasted ones first)."""
     if count < 0 or not pieces:
         raise ValueError(f"copy-paste needs count >= 0 and at least one cutout (got {count}, {len(pieces)})")
     rng = np.random.default_rng(seed)
@@ -91,7 +92,7 @@ def composites(images: np.ndarray, boxes: np.ndarray, pieces: list[Cutout], coun
         j = int(rng.integers(n))
         img = images[j].copy()
         covered = np.zeros((s, s), bool)
-        placed, sizes = [], []  # each pasted piece's visible pixels (later pieces hide earlier ones), its size
+        placed, sizes, labels = [], [], []  # each pasted piece's visible pixels (later ones hide earlier ones), size, class
         for _ in range(int(rng.integers(per_image[0], per_image[1] + 1))):
             p = pieces[int(rng.integers(len(pieces)))]
             p = _resize(p, min(float(rng.uniform(*scale)), (s - 1) / max(p.alpha.shape)))  # fits the image
@@ -102,12 +103,13 @@ def composites(images: np.ndarray, boxes: np.ndarray, pieces: list[Cutout], coun
             here[top:top + h, left:left + w] = p.alpha
             placed = [q & ~here for q in placed] + [here]
             sizes.append(int(p.alpha.sum()))
+            labels.append(float(p.label))
             covered |= here
         rows = []
-        for q, pixels in zip(placed, sizes):
+        for q, pixels, label in zip(placed, sizes, labels):
             if q.sum() > (1 - MAX_HIDDEN) * pixels:  # (a piece the later ones hide is dropped too)
                 r, c = np.nonzero(q)
-                rows.append([c.min(), r.min(), c.max() + 1, r.max() + 1, 0.0])
+                rows.append([c.min(), r.min(), c.max() + 1, r.max() + 1, label])
         for x1, y1, x2, y2, c in boxes[j]:
             if c < 0:
                 continue

@@ -17,9 +17,13 @@ ZigZag and ONNX Runtime on this CPU: `:study,search` is the hardware side of the
 workdir is what `--config.retrain.init_from` takes), `copypaste` (the training split grown by 512
 copy-paste composites, `experiments.data.copy_paste`, and trained 15 epochs of its 640 images:
 600 steps against the plain protocol's 480; the test split is the same; measured 2026-12-07 on
-MobileNetV2 seed 0: val mAP 0.20 %, no gain, docs/results/detection_study.md), `smoke` (a tiny
+MobileNetV2 seed 0: val mAP 0.20 %, no gain, docs/results/detection_study.md), `scenes` (the second
+benchmark, `experiments.data.scenes`: 10 CIFAR-10 classes pasted on COCO128 scenes, 2,000 train
+scenes for 4 epochs of batch 16, i.e. 500 steps as the plain protocol's 480, tested on 500 scenes of
+CIFAR-10 test objects on val2017; results in docs/results/detection_study.md), `smoke` (a tiny
 space, 2 steps).
     python -m experiments.sweep --config experiments/configs/detection/person_centernet.py:study,copypaste --workdir workdirs/det_study_cp --only '0_baseline|3_v3'
+    python -m experiments.sweep --config experiments/configs/detection/person_centernet.py:study,scenes --workdir workdirs/det_scenes
 
 
 CPU protocol: 160 px letterboxed inputs, ImageNet-style strides (stem 2, stages (1, 2, 2, 2, 1, 2,
@@ -53,13 +57,15 @@ FREE = {"v1": ("width_multiplier",), "v2": (r"b\d+_type",), "v3": (r"b\d+_type",
 #: (`mult=0.5|w=16-16-48-48-96-80-400|fused:k5:e1,fused:k5:e1,skip:k5:e1,fused:k5:e6,...`)
 MINED = ("fuse(stages=(0, 2, 3, 4, 6))", "stage_widths(factors=(1.0, 0.6667, 1.5, 0.75, 1.0, 0.5, 1.25))",
          "multiplier(value=0.5)")
-OPTIONS = (*ARMS, "study", "search", "pretrain", "copypaste", "smoke")
+OPTIONS = (*ARMS, "study", "search", "pretrain", "copypaste", "scenes", "smoke")
 
 
 def get_config(arg: str | None = None):
     args = config_args(arg, OPTIONS, default="baseline")
     arm = next((a for a in args if a in ARMS), "baseline")
-    c = coco128_person("detection", "coco128-person-boxes", num_classes=1, batch_size=16, smoke_run="smoke" in args)
+    scenes = "scenes" in args
+    c = coco128_person("detection", "cifar10-on-coco128" if scenes else "coco128-person-boxes",
+                       num_classes=10 if scenes else 1, batch_size=16, smoke_run="smoke" in args)
     c.evolve.goal = "latency"
     c.evolve.budget_evals = 60 if "smoke" in args else 1000
     if arm in FREE:
@@ -73,6 +79,9 @@ def get_config(arg: str | None = None):
     if "copypaste" in args:  # the larger training set: 512 copy-paste composites, 15 epochs of 640 images
         c.data.copy_paste = 16 if "smoke" in args else 512
         c.retrain.epochs = c.retrain.epochs if "smoke" in args else 15
+    if scenes:  # the second benchmark: 2,000 train scenes for 4 epochs (500 steps; COCO128: 480), 500 test
+        c.data.num_train, c.data.num_test = (16, 8) if "smoke" in args else (2000, 500)
+        c.retrain.epochs = c.retrain.epochs if "smoke" in args else 4
     if "pretrain" in args:  # the backbone on CIFAR-10, for --config.retrain.init_from
         return cifar_pretrain(c, smoke_run="smoke" in args)
     if "search" in args:  # the hardware side: every cost model, the measured ones included
