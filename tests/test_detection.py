@@ -151,3 +151,14 @@ def test_retrain_init_from_copies_the_pretrained_backbone_and_keeps_the_new_head
                 f"--config.retrain.init_from={tmp_path / 'pre'}"])
     assert res["stages"]["retrain"]["init_arrays"] == info["init_arrays"]
     assert "from retrain.init_from's weights" in res["accuracy_source"]  # not "from scratch"
+
+
+def test_trivial_centre_boxes_score_near_zero_on_both_benchmarks(data_dir):
+    """The floor the sanity check compares with: one mean-size box per class at the centre."""
+    from experiments.trivial import main
+    person = main(["--size", "64", "--data-dir", data_dir])
+    scenes = main(["--size", "160", "--data-dir", data_dir, "--scenes"])  # the benchmark's size (at 64 px
+    # the pasted images fill most of the scene and a centre box scores 5.7 %)
+    assert 0.0 <= person["centre_box_test"]["map"] < 0.01 and 0.0 <= scenes["centre_box_test"]["map"] < 0.01
+    assert person["all_background_test"]["iou"][1] == 0.0 and "all_background_test" not in scenes
+    assert 32 <= scenes["mean_box_wh"][0] <= 96  # CIFAR-10 images pasted at 1-3x (what the occlusion leaves)
