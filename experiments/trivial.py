@@ -22,7 +22,7 @@ import numpy as np
 
 from experiments.data.cifar10 import CLASSES
 from experiments.data.coco import person_boxes, person_masks
-from experiments.data.scenes import cifar_scenes
+from experiments.data.scenes import NUM_TEST, NUM_TRAIN, cifar_scenes
 from supernet.tasks import coco_detections, coco_ground_truth, coco_map, confusion_matrix, iou_per_class, mean_iou
 
 
@@ -34,14 +34,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = p.parse_args(argv)
     out: dict = {"size": args.size}
     if args.scenes:
-        boxes, names = cifar_scenes(args.data_dir, args.size, 2000, 500), list(CLASSES)
+        boxes, names = cifar_scenes(args.data_dir, args.size, NUM_TRAIN, NUM_TEST), list(CLASSES)
     else:
         masks = person_masks(args.data_dir, args.size)
         for split, m in (("train", masks.y_train), ("test", masks.y_test)):
             cm = confusion_matrix(np.zeros_like(m), m, 2)
             out[f"all_background_{split}"] = {"miou": mean_iou(cm), "iou": iou_per_class(cm).tolist()}
         boxes, names = person_boxes(args.data_dir, args.size), ["person"]
-    k = len(names)
+    n_cls = len(names)
     tr = boxes.y_train[boxes.y_train[..., 4] >= 0]
     w, h = float(np.mean(tr[:, 2] - tr[:, 0])), float(np.mean(tr[:, 3] - tr[:, 1]))
     c = args.size / 2
@@ -50,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         keep = [t[:, 4] >= 0 for t in y]
         gt = coco_ground_truth([t[k, :4] for t, k in zip(y, keep)], [t[k, 4].astype(int) for t, k in zip(y, keep)],
                                [(args.size, args.size)] * len(y), names)
-        dt = coco_detections([np.repeat(centre, k, 0)] * len(y), [np.ones(k)] * len(y), [np.arange(k)] * len(y))
+        dt = coco_detections([np.repeat(centre, n_cls, 0)] * len(y), [np.ones(n_cls)] * len(y),
+                             [np.arange(n_cls)] * len(y))
         out[f"centre_box_{split}"] = {k: v for k, v in coco_map(gt, dt).items() if k in ("map", "ap50", "ap75")}
     out["mean_box_wh"] = [w, h]
     print(json.dumps(out))

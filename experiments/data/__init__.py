@@ -27,7 +27,7 @@ from experiments.data.cifar10 import (
 
 from experiments.data.coco import (DenseSplits, DetectionSet, SegmentationSet, load_coco_json, load_masks,
                                    load_yolo_detection, person_boxes, person_masks)
-from experiments.data.scenes import cifar_scenes
+from experiments.data.scenes import NUM_TEST, NUM_TRAIN, cifar_scenes
 from hwmodel.registry import Registry
 
 #: The data sets a config's `data.name` may name: `(data config section) -> Cifar10` (host arrays;
@@ -41,8 +41,8 @@ DATASETS = Registry("data set", {
     "coco128-person-boxes": lambda dc: person_boxes(dc.dir or None, dc.input_size,
                                                     copy_paste=dc.get("copy_paste", 0)),
     # detection, the second benchmark: CIFAR-10 objects pasted on COCO128 scenes (10 classes)
-    "cifar10-on-coco128": lambda dc: cifar_scenes(dc.dir or None, dc.input_size, dc.num_train or 2000,
-                                                  dc.num_test or 500),
+    "cifar10-on-coco128": lambda dc: cifar_scenes(dc.dir or None, dc.input_size, dc.num_train or NUM_TRAIN,
+                                                  dc.num_test or NUM_TEST),
 })
 
 __all__ = ["DATASETS", "DenseSplits", "cifar_scenes", "person_boxes", "person_masks", "DetectionSet", "SegmentationSet", "load_coco_json", "load_masks", "load_yolo_detection",

@@ -34,6 +34,8 @@ from experiments.data.copy_paste import Cutout, composites
 POOL = 6000
 #: Paste scale of a 32 px CIFAR-10 image (so 32-96 px) and objects per scene.
 SCALE, PER_IMAGE = (1.0, 3.0), (1, 3)
+#: The benchmark's train and test scenes (`data.num_train` / `data.num_test` when unset).
+NUM_TRAIN, NUM_TEST = 2000, 500
 
 
 def objects(images: np.ndarray, labels: np.ndarray, count: int, seed: int) -> list[Cutout]:
