@@ -41,7 +41,7 @@ SPECS = ["nb201/single_shot.py", "nb201/single_shot.py:cpu", "nb201/single_shot.
          "mobile/memory.py:nas,retrain", "mobile/memory.py:rules,retrain,smoke", "mobile/memory.py:rules_nas",
          "segmentation/person_fpn.py", "segmentation/person_fpn.py:baseline,smoke",
          "detection/person_centernet.py", "detection/person_centernet.py:v3,copypaste",
-         "detection/person_centernet.py:v3,scenes"]
+         "detection/person_centernet.py:v3,scenes", "detection/person_centernet.py:transfer_fuse,scenes"]
 #: Dict-valued keys whose items are a dataclass's fields (read by `Cls(**dict(section))`).
 SPLATTED = {"single_shot.optim": OptimConfig, "retrain.optim": OptimConfig}
 #: Sections translated by `experiments.config.from_section(Cls, section)`: their keys that are fields

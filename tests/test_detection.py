@@ -162,3 +162,25 @@ def test_trivial_centre_boxes_score_near_zero_on_both_benchmarks(data_dir):
     assert 0.0 <= person["centre_box_test"]["map"] < 0.01 and 0.0 <= scenes["centre_box_test"]["map"] < 0.01
     assert person["all_background_test"]["iou"][1] == 0.0 and "all_background_test" not in scenes
     assert 32 <= scenes["mean_box_wh"][0] <= 96  # CIFAR-10 images pasted at 1-3x (what the occlusion leaves)
+
+
+def test_transfer_fuse_arm_is_the_mined_widths_with_the_npu_fusion_at_a_40_percent_cut():
+    """`person_centernet.py:transfer_fuse`: the rules mined from the CIFAR-10 search keep their
+    widths and multiplier, and fusion is decided by the detector's own NPU cost model, which fuses
+    blocks 1-3 and 6 (not the stages fused at 32 px) and cuts the NPU latency by 41.6 %, 41.9 % on
+    npu-p32 (the analytic model; docs/results/detection_study.md)."""
+    from experiments.config import load_config
+    from hwmodel import ACCELERATORS, analytic
+    from supernet.expert import apply_rules
+    from supernet.spaces.mobile import BLOCK_TYPES
+
+    cfg = load_config("experiments/configs/detection/person_centernet.py:transfer_fuse,scenes")
+    assert cfg.stages == ["expert", "retrain"]
+    space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
+    base = np.asarray(space.baseline_arch())
+    arch = apply_rules(space, base, cfg.expert.rules).arch
+    fused = [b for b in range(space.num_blocks) if arch[space.type_ids[b]] == BLOCK_TYPES.index("fused")]
+    assert fused == [1, 2, 3, 6]
+    cut = {a: 1 - float(analytic.latency_ms(ACCELERATORS[a], space.layers(arch)))
+           / float(analytic.latency_ms(ACCELERATORS[a], space.layers(base))) for a in ("npu", "npu-p32")}
+    assert cut["npu"] == pytest.approx(0.416, abs=1e-3) and cut["npu-p32"] == pytest.approx(0.419, abs=1e-3)
