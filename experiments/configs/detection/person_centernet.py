@@ -23,8 +23,9 @@ benchmark, `experiments.data.scenes`: 10 CIFAR-10 classes pasted on COCO128 scen
 scenes for 4 epochs of batch 16, i.e. 500 steps as the plain protocol's 480, tested on 500 scenes of
 CIFAR-10 test objects on val2017; 6-16 min per network on the 2-core CPU shared by two runs;
 measured 2026-12-07, test mAP over seeds 0-2: MobileNetV2 2.76 ± 0.52 %, V2 2.46 ± 0.46 %, V3
-2.01 ± 0.60 %, transfer 2.97 ± 0.46 %; with `--config.retrain.epochs=12`, seeds 0-1, MobileNetV2
-10.62 / 9.15 %, V3 5.69 / 6.06 %: docs/results/detection_study.md), `smoke` (a tiny space, 2 steps).
+2.01 ± 0.60 %, transfer 2.97 ± 0.46 %; with `--config.retrain.epochs=12` (1,500 steps, 16-45 min
+per network), seeds 0-2: MobileNetV2 10.04 ± 0.64 %, V3 6.05 ± 0.29 %, transfer 13.58 ± 0.96 %,
+transfer_fuse 11.18 ± 0.10 % (seeds 0-1) at a 41.6 % NPU cut: docs/results/detection_study.md), `smoke` (a tiny space, 2 steps).
     python -m experiments.sweep --config experiments/configs/detection/person_centernet.py:study,copypaste --workdir workdirs/det_study_cp --only '0_baseline|3_v3'
     python -m experiments.sweep --config experiments/configs/detection/person_centernet.py:study,scenes --workdir workdirs/det_scenes
 
