@@ -171,16 +171,14 @@ def test_transfer_fuse_arm_is_the_mined_widths_with_the_npu_fusion_at_a_40_perce
     npu-p32 (the analytic model; docs/results/detection_study.md)."""
     from experiments.config import load_config
     from hwmodel import ACCELERATORS, analytic
-    from supernet.expert import apply_rules
-    from supernet.spaces.mobile import BLOCK_TYPES
+    from supernet.expert import apply_rules, block_costs
 
     cfg = load_config("experiments/configs/detection/person_centernet.py:transfer_fuse,scenes")
     assert cfg.stages == ["expert", "retrain"]
     space = make_space(cfg.space.name, **dict(cfg.space.kwargs))
     base = np.asarray(space.baseline_arch())
     arch = apply_rules(space, base, cfg.expert.rules).arch
-    fused = [b for b in range(space.num_blocks) if arch[space.type_ids[b]] == BLOCK_TYPES.index("fused")]
-    assert fused == [1, 2, 3, 6]
+    assert [c["block"] for c in block_costs(space, arch) if c["type"] == "fused"] == [1, 2, 3, 6]
     cut = {a: 1 - float(analytic.latency_ms(ACCELERATORS[a], space.layers(arch)))
            / float(analytic.latency_ms(ACCELERATORS[a], space.layers(base))) for a in ("npu", "npu-p32")}
     assert cut["npu"] == pytest.approx(0.416, abs=1e-3) and cut["npu-p32"] == pytest.approx(0.419, abs=1e-3)

@@ -11,9 +11,10 @@ Commands:
     python -m experiments.report workdirs/det_study --out docs/results/detection_study --group-by stages,space.free
 Arguments: `baseline` (MobileNetV2 all IBN k3 e6 at the standard widths, the default), `v1` / `v2` /
 `v3` (the searches), `transfer` (the mined rules, no search), `transfer_fuse` (the mined widths and
-multiplier, fused where the detector's NPU cost model says fusion pays: `TRANSFER_FUSE`), `study`
-(the sweep of all six, 3 seeds), `search` (an arm's search alone, no retraining, its network costed on every model including
-ZigZag and ONNX Runtime on this CPU: `:study,search` is the hardware side of the study, minutes),
+multiplier, fused where the detector's NPU cost model says fusion pays: `EXPERT`), `study` (the
+sweep of all six, 3 seeds), `search` (an arm's search alone, no retraining, its network costed on
+every model including ZigZag and ONNX Runtime on this CPU: `:study,search` is the hardware side of
+the study, minutes),
 `pretrain` (MobileNetV2's backbone trained on CIFAR-10 at 32 px, `common.cifar_pretrain`: its
 workdir is what `--config.retrain.init_from` takes), `copypaste` (the training split grown by 512
 copy-paste composites, `experiments.data.copy_paste`, and trained 15 epochs of its 640 images:
@@ -25,7 +26,8 @@ CIFAR-10 test objects on val2017; 6-16 min per network on the 2-core CPU shared 
 measured 2026-12-07, test mAP over seeds 0-2: MobileNetV2 2.76 ± 0.52 %, V2 2.46 ± 0.46 %, V3
 2.01 ± 0.60 %, transfer 2.97 ± 0.46 %; with `--config.retrain.epochs=12` (1,500 steps, 16-45 min
 per network), seeds 0-2: MobileNetV2 10.04 ± 0.64 %, V3 6.05 ± 0.29 %, transfer 13.58 ± 0.96 %,
-transfer_fuse 11.18 ± 0.10 % (seeds 0-1) at a 41.6 % NPU cut: docs/results/detection_study.md), `smoke` (a tiny space, 2 steps).
+transfer_fuse 11.18 ± 0.10 % (seeds 0-1) at a 41.6 % NPU cut: docs/results/detection_study.md),
+`smoke` (a tiny space, 2 steps).
     python -m experiments.sweep --config experiments/configs/detection/person_centernet.py:study,copypaste --workdir workdirs/det_study_cp --only '0_baseline|3_v3'
     python -m experiments.sweep --config experiments/configs/detection/person_centernet.py:study,scenes --workdir workdirs/det_scenes
 
@@ -61,10 +63,11 @@ FREE = {"v1": ("width_multiplier",), "v2": (r"b\d+_type",), "v3": (r"b\d+_type",
 #: (`mult=0.5|w=16-16-48-48-96-80-400|fused:k5:e1,fused:k5:e1,skip:k5:e1,fused:k5:e6,...`)
 MINED = ("fuse(stages=(0, 2, 3, 4, 6))", "stage_widths(factors=(1.0, 0.6667, 1.5, 0.75, 1.0, 0.5, 1.25))",
          "multiplier(value=0.5)")
-#: `transfer_fuse`: the mined widths and multiplier, then the fusion the detector's own NPU cost
-#: model pays for (`fuse_where_it_pays`, decided on the final widths at 160 px) in place of the
-#: stages fused at 32 px: blocks 1-3 and 6, a 41.6 % NPU cut (41.9 % on npu-p32)
-TRANSFER_FUSE = (*MINED[1:], "fuse_where_it_pays(accelerator='npu')")
+#: The expert arms' rules (no search). `transfer`: the mined rules as mined; `transfer_fuse`: the
+#: mined widths and multiplier, then the fusion the detector's own NPU cost model pays for
+#: (`fuse_where_it_pays`, decided on the final widths at 160 px) in place of the stages fused at
+#: 32 px: blocks 1-3 and 6, a 41.6 % NPU cut (41.9 % on npu-p32)
+EXPERT = {"transfer": MINED, "transfer_fuse": (*MINED[1:], "fuse_where_it_pays(accelerator='npu')")}
 OPTIONS = (*ARMS, "study", "search", "pretrain", "copypaste", "scenes", "smoke")
 
 
@@ -81,9 +84,9 @@ def get_config(arg: str | None = None):
         c.cost.form = "hinge"  # the latency model; the target (no slower than MobileNetV2) never binds
         c.target_frac = 1.0
         c.space.free = FREE[arm]
-    elif arm in ("transfer", "transfer_fuse"):
+    elif arm in EXPERT:
         c.stages = ["expert", "retrain"]
-        c.expert.rules = MINED if arm == "transfer" else TRANSFER_FUSE
+        c.expert.rules = EXPERT[arm]
     if "copypaste" in args:  # the larger training set: 512 copy-paste composites, 15 epochs of 640 images
         c.data.copy_paste = 16 if "smoke" in args else 512
         c.retrain.epochs = c.retrain.epochs if "smoke" in args else 15
